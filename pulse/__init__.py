@@ -1,0 +1,1 @@
+"""Pulse runtime plumbing: settings, CLI, Spark session, local broker, JVM dependencies."""

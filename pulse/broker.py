@@ -1,0 +1,269 @@
+"""A local single-node Kafka (KRaft: broker + controller in one JVM) from the Maven jars.
+
+Everything lives under ``<data_root>/kafka``: ``server.properties``, the KRaft
+storage (formatted on first start), ``logs/server.log`` and ``broker.pid``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pulse.errors import PulseError
+from pulse.jvm import kafka_classpath, require_tool
+from pulse.settings import Settings
+
+LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = WARN
+logger.apache.name = org.apache.kafka
+logger.apache.level = WARN
+logger.started.name = kafka.server.KafkaRaftServer
+logger.started.level = INFO
+"""
+
+
+@dataclass(frozen=True)
+class BrokerPaths:
+    """Files of one local broker."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:  # noqa: D102
+        return self.root / "server.properties"
+
+    @property
+    def log4j(self) -> Path:  # noqa: D102
+        return self.root / "log4j2.properties"
+
+    @property
+    def storage(self) -> Path:  # noqa: D102
+        return self.root / "kraft-data"
+
+    @property
+    def log(self) -> Path:  # noqa: D102
+        return self.root / "logs" / "server.log"
+
+    @property
+    def stdout(self) -> Path:  # noqa: D102
+        return self.root / "logs" / "stdout.log"
+
+    @property
+    def pid(self) -> Path:  # noqa: D102
+        return self.root / "broker.pid"
+
+
+def server_properties(settings: Settings, storage: Path) -> str:
+    """KRaft combined-mode config on 127.0.0.1 with single-node replication factors."""
+    host = "127.0.0.1"
+    b, c = settings.broker_port, settings.controller_port
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={host}:{c}",
+            f"listeners=PLAINTEXT://{host}:{b},CONTROLLER://{host}:{c}",
+            f"advertised.listeners=PLAINTEXT://{host}:{b}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={storage.resolve()}",
+            "num.partitions=1",
+            "auto.create.topics.enable=false",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "message.max.bytes=2097152",
+            "",
+        ]
+    )
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); check its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except OSError:
+        return True
+
+
+def _read_pid(paths: BrokerPaths) -> int | None:
+    try:
+        pid = int(paths.pid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:])
+
+
+def _java_cmd(settings: Settings, paths: BrokerPaths, main: str, *args: str) -> list[str]:
+    java = require_tool("java", "a JDK 17+ (Debian: apt-get install openjdk-17-jdk-headless)")
+    return [
+        java,
+        f"-Xmx{settings.broker_heap}",
+        f"-Xms{settings.broker_heap}",
+        "-XX:+UseG1GC",
+        f"-Dlog4j2.configurationFile={paths.log4j.resolve()}",
+        f"-Dkafka.logs.dir={paths.log.parent.resolve()}",
+        "-cp",
+        kafka_classpath(settings),
+        main,
+        *args,
+    ]
+
+
+def status(settings: Settings) -> int | None:
+    """The pid of the running local broker, or None."""
+    return _read_pid(BrokerPaths(settings.broker_dir))
+
+
+def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # type: ignore[no-untyped-def]
+    """Start the broker (formatting storage on first start) and wait until it serves.
+
+    Returns the pid. Harmless if already running. Fails with a clear error if the
+    port is taken by something else, or with the log's last lines if the JVM exits.
+    """
+    paths = BrokerPaths(settings.broker_dir)
+    pid = _read_pid(paths)
+    if pid is not None:
+        log(f"broker already running (pid {pid}) on 127.0.0.1:{settings.broker_port}")
+        return pid
+    for port in (settings.broker_port, settings.controller_port):
+        if _port_open(port):
+            raise PulseError(
+                f"port {port} on 127.0.0.1 is already in use by another process: stop it, "
+                "or set PULSE_BROKER_PORT / PULSE_CONTROLLER_PORT"
+            )
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(server_properties(settings, paths.storage))
+    paths.log4j.write_text(LOG4J2.format(log=paths.log.resolve()))
+
+    if not (paths.storage / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = _java_cmd(
+            settings,
+            paths,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            cluster_id,
+            "-c",
+            str(paths.config.resolve()),
+        )
+        proc = subprocess.run(fmt, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise PulseError(f"formatting KRaft storage failed: {proc.stderr.strip()[-400:]}")
+
+    cmd = _java_cmd(settings, paths, "kafka.Kafka", str(paths.config.resolve()))
+    with open(paths.stdout, "ab") as out:
+        proc_b = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives the CLI; Ctrl-C in a shell does not reach it
+        )
+    paths.pid.write_text(str(proc_b.pid))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc_b.poll() is not None:
+            paths.pid.unlink(missing_ok=True)
+            raise PulseError(
+                f"broker exited with code {proc_b.returncode}; last log lines:\n"
+                f"{_tail(paths.log)}\n{_tail(paths.stdout)}"
+            )
+        if _port_open(settings.broker_port) and _serves_metadata(settings):
+            log(f"broker started (pid {proc_b.pid}) on 127.0.0.1:{settings.broker_port}")
+            return proc_b.pid
+        time.sleep(0.3)
+    _terminate(proc_b.pid)
+    paths.pid.unlink(missing_ok=True)
+    raise PulseError(
+        f"broker did not start within {timeout_s:.0f}s; last log lines:\n{_tail(paths.log)}"
+    )
+
+
+def _serves_metadata(settings: Settings) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{settings.broker_port}"})
+    try:
+        md = admin.list_topics(timeout=2)
+    except Exception:  # noqa: BLE001 - not ready yet
+        return False
+    return bool(md.brokers)
+
+
+def _terminate(pid: int, timeout_s: float = 30.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop(settings: Settings, log=print) -> bool:  # type: ignore[no-untyped-def]
+    """Stop the local broker (SIGTERM, then SIGKILL after 30 s). True if one was running."""
+    paths = BrokerPaths(settings.broker_dir)
+    pid = _read_pid(paths)
+    if pid is None:
+        paths.pid.unlink(missing_ok=True)
+        log("broker not running")
+        return False
+    _terminate(pid)
+    paths.pid.unlink(missing_ok=True)
+    log(f"broker stopped (pid {pid})")
+    return True

@@ -1,0 +1,85 @@
+"""`pulse`: one program, one subcommand per job.
+
+Each module in ``pulse.commands`` registers its own subcommands (and benchmarks
+under ``pulse bench``), so the jobs stay separate and this file stays small.
+Heavy imports (Spark, Kafka) happen inside the handlers, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pulse.errors import PulseError
+from pulse.settings import describe_settings, load_settings
+
+COMMAND_MODULES = [
+    "pulse.commands.infra",  # setup, broker, topics
+    "pulse.commands.data",  # data generate, data profile
+    "pulse.commands.produce",  # produce, bench producer
+    "pulse.commands.stream",  # stream, bench stream
+    "pulse.commands.batch",  # ingest, retrain, report, bench batch
+    "pulse.commands.serve",  # view, demo
+]
+
+# CLI flags that override a setting (flag -> settings field).
+GLOBAL_FLAGS = {
+    "--bootstrap": "kafka_bootstrap",
+    "--data-root": "data_root",
+    "--spark-master": "spark_master",
+    "--topic": "topic_transactions",
+    "--broker-port": "broker_port",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: global setting flags, then each module's subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="pulse",
+        description="Pulse: lambda-architecture customer intelligence (Kafka + Spark).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings (environment variables; flags above override):\n" + describe_settings(),
+    )
+    for flag, field in GLOBAL_FLAGS.items():
+        parser.add_argument(flag, dest=field, default=None, help=f"overrides PULSE_{field.upper()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a job not built yet
+                continue
+            raise
+        module.register(sub)
+        if hasattr(module, "register_bench"):
+            module.register_bench(bench_sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, build settings once, run the handler; errors are one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(**{f: getattr(args, f) for f in GLOBAL_FLAGS.values()})
+        return int(args.handler(args, settings) or 0)
+    except PulseError as exc:
+        print(f"pulse: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pulse: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

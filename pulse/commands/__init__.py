@@ -1,0 +1,1 @@
+"""Subcommand modules: each exposes ``register(subparsers)`` (and may ``register_bench``)."""

@@ -1,0 +1,147 @@
+"""One typed, frozen settings object, read once from PULSE_* variables and CLI flags.
+
+Every field is listed in ``.env.example`` and in ``pulse --help``. Secrets are
+``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything that changes between a laptop and a cluster, and nothing else."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PULSE_", env_file=".env", frozen=True, extra="ignore"
+    )
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol"
+    )
+    kafka_sasl_mechanism: str | None = Field(None, description="SASL mechanism, e.g. PLAIN")
+    kafka_sasl_username: str | None = Field(None, description="SASL username")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret)")
+    topic_transactions: str = Field("transactions", description="transactions topic name")
+    topic_partitions: int = Field(3, ge=1, description="partitions of the transactions topic")
+    topic_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, description="retention.ms of the transactions topic (-1: forever)"
+    )
+
+    # Local broker (`pulse broker`)
+    broker_port: int = Field(9092, ge=1, le=65535, description="local broker port")
+    controller_port: int = Field(9093, ge=1, le=65535, description="local KRaft controller port")
+    broker_heap: str = Field("512m", description="local broker JVM heap")
+
+    # Storage and JVM cache
+    data_root: Path = Field(Path("data"), description="root of lake, features, models, broker")
+    jvm_cache: Path = Field(
+        Path.home() / ".cache" / "pulse" / "jvm", description="cache for Maven-resolved jars"
+    )
+    real_data: Path = Field(Path("../shared/data"), description="real datasets (tests, demo)")
+
+    # Spark
+    spark_master: str = Field("local[2]", description="Spark master URL")
+    spark_driver_memory: str = Field("4g", description="spark.driver.memory")
+    spark_executor_memory: str = Field("4g", description="spark.executor.memory")
+    spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions")
+
+    # Streaming
+    trigger_interval: str = Field("5 seconds", description="micro-batch trigger interval")
+    max_offsets_per_trigger: int = Field(200_000, ge=1, description="Kafka offsets per batch")
+    allowed_lateness_days: int = Field(3, ge=0, description="late events within this update state")
+
+    # Batch
+    churn_horizon_days: int = Field(30, ge=1, description="churn label horizon H (days)")
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) connection settings, secrets included."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        return conf
+
+    def spark_kafka_options(self) -> dict[str, str]:
+        """Options for Spark's Kafka source/sink (``kafka.``-prefixed consumer config)."""
+        opts = {
+            "kafka.bootstrap.servers": self.kafka_bootstrap,
+            "kafka.security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            opts["kafka.sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username and self.kafka_sasl_password:
+            user = self.kafka_sasl_username
+            pwd = self.kafka_sasl_password.get_secret_value()
+            opts["kafka.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{user}" password="{pwd}";'
+            )
+        return opts
+
+    # Data-root layout: one place that names every directory.
+    @property
+    def lake_dir(self) -> Path:
+        """Append-only master dataset of valid events."""
+        return self.data_root / "lake" / "transactions"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Malformed or invalid records with the reason."""
+        return self.data_root / "quarantine"
+
+    @property
+    def features_dir(self) -> Path:
+        """Published live feature snapshots."""
+        return self.data_root / "features" / "live"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Streaming checkpoints (one sub-directory per named query)."""
+        return self.data_root / "checkpoints"
+
+    @property
+    def models_dir(self) -> Path:
+        """Model registry: models/<name>/<version>/ and CURRENT pointers."""
+        return self.data_root / "models"
+
+    @property
+    def outputs_dir(self) -> Path:
+        """Versioned model outputs."""
+        return self.data_root / "outputs"
+
+    @property
+    def serving_dir(self) -> Path:
+        """Published customer-view snapshots."""
+        return self.data_root / "serving" / "customer_view"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Local broker: config, KRaft storage, logs, pid."""
+        return self.data_root / "kafka"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, with non-None CLI overrides on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def describe_settings() -> str:
+    """One line per setting: the environment variable, its default and what it is."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        lines.append(f"  PULSE_{name.upper():<28} {field.description} (default: {default})")
+    return "\n".join(lines)

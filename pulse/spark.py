@@ -1,0 +1,51 @@
+"""The one Spark session factory: local[2] by default, any master by setting.
+
+Spark's own Kafka connector (resolved by `pulse setup`) goes on the classpath via
+``spark.jars``, which also ships it to executors on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from pulse.jvm import spark_kafka_jars
+from pulse.settings import Settings
+
+
+def build_spark(
+    settings: Settings, app_name: str = "pulse", with_kafka: bool = True
+) -> SparkSession:
+    """Create (or reuse) the session. UTC, few shuffle partitions, UI off locally."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    local = settings.spark_master.startswith("local")
+    builder = (
+        SparkSession.builder.master(settings.spark_master)
+        .appName(app_name)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.executor.memory", settings.spark_executor_memory)
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config(
+            "spark.sql.streaming.stateStore.providerClass",
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+        )
+        .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    if local:
+        builder = builder.config("spark.ui.enabled", "false").config(
+            "spark.sql.warehouse.dir", str((settings.data_root / "spark-warehouse").resolve())
+        )
+    if with_kafka:
+        builder = builder.config("spark.jars", ",".join(str(p) for p in spark_kafka_jars(settings)))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

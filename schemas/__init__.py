@@ -1,0 +1,1 @@
+"""Contracts: the transaction event, dimension tables, and the tables Pulse writes."""

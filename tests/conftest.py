@@ -1,0 +1,139 @@
+"""Shared fixtures: settings on a temp data root, one Spark session, one Kafka broker.
+
+The broker fixture picks, in order: an external cluster from PULSE_KAFKA_BOOTSTRAP;
+a Kafka testcontainer when a Docker engine answers; else the local KRaft broker
+from the Maven jars (what CI does here). Each path is a real broker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pulse.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def docker_engine_answers() -> bool:
+    """True when a Docker engine (not just the client) responds within 5 s."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real datasets folder (PULSE_REAL_DATA, default ../shared/data); skip if absent."""
+    path = Path(os.environ.get("PULSE_REAL_DATA", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (set PULSE_REAL_DATA to run this test)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root shared by the session-scoped services."""
+    return tmp_path_factory.mktemp("pulse")
+
+
+@pytest.fixture(scope="session")
+def base_settings(session_root: Path) -> Settings:
+    """Settings for tests: temp data root, small Spark, JVM deps resolved (idempotent)."""
+    from pulse.jvm import setup
+
+    settings = load_settings(
+        data_root=session_root,
+        spark_shuffle_partitions=2,
+        spark_driver_memory="3g",
+        trigger_interval="1 second",
+    )
+    setup(settings, log=lambda *_: None)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(base_settings: Settings, session_root: Path) -> Iterator[str]:
+    """Bootstrap servers of a real Kafka broker for the whole test session."""
+    external = os.environ.get("PULSE_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    if docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    from pulse import broker
+
+    local = base_settings.model_copy(
+        update={
+            "data_root": session_root / "broker",
+            "broker_port": free_port(),
+            "controller_port": free_port(),
+        }
+    )
+    broker.start(local, log=lambda *_: None)
+    try:
+        yield f"127.0.0.1:{local.broker_port}"
+    finally:
+        broker.stop(local, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(base_settings: Settings, kafka_bootstrap: str) -> Settings:
+    """Settings pointing at the session broker."""
+    return base_settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap})
+
+
+@pytest.fixture
+def topic(kafka_settings: Settings) -> str:
+    """A fresh, empty topic per test (3 partitions)."""
+    from pulse.topics import create_topics
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    create_topics(
+        kafka_settings.model_copy(update={"topic_transactions": name}), log=lambda *_: None
+    )
+    return name
+
+
+@pytest.fixture(scope="session")
+def spark(base_settings: Settings):  # type: ignore[no-untyped-def]
+    """One shared local Spark session (local[2], UTC, UI off, 2 shuffle partitions)."""
+    from pulse.spark import build_spark
+
+    session = build_spark(base_settings, app_name="pulse-tests")
+    session.sparkContext.setCheckpointDir(str(base_settings.data_root / "spark-checkpoints"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A fresh data root per test."""
+    return tmp_path
+
+
+@pytest.fixture
+def settings(base_settings: Settings, data_root: Path) -> Settings:
+    """Per-test settings on a fresh data root (no broker)."""
+    return base_settings.model_copy(update={"data_root": data_root})

@@ -1,0 +1,106 @@
+"""Settings, CLI errors and the compose file: no JVM needed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pulse.cli import main
+from pulse.settings import Settings, load_settings
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_settings_read_environment_and_overrides(monkeypatch):
+    monkeypatch.setenv("PULSE_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("PULSE_TOPIC_PARTITIONS", "12")
+    monkeypatch.setenv("PULSE_KAFKA_SASL_PASSWORD", "hunter2")
+    s = load_settings(spark_master="spark://master:7077", data_root=None)
+    assert s.kafka_bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert s.topic_partitions == 12
+    assert s.spark_master == "spark://master:7077"
+    assert s.data_root == Path("data")  # None override means "not given"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+    with pytest.raises(ValidationError):
+        s.topic_partitions = 1  # frozen
+
+
+def test_env_example_lists_every_setting():
+    listed = {
+        line.split("=", 1)[0]
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line.startswith("PULSE_")
+    }
+    assert listed == {f"PULSE_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_help_lists_every_setting(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in Settings.model_fields:
+        assert f"PULSE_{name.upper()}" in out
+
+
+def test_missing_mvn_is_one_clear_line(tmp_path):
+    # A PATH with java but no mvn, and an empty jar cache: setup must say what to install.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").symlink_to(shutil.which("java"))
+    env = {**os.environ, "PATH": str(bin_dir), "PULSE_JVM_CACHE": str(tmp_path / "jvm")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pulse.cli", "setup"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode != 0
+    err_lines = proc.stderr.strip().splitlines()
+    assert len(err_lines) == 1, proc.stderr
+    assert err_lines[0].startswith("pulse: error: `mvn` not found")
+    assert "Maven" in err_lines[0]
+
+
+def test_topics_on_unreachable_broker_fails_fast(tmp_path):
+    env = {**os.environ, "PULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "PULSE_DATA_ROOT": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pulse.cli", "topics", "create"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("pulse: error: Kafka at 127.0.0.1:1")
+    assert "Traceback" not in proc.stderr
+
+
+def _compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _compose_available(), reason="docker compose CLI not installed")
+def test_docker_compose_file_is_valid():
+    proc = subprocess.run(
+        ["docker", "compose", "-f", str(REPO / "docker-compose.yml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_docker_compose_uses_official_kafka_image_in_kraft_mode():
+    import yaml
+
+    spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    kafka = spec["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:4")
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert kafka["ports"][0].endswith(":9092")
