@@ -21,11 +21,15 @@ def build_spark(
     """Create (or reuse) the session. UTC, few shuffle partitions, UI off locally."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    local = settings.spark_master.startswith("local")
+    # Under spark-submit (which starts the JVM and passes its gateway port) the master
+    # and jars come from spark-submit's command line; keep them.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    local = not submitted and settings.spark_master.startswith("local")
+    builder = SparkSession.builder.appName(app_name)
+    if not submitted:
+        builder = builder.master(settings.spark_master)
     builder = (
-        SparkSession.builder.master(settings.spark_master)
-        .appName(app_name)
-        .config("spark.sql.session.timeZone", "UTC")
+        builder.config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
         .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
         .config("spark.driver.memory", settings.spark_driver_memory)
@@ -44,7 +48,7 @@ def build_spark(
         builder = builder.config("spark.ui.enabled", "false").config(
             "spark.sql.warehouse.dir", str((settings.data_root / "spark-warehouse").resolve())
         )
-    if with_kafka:
+    if with_kafka and not submitted:
         builder = builder.config("spark.jars", ",".join(str(p) for p in spark_kafka_jars(settings)))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
