@@ -1,0 +1,1 @@
+"""Producers: dataset adapters, the synthetic H&M-layout generator, the replay producer."""

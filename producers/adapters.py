@@ -1,0 +1,440 @@
+"""Dataset adapters: a source folder or file -> contract events, in event-time order.
+
+One entry point, ``open_source(spec)``, shared by the replay producer and the batch
+backfill. A ``Source`` reads its file in pandas chunks (ids as strings, so H&M's
+zero-padded ``article_id`` survives), normalises each chunk to the contract columns
+with vectorised pandas, rejects invalid rows *with a reason*, and yields
+``pyarrow.Table`` batches. Every row read is either accepted or rejected:
+``stats.accepted + sum(stats.rejected.values()) == stats.rows_read``.
+
+Event ids are deterministic: ``make_event_id(source, <raw row content>, <occurrence
+index among identical rows>)``. Identical rows always share an event time, and the
+input is in event-time order, so a batch is only cut between two distinct event
+times: all copies of a row are numbered inside one batch.
+
+Supported sources (``spec``):
+
+- ``hm:DIR`` — the H&M Kaggle folder (``transactions_train.csv[.gz]`` or ``.parquet``);
+  ``event_time`` = ``t_dat`` at 00:00 UTC, quantity 1, ``unit_price`` = price.
+- ``synthetic:DIR`` — the generator's output (same layout, marker ``_pulse_generated.json``).
+- ``online_retail:FILE`` — UCI Online Retail (I or II column names). ``InvoiceDate`` is
+  UK time without zone and is taken as UTC. Cancellations (``C`` invoices, negative
+  quantity) are kept as returns; a missing customer id or a non-positive price is rejected.
+- a bare path: a folder is H&M (or synthetic when the marker is present), a file is
+  Online Retail.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pulse.errors import PulseError
+from schemas.transaction import FIELD_NAMES, INT32, MAX_STRING_LEN, make_event_id
+
+GENERATED_MARKER = "_pulse_generated.json"
+KINDS = ("hm", "online_retail", "synthetic")
+
+#: The contract columns as Arrow types: what ``Source.iter_batches`` yields.
+ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("article_id", pa.string(), nullable=False),
+        pa.field("quantity", pa.int32(), nullable=False),
+        pa.field("unit_price", pa.float64(), nullable=False),
+        pa.field("sales_channel_id", pa.int32(), nullable=True),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("produced_at", pa.timestamp("us", tz="UTC"), nullable=True),
+    ]
+)
+assert tuple(ARROW_SCHEMA.names) == FIELD_NAMES
+
+HM_COLUMNS = ("t_dat", "customer_id", "article_id", "price", "sales_channel_id")
+# Online Retail I and II name the same columns differently; map both to one set.
+RETAIL_COLUMNS = {
+    "invoice": ("InvoiceNo", "Invoice"),
+    "stock_code": ("StockCode",),
+    "quantity": ("Quantity",),
+    "invoice_date": ("InvoiceDate",),
+    "price": ("UnitPrice", "Price"),
+    "customer_id": ("CustomerID", "Customer ID"),
+}
+
+
+@dataclass
+class SourceStats:
+    """Counts filled in as a source is iterated.
+
+    ``rows_read`` counts rows inside the date window; rows outside it are
+    ``skipped`` (not read as events). ``rejected`` maps a reason to a count.
+    """
+
+    rows_read: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0
+
+    @property
+    def n_rejected(self) -> int:
+        """Total rejected rows, all reasons."""
+        return sum(self.rejected.values())
+
+    def summary(self) -> str:
+        """One printable line: read = accepted + rejected, with reasons."""
+        reasons = ", ".join(f"{r}: {n:,}" for r, n in self.rejected.most_common())
+        text = (
+            f"rows read {self.rows_read:,} = accepted {self.accepted:,}"
+            f" + rejected {self.n_rejected:,}"
+        )
+        if reasons:
+            text += f" ({reasons})"
+        if self.skipped:
+            text += f"; {self.skipped:,} outside the date window skipped"
+        return text
+
+
+# A normaliser turns one raw chunk (all strings) into contract columns + a
+# ``reason`` column (None when valid) + ``key`` (the raw row content for the id).
+Normaliser = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+class Source:
+    """A dataset readable as contract events in event-time order.
+
+    ``start``/``end`` (inclusive UTC dates) limit the events to a date window.
+    Iterating twice reads the file twice and restarts ``stats``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        *,
+        start: date | None = None,
+        end: date | None = None,
+        customers_path: Path | None = None,
+        articles_path: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.start = start
+        self.end = end
+        self.customers_path = customers_path
+        self.articles_path = articles_path
+        self.stats = SourceStats()
+
+    def __repr__(self) -> str:
+        return f"Source({self.name!r}, {str(self.path)!r})"
+
+    # -- reading -----------------------------------------------------------------
+
+    def _raw_chunks(self, batch_rows: int) -> Iterator[pd.DataFrame]:
+        """The file as chunks of string columns (empty string for a missing value)."""
+        if self.path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows):
+                yield batch.to_pandas().astype(str).replace({"None": "", "nan": "", "NaT": ""})
+            return
+        try:
+            yield from pd.read_csv(
+                self.path, dtype=str, keep_default_na=False, chunksize=batch_rows
+            )
+        except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
+            raise PulseError(f"{self.path}: cannot read as CSV ({exc})") from None
+
+    def _normaliser(self, header: list[str]) -> Normaliser:
+        if self.name in ("hm", "synthetic"):
+            missing = [c for c in HM_COLUMNS if c not in header]
+            if missing:
+                raise PulseError(
+                    f"{self.path}: not an H&M transactions file, missing column(s) "
+                    f"{', '.join(missing)} (expected {', '.join(HM_COLUMNS)})"
+                )
+            return _normalise_hm
+        names = {}
+        for canonical, options in RETAIL_COLUMNS.items():
+            found = next((c for c in options if c in header), None)
+            if found is None:
+                raise PulseError(
+                    f"{self.path}: not an Online Retail file, missing column {' or '.join(options)}"
+                )
+            names[canonical] = found
+        return lambda chunk: _normalise_retail(chunk, names)
+
+    def iter_batches(self, batch_rows: int = 100_000) -> Iterator[pa.Table]:
+        """Yield contract tables (``ARROW_SCHEMA``) of accepted events, in event-time order.
+
+        ``produced_at`` is null (the producer sets it). Raises PulseError on a
+        wrong layout or an input that is not sorted by event time.
+        """
+        self.stats = SourceStats()
+        normalise: Normaliser | None = None
+        pending: pd.DataFrame | None = None  # rows of the last event time, held back
+        last_time: pd.Timestamp | None = None
+        row_offset = 0  # data rows of the file seen so far (for error messages)
+        for raw in self._raw_chunks(batch_rows):
+            if normalise is None:
+                normalise = self._normaliser(list(raw.columns))
+            chunk = normalise(raw)
+            chunk["row"] = np.arange(row_offset + 1, row_offset + len(chunk) + 1)
+            row_offset += len(chunk)
+            last_time = _check_sorted(chunk, last_time, self.path)
+            chunk = self._window(chunk)
+            if chunk is None:  # past the end of the window: stop reading
+                break
+            if pending is not None:
+                chunk = pd.concat([pending, chunk], ignore_index=True)
+            # Hold back the rows of the chunk's last event time: identical rows
+            # (same time) may continue in the next chunk and must be numbered together.
+            times = chunk["event_time"]
+            valid_times = times.dropna()
+            if len(valid_times) == 0:
+                pending = chunk
+                continue
+            cut = valid_times.iloc[-1]
+            tail = np.arange(len(chunk)) >= int(np.argmax((times == cut).to_numpy()))
+            pending = chunk[tail]
+            ready = chunk[~tail]
+            if len(ready):
+                yield from self._finish(ready)
+        if normalise is None:
+            raise PulseError(f"{self.path}: empty file (no header)")
+        if pending is not None and len(pending):
+            yield from self._finish(pending)
+
+    def _window(self, chunk: pd.DataFrame) -> pd.DataFrame | None:
+        """Drop rows outside [start, end]; None once the whole chunk is past ``end``.
+
+        Rows whose time does not parse are kept, so they are rejected and counted.
+        """
+        if self.start is None and self.end is None:
+            return chunk
+        times = chunk["event_time"]
+        keep = pd.Series(True, index=chunk.index)
+        if self.start is not None:
+            keep &= ~(times < pd.Timestamp(self.start))  # NaT compares False: kept
+        if self.end is not None:
+            after = times >= pd.Timestamp(self.end) + pd.Timedelta(days=1)
+            if after.any() and bool(after[times.notna()].all()):
+                self.stats.skipped += len(chunk)
+                return None
+            keep &= ~after
+        self.stats.skipped += int((~keep).sum())
+        return chunk[keep]
+
+    def _finish(self, chunk: pd.DataFrame) -> Iterator[pa.Table]:
+        """Number identical rows, make ids, count, and emit the accepted rows."""
+        chunk = chunk.reset_index(drop=True)
+        occurrence = chunk.groupby("key", sort=False).cumcount().to_numpy()
+        source = self.name
+        chunk["event_id"] = [
+            make_event_id(source, key, int(n))
+            for key, n in zip(chunk["key"].to_numpy(), occurrence, strict=True)
+        ]
+        self.stats.rows_read += len(chunk)
+        bad = chunk["reason"].notna()
+        self.stats.rejected.update(chunk.loc[bad, "reason"].to_list())
+        good = chunk[~bad]
+        self.stats.accepted += len(good)
+        if len(good):
+            yield _to_arrow(good, source)
+
+    def events(self, batch_rows: int = 100_000) -> Iterator[dict[str, Any]]:
+        """Typed contract events (timestamps as UTC datetimes), in event-time order."""
+        for table in self.iter_batches(batch_rows):
+            yield from table.to_pylist()
+
+
+def _check_sorted(chunk: pd.DataFrame, last: pd.Timestamp | None, path: Path) -> Any:
+    """Refuse an input not in event-time order; return the last event time seen."""
+    times = chunk["event_time"].dropna()
+    if len(times) == 0:
+        return last
+    values = times.to_numpy()
+    back = np.flatnonzero(values[1:] < values[:-1])
+    if last is not None and values[0] < last.to_datetime64():
+        first_bad = times.index[0]
+    elif len(back):
+        first_bad = times.index[back[0] + 1]
+    else:
+        return times.iloc[-1]
+    row = int(chunk.loc[first_bad, "row"])
+    raise PulseError(f"{path} is not sorted by event time at row {row:,}; sort it first")
+
+
+def _to_arrow(good: pd.DataFrame, source: str) -> pa.Table:
+    n = len(good)
+    return pa.table(
+        {
+            "event_id": pa.array(good["event_id"].to_numpy(), pa.string()),
+            "event_time": pa.array(good["event_time"].to_numpy(), pa.timestamp("us")).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            "customer_id": pa.array(good["customer_id"].to_numpy(), pa.string()),
+            "article_id": pa.array(good["article_id"].to_numpy(), pa.string()),
+            "quantity": pa.array(good["quantity"].to_numpy(), pa.int32()),
+            "unit_price": pa.array(good["unit_price"].to_numpy(), pa.float64()),
+            "sales_channel_id": pa.array(good["sales_channel_id"], pa.int32()),
+            "source": pa.array([source] * n, pa.string()),
+            "produced_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
+        },
+        schema=ARROW_SCHEMA,
+    )
+
+
+def _first_reason(checks: list[tuple[str, pd.Series]], index: pd.Index) -> pd.Series:
+    """Per row, the first failing check's reason (None when all pass)."""
+    reason = pd.Series(None, index=index, dtype=object)
+    for text, failed in reversed(checks):  # earlier checks overwrite later ones
+        reason = reason.mask(failed.to_numpy(), text)
+    return reason
+
+
+def _common_checks(out: pd.DataFrame) -> list[tuple[str, pd.Series]]:
+    """The contract's own rules, vectorised (same reasons as schemas.transaction)."""
+    return [
+        ("event_time: unparseable timestamp", out["event_time"].isna()),
+        ("customer_id: missing", out["customer_id"].str.strip() == ""),
+        ("customer_id: too long", out["customer_id"].str.len() > MAX_STRING_LEN),
+        ("article_id: missing", out["article_id"].str.strip() == ""),
+        ("article_id: too long", out["article_id"].str.len() > MAX_STRING_LEN),
+    ]
+
+
+def _normalise_hm(raw: pd.DataFrame) -> pd.DataFrame:
+    """H&M rows -> contract columns; one row per unit bought, so quantity is 1."""
+    out = pd.DataFrame(index=raw.index)
+    out["event_time"] = pd.to_datetime(raw["t_dat"], format="%Y-%m-%d", errors="coerce")
+    out["customer_id"] = raw["customer_id"].str.strip()
+    out["article_id"] = raw["article_id"].str.strip()
+    out["quantity"] = 1
+    price = pd.to_numeric(raw["price"], errors="coerce")
+    out["unit_price"] = price
+    channel = pd.to_numeric(raw["sales_channel_id"], errors="coerce")
+    out["sales_channel_id"] = [None if pd.isna(c) else int(c) for c in channel]
+    checks = _common_checks(out) + [
+        ("unit_price: not a number", price.isna() | ~np.isfinite(price.fillna(0))),
+        ("unit_price: is negative", price < 0),
+        (
+            "sales_channel_id: is not 1 or 2",
+            (raw["sales_channel_id"].str.strip() != "") & ~channel.isin([1, 2]),
+        ),
+    ]
+    out["reason"] = _first_reason(checks, out.index)
+    out["key"] = (
+        raw["t_dat"]
+        + "\x1f"
+        + raw["customer_id"]
+        + "\x1f"
+        + raw["article_id"]
+        + "\x1f"
+        + raw["price"]
+        + "\x1f"
+        + raw["sales_channel_id"]
+    )
+    return out
+
+
+def _parse_invoice_date(text: pd.Series) -> pd.Series:
+    """UK local time without a zone, taken as UTC; ISO or ``12/1/2010 8:26`` style."""
+    iso = pd.to_datetime(text, format="ISO8601", errors="coerce")
+    if iso.isna().any():
+        us = pd.to_datetime(text, format="%m/%d/%Y %H:%M", errors="coerce")
+        iso = iso.fillna(us)
+    return iso
+
+
+def _normalise_retail(raw: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """Online Retail lines -> contract columns; cancellations stay as returns."""
+    col = {k: raw[v].str.strip() for k, v in names.items()}
+    out = pd.DataFrame(index=raw.index)
+    out["event_time"] = _parse_invoice_date(col["invoice_date"])
+    # CustomerID is float-like in some exports ("17850.0"): keep the integer text.
+    out["customer_id"] = col["customer_id"].str.replace(r"\.0+$", "", regex=True)
+    out["article_id"] = col["stock_code"]
+    quantity = pd.to_numeric(col["quantity"], errors="coerce")
+    price = pd.to_numeric(col["price"], errors="coerce")
+    q_ok = quantity.notna() & (quantity == quantity.round()) & quantity.between(*INT32)
+    out["quantity"] = quantity.where(q_ok, 0).astype("int64")
+    out["unit_price"] = price
+    out["sales_channel_id"] = None  # Online Retail has no channel
+    checks = _common_checks(out) + [
+        ("quantity: not an int32", ~q_ok),
+        ("quantity: is zero", quantity == 0),
+        ("unit_price: not a number", price.isna() | ~np.isfinite(price.fillna(0))),
+        ("unit_price: not positive", price <= 0),
+    ]
+    out["reason"] = _first_reason(checks, out.index)
+    key = col["invoice"]
+    for name in ("stock_code", "quantity", "invoice_date", "price", "customer_id"):
+        key = key + "\x1f" + col[name]
+    out["key"] = key
+    return out
+
+
+# -- opening a source -------------------------------------------------------------
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for suffix in (".csv", ".csv.gz", ".parquet"):
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _articles_near(folder: Path) -> Path | None:
+    """articles.csv in the folder, else in a sibling ``hm_articles/`` (the shared data layout)."""
+    return _find(folder, "articles") or _find(folder.parent / "hm_articles", "articles")
+
+
+def open_source(spec: str, *, start: date | None = None, end: date | None = None) -> Source:
+    """Open ``spec`` (``hm:``/``online_retail:``/``synthetic:`` + path, or a bare path).
+
+    Raises PulseError for a missing path, an unknown kind or a folder without
+    transactions. Column checks happen when iteration starts (reading the header).
+    """
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in KINDS:
+        path = Path(rest).expanduser()
+    else:
+        kind, path = "", Path(spec).expanduser()
+    if not path.exists():
+        raise PulseError(f"source not found: {path}")
+    if not kind:
+        if path.is_dir():
+            kind = "synthetic" if (path / GENERATED_MARKER).is_file() else "hm"
+        else:
+            kind = "online_retail"
+    if kind in ("hm", "synthetic"):
+        if path.is_dir():
+            transactions = _find(path, "transactions_train")
+            if transactions is None:
+                raise PulseError(
+                    f"{path}: no transactions_train.csv[.gz] or .parquet in this folder"
+                )
+            folder = path
+        else:
+            transactions, folder = path, path.parent
+        return Source(
+            kind,
+            transactions,
+            start=start,
+            end=end,
+            customers_path=_find(folder, "customers"),
+            articles_path=_articles_near(folder),
+        )
+    if path.is_dir():
+        raise PulseError(f"{path}: online_retail expects a CSV file, got a folder")
+    return Source("online_retail", path, start=start, end=end)
