@@ -1,0 +1,89 @@
+"""The real H&M sample and the full Online Retail set load with reconciled counts.
+
+Expected figures are the README's facts (../shared/data/README.md), re-derived here
+from the raw files with plain pandas so the adapter's counts are checked against an
+independent reading, not against themselves.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from producers.adapters import open_source
+
+pytestmark = [pytest.mark.realdata, pytest.mark.unit]
+
+
+def test_hm_sample_loads_every_row_with_distinct_ids(real_data: Path) -> None:
+    source = open_source(f"hm:{real_data / 'hm_sample'}")
+    ids: set[str] = set()
+    customers: set[str] = set()
+    articles: set[str] = set()
+    first = last = None
+    for batch in source.iter_batches(batch_rows=7_000):  # batch edges cut through days
+        ids.update(batch["event_id"].to_pylist())
+        customers.update(batch["customer_id"].to_pylist())
+        articles.update(batch["article_id"].to_pylist())
+        first = first or batch["event_time"][0].as_py()
+        last = batch["event_time"][-1].as_py()
+    stats = source.stats
+    assert stats.rows_read == 31_662
+    assert stats.accepted + stats.n_rejected == stats.rows_read
+    assert stats.accepted == 31_662  # the sample is clean
+    assert len(ids) == 31_662  # includes the 2,894 exact duplicate rows
+    assert len(customers) == 1_364
+    assert len(articles) == 17_033
+    assert all(len(a) == 10 and a.isdigit() for a in articles)
+    assert (first, last) == (datetime(2018, 9, 20, tzinfo=UTC), datetime(2020, 9, 22, tzinfo=UTC))
+    assert source.customers_path is not None and source.customers_path.name.startswith("customers")
+    assert source.articles_path is not None and source.articles_path.name.startswith("articles")
+
+    raw = pd.read_csv(real_data / "hm_sample" / "transactions_train.csv.gz", dtype=str)
+    assert int(raw.duplicated().sum()) == 2_894
+
+
+def test_online_retail_rejections_reconcile_with_the_readme(real_data: Path) -> None:
+    path = real_data / "online_retail" / "online_retail.csv.gz"
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    no_customer = raw["CustomerID"].str.strip() == ""
+    price = raw["UnitPrice"].astype(float)
+    quantity = raw["Quantity"].astype(int)
+    cancelled = raw["InvoiceNo"].str.startswith("C")
+    # The README's facts about the raw file.
+    assert len(raw) == 541_909
+    assert int(no_customer.sum()) == 135_080
+    assert int(cancelled.sum()) == 9_288
+    assert int((quantity <= 0).sum()) == 10_624
+    assert int((price <= 0).sum()) == 2_517
+    # Rejections take the first failing rule: no customer id, then price <= 0.
+    # 2,477 of the 2,517 non-positive prices are on lines without a customer id.
+    assert int((no_customer & (price <= 0)).sum()) == 2_477
+    returns_kept = int((~no_customer & (price > 0) & (quantity < 0)).sum())
+    assert returns_kept == 8_905  # every such line is a 'C' cancellation
+    assert int((~no_customer & (quantity < 0) & ~cancelled).sum()) == 0
+
+    source = open_source(str(path))
+    n_returns = 0
+    customers: set[str] = set()
+    ids: set[str] = set()
+    for batch in source.iter_batches():
+        n_returns += sum(q < 0 for q in batch["quantity"].to_pylist())
+        customers.update(batch["customer_id"].to_pylist())
+        ids.update(batch["event_id"].to_pylist())
+    stats = source.stats
+    assert stats.rows_read == 541_909
+    assert dict(stats.rejected) == {
+        "customer_id: missing": 135_080,
+        "unit_price: not positive": 2_517 - 2_477,
+    }
+    assert stats.accepted == 541_909 - 135_080 - 40 == 406_789
+    assert stats.accepted + stats.n_rejected == stats.rows_read
+    assert n_returns == returns_kept
+    assert len(ids) == stats.accepted
+    # 4,372 customers in the README; one of them only has zero-price lines.
+    assert len(customers) == 4_371
+    assert raw.loc[~no_customer, "CustomerID"].nunique() == 4_372
