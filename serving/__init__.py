@@ -1,0 +1,1 @@
+"""Serving: the live customer view (features joined with the current model outputs)."""
