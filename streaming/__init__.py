@@ -1,0 +1,1 @@
+"""The speed layer: Kafka -> quarantine, lake and live features, exactly once."""

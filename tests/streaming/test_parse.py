@@ -1,0 +1,120 @@
+"""The Spark validator gives the same reason as schemas.transaction.validate, record by record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pyspark.sql import types as T
+
+from schemas.transaction import decode, encode, parse_timestamp, validate
+from streaming.parse import classify
+
+pytestmark = pytest.mark.spark
+
+GOOD = {
+    "event_id": "hm-abc",
+    "event_time": "2020-09-22T00:00:00Z",
+    "customer_id": "c1",
+    "article_id": "0123",
+    "quantity": 1,
+    "unit_price": 0.05,
+    "sales_channel_id": 2,
+    "source": "hm",
+    "produced_at": "2026-01-01T10:00:00.123Z",
+}
+
+
+def _with(**changes: object) -> bytes:
+    obj = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in obj.items() if v != "<drop>"}).encode()
+
+
+RECORDS: list[bytes] = [
+    _with(),
+    _with(sales_channel_id=None),
+    _with(sales_channel_id="<drop>"),
+    _with(quantity=-3, unit_price=2),
+    b"{broken",
+    b'{"event_id": "\xc3\x28"}',  # invalid UTF-8
+    b"[1, 2]",
+    b"null",
+    b'"text"',
+    _with(event_id="<drop>"),
+    _with(event_id=None),
+    _with(event_id=""),
+    _with(event_id="   "),
+    _with(event_id=5),
+    _with(customer_id=True),
+    _with(customer_id="x" * 300),
+    _with(article_id=["a"]),
+    _with(article_id={"a": 1}),
+    _with(event_time=20200922),
+    _with(event_time="yesterday"),
+    _with(event_time="2020-13-45T00:00:00Z"),
+    _with(quantity="1"),
+    _with(quantity=1.5),
+    _with(quantity=True),
+    _with(quantity=0),
+    _with(quantity=2**40),
+    _with(unit_price=-0.01),
+    _with(unit_price="9.99"),
+    _with(unit_price=False),
+    _with(sales_channel_id=3),
+    _with(sales_channel_id=1.0),
+    _with(source="amazon"),
+    _with(produced_at=None),
+    _with(extra_field=1),
+    _with(zzz=1, aaa=2),
+    _with(quantity=0, unit_price=-1),
+]
+
+
+def _kafka_rows(spark, values: list[bytes]):  # type: ignore[no-untyped-def]
+    schema = T.StructType(
+        [
+            T.StructField("value", T.BinaryType()),
+            T.StructField("topic", T.StringType()),
+            T.StructField("partition", T.IntegerType()),
+            T.StructField("offset", T.LongType()),
+            T.StructField("timestamp", T.TimestampType()),
+        ]
+    )
+    rows = [(bytearray(v), "t", 0, i, None) for i, v in enumerate(values)]
+    return spark.createDataFrame(rows, schema)
+
+
+def _python_reason(raw: bytes) -> str | None:
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"malformed JSON: {exc.__class__.__name__}"
+    return validate(obj)
+
+
+def test_spark_reasons_equal_python_reasons(spark) -> None:  # type: ignore[no-untyped-def]
+    got = classify(_kafka_rows(spark, RECORDS)).orderBy("offset").collect()
+    expected = [_python_reason(r) for r in RECORDS]
+    mismatches = [
+        (raw, row["reason"], want)
+        for raw, row, want in zip(RECORDS, got, expected, strict=True)
+        if row["reason"] != want
+    ]
+    assert mismatches == []
+    # The set exercises both valid and many distinct invalid reasons.
+    assert expected[:4] == [None, None, None, None]
+    assert len({e for e in expected if e}) >= 25
+
+
+def test_valid_rows_are_typed_like_decode(spark) -> None:  # type: ignore[no-untyped-def]
+    values = [_with(), _with(sales_channel_id=None, quantity=-3, unit_price=2)]
+    got = classify(_kafka_rows(spark, values)).orderBy("offset").collect()
+    for row, raw in zip(got, values, strict=True):
+        event = decode(raw)
+        assert row["event_id"] == event["event_id"]
+        assert row["quantity"] == event["quantity"]
+        assert row["unit_price"] == event["unit_price"]
+        assert row["sales_channel_id"] == event["sales_channel_id"]
+        assert row["event_time"] == event["event_time"].replace(tzinfo=None)
+        assert row["produced_at"] == parse_timestamp(GOOD["produced_at"]).replace(tzinfo=None)
+    assert decode(encode(decode(values[0]))) == decode(values[0])
