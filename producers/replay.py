@@ -47,6 +47,7 @@ from schemas.transaction import MAX_STRING_LEN, encode, format_timestamp, now_ut
 METADATA_TIMEOUT_S = 5.0  # broker/topic check before producing: fail within seconds
 DELIVERY_TIMEOUT_MS = 30_000  # a record not acknowledged by then is a failed delivery
 SAVE_EVERY_S = 0.5  # how often the resume position is made durable while running
+HOUSEKEEPING_EVERY = 1000  # rows between progress/position updates at full speed
 BAD_KINDS = ("broken_json", "wrong_type", "missing_field", "negative_price", "oversized")
 
 log_kafka = logging.getLogger("pulse.kafka")
@@ -384,7 +385,8 @@ def replay(
     last_save = started
     first_time: datetime | None = None
     previous_time: datetime | None = None
-    sent_rows = 0
+    sent_rows = shown = 0  # rows sent; rows already counted on the progress bar
+    paced = pacing.speedup is not None or pacing.rate is not None
     with stop_on_signals(stop):
         try:
             for row, event in enumerate(events):
@@ -422,15 +424,17 @@ def replay(
                 stats.good += 1
                 sent_rows += 1
                 producer.poll(0)
-                if sent_rows % 1000 == 0:
-                    bar.update(1000)
+                # housekeeping every HOUSEKEEPING_EVERY rows, or every row when paced (slow)
+                if sent_rows - shown >= HOUSEKEEPING_EVERY or paced:
+                    bar.update(sent_rows - shown)
+                    shown = sent_rows
                     bar.set_postfix_str(_clock(event_time, until, pacing), refresh=False)
                     now = time.monotonic()
                     if now - last_save >= SAVE_EVERY_S:
                         save_position(pos_file, prefix.rows, identity)
                         last_save = now
         finally:
-            bar.update(sent_rows % 1000)
+            bar.update(sent_rows - shown)
             bar.close()
             # flush in short slices so a second Ctrl-C is not needed and deliveries keep counting
             deadline = time.monotonic() + DELIVERY_TIMEOUT_MS / 1000 + 5

@@ -1,0 +1,289 @@
+"""The replay producer against a real broker, read back by a second, independent client.
+
+kafka-python (not confluent-kafka, which the producer uses) reads every partition
+from the beginning to its end offset, so the checks see exactly what the broker holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from producers.adapters import open_source
+from producers.replay import Pacing, replay
+from pulse.cli import main as pulse_main
+from schemas.transaction import ContractError, decode
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_hm_folder(folder: Path, days: int = 20, customers: int = 12) -> Path:
+    """A small H&M-layout folder a reader can check by hand (~250 rows, sorted by t_dat).
+
+    It holds exact duplicate rows (two units of one article) and three invalid rows
+    (negative price, unknown channel, empty customer) that the adapter rejects.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["t_dat,customer_id,article_id,price,sales_channel_id"]
+    day0 = date(2020, 6, 1)
+    for d in range(days):
+        t_dat = (day0 + timedelta(days=d)).isoformat()
+        for c in range(customers):
+            if (c + d) % 3 == 0:
+                continue  # not every customer buys every day
+            article = f"0{700000000 + c * 100 + d:09d}"
+            price = f"0.0{(c * 7 + d) % 90 + 10}"
+            channel = 1 + (c + d) % 2
+            lines.append(f"{t_dat},cust{c:02d},{article},{price},{channel}")
+            if c % 4 == 0:  # a second unit of the same article: an exact duplicate row
+                lines.append(f"{t_dat},cust{c:02d},{article},{price},{channel}")
+        if d == 5:
+            lines.append(f"{t_dat},cust01,0700000999,-0.02,2")
+            lines.append(f"{t_dat},cust02,0700000998,0.02,7")
+            lines.append(f"{t_dat},,0700000997,0.02,2")
+    (folder / "transactions_train.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def consume_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, bytes]]:
+    """Every record of ``topic`` as (partition, offset, key, value), read to the end offsets."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records = []
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, "could not read the topic to its end"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records += [(r.partition, r.offset, r.key, r.value) for r in batch]
+        return records
+    finally:
+        consumer.close()
+
+
+def without_produced_at(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k != "produced_at"}
+
+
+@pytest.fixture
+def hm_folder(tmp_path: Path) -> Path:
+    return write_hm_folder(tmp_path / "hm")
+
+
+@pytest.fixture
+def topic_settings(kafka_settings, topic, tmp_path):
+    return kafka_settings.model_copy(
+        update={"topic_transactions": topic, "data_root": tmp_path / "root"}
+    )
+
+
+def assert_exactly_once_in_customer_order(records, expected: list[dict]) -> None:
+    """The topic holds exactly ``expected`` (ignoring produced_at), each once, in order per key."""
+    decoded = [(p, o, k, decode(v)) for p, o, k, v in records]
+    ids = [e["event_id"] for *_, e in decoded]
+    assert len(ids) == len(set(ids)), "an event is on the topic twice"
+    by_id = {e["event_id"]: without_produced_at(e) for e in expected}
+    assert {e["event_id"]: without_produced_at(e) for *_, e in decoded} == by_id
+    assert all(k.decode() == e["customer_id"] for _, _, k, e in decoded)
+    assert all(e["produced_at"] is not None for *_, e in decoded)
+    # each customer lives in one partition, its events in the source's order there
+    on_topic: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    for p, o, _, e in decoded:
+        on_topic[e["customer_id"]].append((p, o, e["event_id"]))
+    in_source: dict[str, list[str]] = defaultdict(list)
+    for e in expected:
+        in_source[e["customer_id"]].append(e["event_id"])
+    for customer, placed in on_topic.items():
+        assert len({p for p, _, _ in placed}) == 1, f"{customer} spans partitions"
+        assert [i for _, _, i in sorted(placed)] == in_source[customer]
+
+
+def test_replay_puts_exactly_the_accepted_events_on_the_topic_in_customer_order(
+    hm_folder, topic_settings
+):
+    expected = list(open_source(f"hm:{hm_folder}").events())
+    source = open_source(f"hm:{hm_folder}")
+    stats = replay(source.events(), topic_settings, progress=False, log=lambda *_: None)
+
+    assert source.stats.n_rejected == 3  # the three invalid rows never reach Kafka
+    assert len(expected) == source.stats.accepted
+    assert (stats.sent, stats.delivered, stats.failed, stats.bad) == (len(expected),) * 2 + (0, 0)
+    assert stats.confirmed_rows == len(expected)
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    assert_exactly_once_in_customer_order(records, expected)
+
+
+def test_injected_bad_records_are_counted_separately_and_all_fail_the_contract(
+    hm_folder, topic_settings
+):
+    expected = list(open_source(f"hm:{hm_folder}").events())
+    stats = replay(
+        open_source(f"hm:{hm_folder}").events(),
+        topic_settings,
+        inject_bad=0.2,
+        seed=3,
+        progress=False,
+        log=lambda *_: None,
+    )
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    good, bad = [], 0
+    for *_, value in records:
+        try:
+            good.append(decode(value))
+        except ContractError:
+            bad += 1
+    assert stats.bad > 0 and sum(stats.bad_by_kind.values()) == stats.bad
+    assert (len(records), bad, len(good)) == (stats.sent, stats.bad, stats.good)
+    assert sorted(e["event_id"] for e in good) == sorted(e["event_id"] for e in expected)
+
+
+def test_a_limited_paced_run_then_resume_sends_each_row_once(hm_folder, topic_settings):
+    expected = list(open_source(f"hm:{hm_folder}").events())
+    identity = {"source": "hm", "path": str(hm_folder)}
+    first = replay(
+        open_source(f"hm:{hm_folder}").events(),
+        topic_settings,
+        pacing=Pacing(rate=2000),
+        limit=40,
+        identity=identity,
+        progress=False,
+    )
+    assert (first.good, first.confirmed_rows) == (40, 40)
+    rest = replay(
+        open_source(f"hm:{hm_folder}").events(),
+        topic_settings,
+        identity=identity,
+        resume=True,
+        progress=False,
+        log=lambda *_: None,
+    )
+    assert (rest.skipped, rest.good) == (40, len(expected) - 40)
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    assert_exactly_once_in_customer_order(records, expected)
+
+
+def pulse_cli(settings, *args: str) -> list[str]:
+    """The command line of a real `pulse` process against ``settings``' broker and topic."""
+    return [
+        sys.executable,
+        "-m",
+        "pulse.cli",
+        "--bootstrap",
+        settings.kafka_bootstrap,
+        "--topic",
+        settings.topic_transactions,
+        "--data-root",
+        str(settings.data_root),
+        *args,
+    ]
+
+
+def wait_for_confirmed_rows(data_root: Path, at_least: int, proc: subprocess.Popen) -> int:
+    """Poll the producer's durable position file until it covers ``at_least`` rows."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the producer ended before it could be killed"
+        for f in (data_root / "producer").glob("*.json"):
+            try:
+                confirmed = json.loads(f.read_text())["last_confirmed_row"] + 1
+            except (ValueError, KeyError):
+                continue  # never happens with os.replace, but a reader must not crash
+            if confirmed >= at_least:
+                return confirmed
+        time.sleep(0.1)
+    raise AssertionError("the producer never saved a position")
+
+
+def test_producer_killed_mid_replay_and_resumed_loses_nothing(hm_folder, topic_settings):
+    expected = list(open_source(f"hm:{hm_folder}").events())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    slow = subprocess.Popen(
+        pulse_cli(topic_settings, "produce", f"hm:{hm_folder}", "--rate", "60"),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        confirmed = wait_for_confirmed_rows(topic_settings.data_root, 30, slow)
+        slow.send_signal(signal.SIGKILL)  # no flush, no final save: a crash
+    finally:
+        slow.wait(30)
+    assert confirmed < len(expected)  # it really died mid-replay
+    half = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    assert 30 <= len(half) < len(expected)
+
+    resumed = subprocess.run(
+        pulse_cli(topic_settings, "produce", f"hm:{hm_folder}", "--resume"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipped" in resumed.stdout  # it continued, not restarted
+
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    on_topic = [decode(v)["event_id"] for *_, v in records]
+    assert set(on_topic) == {e["event_id"] for e in expected}  # none missing, none foreign
+    # duplicates only from rows in flight at the kill, never a second full replay
+    assert len(on_topic) - len(expected) <= len(half) - 30
+
+
+def test_sigterm_flushes_and_exits_cleanly_with_a_summary(hm_folder, topic_settings):
+    proc = subprocess.Popen(
+        pulse_cli(topic_settings, "produce", f"hm:{hm_folder}", "--rate", "60"),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_confirmed_rows(topic_settings.data_root, 20, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "interrupted" in out
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    assert f"delivered {len(records):,}, failed 0" in out  # every sent record is accounted
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bootstrap", "127.0.0.1:1"], "is unreachable"),
+        (["--topic", "no-such-topic"], "does not exist"),
+    ],
+)
+def test_unreachable_broker_or_missing_topic_is_one_clear_line(
+    hm_folder, kafka_settings, tmp_path, capsys, args, message
+):
+    argv = ["--bootstrap", kafka_settings.kafka_bootstrap, "--data-root", str(tmp_path)]
+    rc = pulse_main([*argv, *args, "produce", f"hm:{hm_folder}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0
+    assert err[-1].startswith("pulse: error: ") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_bad_source_path_is_one_clear_line(kafka_settings, tmp_path, capsys):
+    rc = pulse_main(["--data-root", str(tmp_path), "produce", f"hm:{tmp_path / 'nowhere'}"])
+    assert rc != 0
+    assert capsys.readouterr().err.strip() == f"pulse: error: source not found: {tmp_path}/nowhere"
