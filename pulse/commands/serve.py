@@ -1,0 +1,138 @@
+"""`pulse view CUSTOMER_ID [--json]`, `pulse view --at-risk N`, and `pulse demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import date, datetime
+from typing import Any
+
+from pulse.errors import PulseError
+from pulse.settings import Settings
+
+# The fields `pulse view` prints, grouped, in reading order.
+SHOWN = [
+    ("as of", "as_of"),
+    ("segment", "segment_name"),
+    ("churn probability", "churn_probability"),
+    ("at risk (rule)", "at_risk"),
+    ("first / last purchase", ("first_purchase_date", "last_purchase_date")),
+    ("recency / tenure (days)", ("recency_days", "tenure_days")),
+    ("purchase days / transactions", ("frequency", "n_transactions")),
+    ("monetary / avg basket", ("monetary", "avg_basket_value")),
+    ("transactions 7/30/90d", ("n_transactions_7d", "n_transactions_30d", "n_transactions_90d")),
+    ("spend 7/30/90d", ("spend_7d", "spend_30d", "spend_90d")),
+    ("mean days between", "mean_days_between"),
+    ("days overdue", "days_overdue"),
+    ("activity trend 30d", "activity_trend_30d"),
+    ("online share", "online_share"),
+    ("recommendations", "recommendations"),
+    ("models (segments/churn/recs)", ("segments_model_version", "churn_model_version",
+                                      "recs_model_version")),
+]  # fmt: skip
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:,.2f}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) if value else "-"
+    return str(value)
+
+
+def format_customer(row: dict[str, Any]) -> str:
+    """A customer's view row as aligned, readable lines."""
+    lines = [f"customer {row['customer_id']}"]
+    for label, key in SHOWN:
+        keys = key if isinstance(key, tuple) else (key,)
+        lines.append(f"  {label:<30} " + " / ".join(_fmt(row.get(k)) for k in keys))
+    return "\n".join(lines)
+
+
+def format_at_risk(rows: list[dict[str, Any]]) -> str:
+    """The most likely churners as a table."""
+    header = (
+        f"{'customer_id':<66} {'churn_p':>8} {'recency':>8} {'freq':>5} {'monetary':>10}  segment"
+    )
+    lines = [header]
+    for r in rows:
+        lines.append(
+            f"{r['customer_id']:<66} {_fmt(r['churn_probability']):>8} "
+            f"{_fmt(r['recency_days']):>8} {_fmt(r['frequency']):>5} "
+            f"{_fmt(r['monetary']):>10}  {_fmt(r['segment_name'])}"
+        )
+    return "\n".join(lines)
+
+
+def _view(args: argparse.Namespace, settings: Settings) -> int:
+    from serving import read
+
+    if args.at_risk is not None:
+        rows = read.at_risk(settings, args.at_risk)
+        if args.json:
+            print(json.dumps(rows, default=str, indent=2))
+        elif not rows:
+            print("no churn scores in the view yet (no CURRENT churn model)")
+        else:
+            print(format_at_risk(rows))
+        return 0
+    if not args.customer_id:
+        raise PulseError("give a CUSTOMER_ID or --at-risk N")
+    row = read.customer(settings, args.customer_id)
+    print(json.dumps(row, default=str, indent=2) if args.json else format_customer(row))
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.demo import DemoOptions, run_demo
+
+    return run_demo(
+        settings,
+        DemoOptions(
+            source=args.source,
+            customers=args.customers,
+            articles=args.articles,
+            days=args.days,
+            replay_days=args.replay_days,
+            speedup=args.speedup,
+            retrain_every=args.retrain_every,
+            seed=args.seed,
+        ),
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `pulse view` and `pulse demo`."""
+    p = sub.add_parser("view", help="one customer's live view, or the most likely churners")
+    p.add_argument("customer_id", nargs="?", metavar="CUSTOMER_ID")
+    p.add_argument("--at-risk", type=_positive, metavar="N", help="the N most likely churners")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_view)
+
+    p = sub.add_parser("demo", help="the whole loop end to end on generated (or H&M) data")
+    p.add_argument("--source", help="run on a real H&M folder instead (hm:PATH)")
+    p.add_argument("--customers", type=_positive, default=50_000, help="generated customers")
+    p.add_argument("--articles", type=_positive, default=5_000, help="generated articles")
+    p.add_argument("--days", type=_positive, default=730, help="generated days of history")
+    p.add_argument("--replay-days", type=_positive, default=90, help="the last N days are streamed")
+    p.add_argument(
+        "--speedup", type=float, default=86_400.0, help="replay pace (simulated s per wall s)"
+    )
+    p.add_argument(
+        "--retrain-every", type=_positive, default=60, help="seconds between live retrains"
+    )
+    p.add_argument("--seed", type=int, default=42, help="generator seed")
+    p.set_defaults(handler=_demo)

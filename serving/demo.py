@@ -1,0 +1,359 @@
+"""`pulse demo`: the whole lambda loop end to end, as the real CLI steps.
+
+Every step is the `pulse` command a user would type, run as a child process:
+broker start, topics create, data generate, ingest (backfill of all but the last
+``replay_days``), a first retrain, then the stream in the background, a paced
+replay of the last ``replay_days`` into Kafka, periodic retrains while the
+stream runs, a live line per tick showing one customer's churn probability
+moving, and finally the report. Everything is stopped in ``finally``: each child
+runs in its own process group (so a Ctrl-C reaches the demo only, and the demo
+stops the groups in order), and an ``atexit`` hook repeats the kill for exits
+that skip ``finally``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from pulse.errors import PulseError
+from pulse.settings import Settings
+
+TICK_SECONDS = 5.0
+CATCH_UP_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `pulse demo` runs on (generated data unless ``source`` is given)."""
+
+    source: str | None = None
+    customers: int = 50_000
+    articles: int = 5_000
+    days: int = 730
+    replay_days: int = 90
+    speedup: float = 86_400.0
+    retrain_every: int = 60
+    seed: int = 42
+    start: date = date(2018, 9, 20)
+
+
+class Children:
+    """Child processes, each in its own process group; ``stop_all`` ends every group."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        atexit.register(self.stop_all)
+
+    def start(self, name: str, argv: list[str], foreground: bool = False) -> subprocess.Popen:
+        """Start ``argv``; output to the terminal (foreground) or ``log_dir/<name>.log``."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = None if foreground else open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                start_new_session=True)  # fmt: skip
+        if out is not None:
+            out.close()  # the child holds its own descriptor
+        self.procs[name] = proc
+        return proc
+
+    def run(self, name: str, argv: list[str]) -> None:
+        """Run a foreground step to completion; PulseError if it fails."""
+        began = time.monotonic()
+        print(f"\n== {name}: {' '.join(argv[3:])}", flush=True)
+        code = self.start(name, argv, foreground=True).wait()
+        self.procs.pop(name, None)
+        if code != 0:
+            raise PulseError(f"demo step {name!r} failed with exit code {code}")
+        print(f"== {name}: done in {time.monotonic() - began:.1f}s", flush=True)
+
+    def stop(self, name: str, grace: float = 30.0) -> None:
+        """SIGINT the group (lets Spark/producers flush), then SIGTERM, then SIGKILL."""
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Spark's JVM is a child of the Python driver, in the same group: make sure it's gone.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def stop_all(self) -> None:
+        """Stop every child still running (newest first)."""
+        for name in reversed(list(self.procs)):
+            self.stop(name, grace=10.0)
+
+
+def _date_range(source_dir: Path) -> tuple[date, date]:
+    """First and last ``t_dat`` of an H&M-layout folder (DuckDB scan, no Spark)."""
+    import duckdb
+
+    for name in (
+        "transactions_train.parquet",
+        "transactions_train.csv",
+        "transactions_train.csv.gz",
+    ):
+        path = source_dir / name
+        if path.exists():
+            reader = "read_parquet" if name.endswith("parquet") else "read_csv"
+            opts = "" if reader == "read_parquet" else ", all_varchar=true"
+            lo, hi = duckdb.sql(
+                f"select min(t_dat)::date, max(t_dat)::date from {reader}('{path}'{opts})"
+            ).fetchone()
+            return lo, hi
+    raise PulseError(f"{source_dir}: no transactions_train.csv[.gz] or .parquet")
+
+
+def write_backfill(source_dir: Path, out_dir: Path, before: date) -> Path:
+    """Copy an H&M-layout folder keeping only transactions with ``t_dat < before``.
+
+    Rows keep their text and order exactly, so the adapters give them the same event ids
+    as when the full folder is replayed. Dimension files and the generator marker are
+    linked as they are.
+    """
+    import duckdb
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in source_dir.iterdir():
+        if not path.name.startswith("transactions_train") and path.is_file():
+            target = out_dir / path.name
+            if not target.exists():
+                os.symlink(path.resolve(), target)
+    src = next(
+        source_dir / n
+        for n in (
+            "transactions_train.parquet",
+            "transactions_train.csv",
+            "transactions_train.csv.gz",
+        )
+        if (source_dir / n).exists()
+    )
+    reader = (
+        f"read_parquet('{src}')"
+        if src.suffix == ".parquet"
+        else f"read_csv('{src}', all_varchar=true)"
+    )
+    target = out_dir / "transactions_train.csv"
+    duckdb.sql("SET preserve_insertion_order = true")
+    duckdb.sql(
+        f"COPY (SELECT * FROM {reader} WHERE CAST(t_dat AS VARCHAR) < '{before.isoformat()}') "
+        f"TO '{target}' (HEADER, DELIMITER ',')"
+    )
+    return out_dir
+
+
+def _latest_view(settings: Settings) -> Any:
+    """The current view snapshot as a pyarrow Table, or None."""
+    import pyarrow.dataset as ds
+
+    from pulse import snapshots
+
+    path = snapshots.current(settings.serving_dir)
+    if path is None:
+        return None
+    try:
+        return ds.dataset(str(path), format="parquet", exclude_invalid_files=True).to_table()
+    except (FileNotFoundError, OSError):  # cleaned up between CURRENT and the read
+        return None
+
+
+def _features_as_of(settings: Settings) -> Any:
+    """``as_of`` of the current live-feature snapshot (a datetime), or None."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from pulse import snapshots
+
+    path = snapshots.current(settings.features_dir)
+    if path is None:
+        return None
+    try:
+        table = ds.dataset(str(path), format="parquet", exclude_invalid_files=True).to_table(
+            columns=["as_of"]
+        )
+    except (FileNotFoundError, OSError):
+        return None
+    return pc.max(table["as_of"]).as_py()
+
+
+class Watcher:
+    """Prints one line per tick: simulated time, one customer's churn probability, models."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.customer: str | None = None
+        self.last_line = ""
+
+    def tick(self) -> None:
+        """Read the current view and print a line if it changed."""
+        import pyarrow.compute as pc
+
+        view = _latest_view(self.settings)
+        if view is None or view.num_rows == 0:
+            return
+        if self.customer is None:
+            # Watch the most active recent buyer: their score moves as they keep buying or stop.
+            i = pc.index(view["n_transactions_30d"], pc.max(view["n_transactions_30d"])).as_py()
+            self.customer = view["customer_id"][i].as_py()
+        rows = view.filter(pc.equal(view["customer_id"], self.customer)).to_pylist()
+        if not rows:
+            return
+        row = rows[0]
+        probs = view["churn_probability"]
+        at_risk = pc.sum(pc.greater(probs, 0.5)).as_py() or 0
+        p = row["churn_probability"]
+        line = (
+            f"[view] as_of {row['as_of']:%Y-%m-%d} | customer {self.customer[:12]}... "
+            f"churn_p={'-' if p is None else f'{p:.3f}'} recency={row['recency_days']}d "
+            f"tx30d={row['n_transactions_30d']} | {view.num_rows:,} customers, "
+            f"{at_risk:,} with churn_p>0.5 | churn model {row['churn_model_version'] or '-'}"
+        )
+        if line != self.last_line:
+            print(line, flush=True)
+            self.last_line = line
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> int:
+    """Run the demo loop; returns 0 on success. Leaves no child process running."""
+    from pulse import broker
+
+    data_root = settings.data_root.resolve()
+    settings = settings.model_copy(update={"data_root": data_root})
+    cli = _cli_of(settings)
+    children = Children(data_root / "demo-logs")
+    began = time.monotonic()
+    # A SIGTERM to the demo must run the same cleanup as Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    broker_started = False
+    try:
+        children.run("setup", [*cli, "setup"])
+        children.run("broker", [*cli, "broker", "start"])
+        broker_started = True
+        children.run("topics", [*cli, "topics", "create"])
+
+        if options.source:
+            kind, _, path = options.source.partition(":")
+            if kind not in ("hm", "synthetic") or not path:
+                raise PulseError(
+                    f"--source must be hm:PATH (an H&M folder), got {options.source!r}"
+                )
+            source_dir = Path(path).resolve()
+            first, last = _date_range(source_dir)
+        else:
+            kind, source_dir = "synthetic", data_root / "generated"
+            if not (source_dir / "_pulse_generated.json").exists():
+                children.run("generate", [
+                    *cli, "data", "generate", "--customers", str(options.customers),
+                    "--articles", str(options.articles), "--start", options.start.isoformat(),
+                    "--days", str(options.days), "--seed", str(options.seed),
+                    "--out", str(source_dir),
+                ])  # fmt: skip
+            first, last = _date_range(source_dir)
+        split = last - timedelta(days=options.replay_days - 1)
+        print(f"\n== data {first}..{last}: backfill before {split}, stream {split}..{last}")
+
+        backfill = write_backfill(source_dir, data_root / "backfill", before=split)
+        children.run("ingest", [*cli, "ingest", f"{kind}:{backfill}"])
+        children.run("retrain", [*cli, "retrain"])
+
+        children.start("stream", [*cli, "stream"])
+        produce = children.start("produce", [
+            *cli, "produce", f"{kind}:{source_dir}", "--start", split.isoformat(),
+            "--speedup", str(options.speedup),
+        ])  # fmt: skip
+        print(f"== stream and paced replay running (logs in {children.log_dir})", flush=True)
+        _live_loop(settings, children, produce, options, last)
+        children.stop("stream")
+        _wait_for("retrain", children)
+        children.run("report", [*cli, "report"])
+        print(f"\n== demo finished in {time.monotonic() - began:.0f}s", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        children.stop_all()
+        if broker_started:
+            broker.stop(settings)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_for(name: str, children: Children) -> None:
+    proc = children.procs.get(name)
+    if proc is not None:
+        proc.wait()
+        children.procs.pop(name, None)
+
+
+def _live_loop(
+    settings: Settings,
+    children: Children,
+    produce: subprocess.Popen,
+    options: DemoOptions,
+    last: date,
+) -> None:
+    """While the replay runs: display the view, retrain every ``retrain_every`` s.
+
+    Returns once the producer is done and the stream's features have reached ``last``.
+    """
+    watcher = Watcher(settings)
+    stream = children.procs["stream"]
+    next_retrain = time.monotonic() + options.retrain_every
+    caught_up_deadline: float | None = None
+    retrains = 0
+    while True:
+        watcher.tick()
+        if stream.poll() is not None:
+            raise PulseError(
+                f"the stream exited (code {stream.returncode}); see {children.log_dir}/stream.log"
+            )
+        retrain = children.procs.get("retrain")
+        if retrain is not None and retrain.poll() is not None:
+            children.procs.pop("retrain")
+            print(f"[retrain] finished (exit {retrain.returncode})", flush=True)
+        if produce.poll() is not None:
+            if produce.returncode != 0:
+                raise PulseError(f"the replay failed; see {children.log_dir}/produce.log")
+            if caught_up_deadline is None:
+                print("[produce] replay complete; waiting for the stream to catch up", flush=True)
+                caught_up_deadline = time.monotonic() + CATCH_UP_TIMEOUT
+            as_of = _features_as_of(settings)
+            if as_of is not None and as_of.date() >= last:
+                watcher.tick()
+                return
+            if time.monotonic() > caught_up_deadline:
+                raise PulseError("the stream did not catch up within 5 minutes")
+        elif time.monotonic() >= next_retrain and "retrain" not in children.procs:
+            retrains += 1
+            print(f"[retrain] #{retrains} started while the stream runs", flush=True)
+            children.start("retrain", [*_cli_of(settings), "retrain"])
+            next_retrain = time.monotonic() + options.retrain_every
+        time.sleep(TICK_SECONDS)
+
+
+def _cli_of(settings: Settings) -> list[str]:
+    """`pulse` with this run's settings as flags, so every child sees the same ones."""
+    return [
+        sys.executable, "-m", "pulse.cli", "--data-root", str(settings.data_root),
+        "--bootstrap", settings.kafka_bootstrap, "--broker-port", str(settings.broker_port),
+        "--topic", settings.topic_transactions,
+    ]  # fmt: skip

@@ -1,0 +1,108 @@
+"""`pulse view` on a hand-written snapshot, and the demo's helpers (no JVM)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import UTC, date, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pulse import snapshots
+from pulse.cli import main
+from serving.demo import Children, write_backfill
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def view_root(tmp_path):
+    """A published view snapshot with three customers, written with pyarrow."""
+    as_of = datetime(2020, 9, 22, tzinfo=UTC)
+    table = pa.table(
+        {
+            "customer_id": ["a", "b", "c"],
+            "as_of": [as_of] * 3,
+            "recency_days": [1, 80, 40],
+            "frequency": [9, 2, 3],
+            "monetary": [1.5, 0.2, 0.4],
+            "at_risk": [False, True, False],
+            "segment_name": ["Champions", "Hibernating", None],
+            "churn_probability": [0.1, 0.9, None],
+            "churn_model_version": ["v1", "v1", "v1"],
+            "recommendations": [["0001", "0002"], None, None],
+        }
+    )
+    snapshots.publish(
+        tmp_path / "serving" / "customer_view",
+        lambda d: (d.mkdir(), pq.write_table(table, d / "part-0.parquet")),
+    )
+    return tmp_path
+
+
+def test_view_customer_readable_and_json(view_root, capsys):
+    assert main(["--data-root", str(view_root), "view", "a"]) == 0
+    out = capsys.readouterr().out
+    assert "customer a" in out and "Champions" in out and "0001, 0002" in out
+    assert main(["--data-root", str(view_root), "view", "b", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["customer_id"], row["churn_probability"], row["recency_days"]) == ("b", 0.9, 80)
+
+
+def test_view_unknown_customer_is_one_clear_error(view_root, capsys):
+    assert main(["--data-root", str(view_root), "view", "nobody"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("pulse: error: unknown customer 'nobody'")
+
+
+def test_view_without_snapshot_is_one_clear_error(tmp_path, capsys):
+    assert main(["--data-root", str(tmp_path), "view", "a"]) != 0
+    assert "no customer view published yet" in capsys.readouterr().err
+
+
+def test_at_risk_orders_by_churn_probability(view_root, capsys):
+    assert main(["--data-root", str(view_root), "view", "--at-risk", "5", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["customer_id"], r["churn_probability"]) for r in rows] == [("b", 0.9), ("a", 0.1)]
+
+
+def test_write_backfill_keeps_rows_before_split_verbatim(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    lines = [
+        "t_dat,customer_id,article_id,price,sales_channel_id",
+        "2020-01-01,c1,0100000001,0.0101694915254237,2",
+        "2020-01-01,c1,0100000001,0.0101694915254237,2",
+        "2020-01-02,c2,0200000002,0.02,1",
+        "2020-01-03,c1,0300000003,0.03,2",
+    ]
+    (src / "transactions_train.csv").write_text("\n".join(lines) + "\n")
+    (src / "customers.csv").write_text("customer_id,age\nc1,30\n")
+    out = write_backfill(src, tmp_path / "out", before=date(2020, 1, 3))
+    assert (out / "transactions_train.csv").read_text().splitlines() == lines[:4]
+    assert (out / "customers.csv").read_text() == "customer_id,age\nc1,30\n"
+
+
+def test_children_stop_ends_the_whole_process_group(tmp_path):
+    children = Children(tmp_path / "logs")
+    # A shell with a grandchild that ignores SIGINT: only the group kill reaches it.
+    proc = children.start("sleepy", ["sh", "-c", "trap '' INT; sleep 300 & wait"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(_group(proc.pid)) < 2:
+        time.sleep(0.1)
+    assert len(_group(proc.pid)) >= 2
+    children.stop("sleepy", grace=1.0)
+    assert proc.poll() is not None
+    assert _group(proc.pid) == []
+
+
+def _group(pgid):
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,stat="], capture_output=True, text=True)
+    return [
+        line
+        for line in out.stdout.splitlines()
+        if int(line.split()[1]) == pgid and not line.split()[2].startswith("Z")
+    ]
