@@ -152,8 +152,10 @@ def write_backfill(source_dir: Path, out_dir: Path, before: date) -> Path:
         else f"read_csv('{src}', all_varchar=true)"
     )
     target = out_dir / "transactions_train.csv"
-    duckdb.sql("SET preserve_insertion_order = true")
-    duckdb.sql(
+    con = duckdb.connect()
+    con.sql("SET preserve_insertion_order = true")
+    con.sql("SET enable_progress_bar = false")
+    con.sql(
         f"COPY (SELECT * FROM {reader} WHERE CAST(t_dat AS VARCHAR) < '{before.isoformat()}') "
         f"TO '{target}' (HEADER, DELIMITER ',')"
     )
@@ -275,12 +277,21 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         children.run("retrain", [*cli, "retrain"])
 
         children.start("stream", [*cli, "stream"])
-        produce = children.start("produce", [
+        print(f"\n== stream started (logs in {children.log_dir})", flush=True)
+        # The speed layer's state starts from what it reads from Kafka: the history is
+        # replayed first at full speed so the live features cover all of it.
+        history_end = _date_range(backfill)[1]
+        history = children.start("produce-history", [
+            *cli, "produce", f"{kind}:{backfill}", "--end", history_end.isoformat(),
+        ])  # fmt: skip
+        print(f"== history replay {first}..{history_end} at full speed", flush=True)
+        _replay_loop(settings, children, history, history_end, None, None)
+        print(f"== paced replay {split}..{last} ({options.speedup:g} simulated s/s)", flush=True)
+        live = children.start("produce-live", [
             *cli, "produce", f"{kind}:{source_dir}", "--start", split.isoformat(),
             "--speedup", str(options.speedup),
         ])  # fmt: skip
-        print(f"== stream and paced replay running (logs in {children.log_dir})", flush=True)
-        _live_loop(settings, children, produce, options, last)
+        _replay_loop(settings, children, live, last, options.retrain_every, Watcher(settings))
         children.stop("stream")
         _wait_for("retrain", children)
         children.run("report", [*cli, "report"])
@@ -304,24 +315,24 @@ def _wait_for(name: str, children: Children) -> None:
         children.procs.pop(name, None)
 
 
-def _live_loop(
+def _replay_loop(
     settings: Settings,
     children: Children,
     produce: subprocess.Popen,
-    options: DemoOptions,
     last: date,
+    retrain_every: int | None,
+    watcher: Watcher | None,
 ) -> None:
-    """While the replay runs: display the view, retrain every ``retrain_every`` s.
+    """While a replay runs: show the view and retrain every ``retrain_every`` s (if set).
 
-    Returns once the producer is done and the stream's features have reached ``last``.
+    Returns once the producer has finished and the stream's features have reached ``last``.
     """
-    watcher = Watcher(settings)
     stream = children.procs["stream"]
-    next_retrain = time.monotonic() + options.retrain_every
+    next_retrain = time.monotonic() + (retrain_every or 0)
     caught_up_deadline: float | None = None
-    retrains = 0
     while True:
-        watcher.tick()
+        if watcher is not None:
+            watcher.tick()
         if stream.poll() is not None:
             raise PulseError(
                 f"the stream exited (code {stream.returncode}); see {children.log_dir}/stream.log"
@@ -332,21 +343,22 @@ def _live_loop(
             print(f"[retrain] finished (exit {retrain.returncode})", flush=True)
         if produce.poll() is not None:
             if produce.returncode != 0:
-                raise PulseError(f"the replay failed; see {children.log_dir}/produce.log")
+                raise PulseError(f"the replay failed; see {children.log_dir}/produce-*.log")
             if caught_up_deadline is None:
-                print("[produce] replay complete; waiting for the stream to catch up", flush=True)
+                print("[produce] replay sent; waiting for the stream to catch up", flush=True)
                 caught_up_deadline = time.monotonic() + CATCH_UP_TIMEOUT
             as_of = _features_as_of(settings)
             if as_of is not None and as_of.date() >= last:
-                watcher.tick()
+                if watcher is not None:
+                    watcher.tick()
+                print(f"[stream] caught up: live features as of {as_of}", flush=True)
                 return
             if time.monotonic() > caught_up_deadline:
-                raise PulseError("the stream did not catch up within 5 minutes")
-        elif time.monotonic() >= next_retrain and "retrain" not in children.procs:
-            retrains += 1
-            print(f"[retrain] #{retrains} started while the stream runs", flush=True)
+                raise PulseError(f"the stream did not catch up within {CATCH_UP_TIMEOUT:.0f}s")
+        elif retrain_every and time.monotonic() >= next_retrain and "retrain" not in children.procs:
+            print("[retrain] started while the stream runs", flush=True)
             children.start("retrain", [*_cli_of(settings), "retrain"])
-            next_retrain = time.monotonic() + options.retrain_every
+            next_retrain = time.monotonic() + retrain_every
         time.sleep(TICK_SECONDS)
 
 
