@@ -178,6 +178,16 @@ def test_a_limited_paced_run_then_resume_sends_each_row_once(hm_folder, topic_se
     assert_exactly_once_in_customer_order(records, expected)
 
 
+@pytest.mark.realdata
+def test_real_hm_sample_replays_exactly_its_accepted_events(real_data, topic_settings):
+    spec = f"hm:{real_data / 'hm_sample'}"
+    expected = list(open_source(spec).events())
+    stats = replay(open_source(spec).events(), topic_settings, progress=False, log=lambda *_: None)
+    assert (stats.delivered, stats.failed) == (len(expected), 0)
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    assert_exactly_once_in_customer_order(records, expected)
+
+
 def pulse_cli(settings, *args: str) -> list[str]:
     """The command line of a real `pulse` process against ``settings``' broker and topic."""
     return [

@@ -12,6 +12,7 @@ from producers.replay import (
     BAD_KINDS,
     ConfirmedPrefix,
     Pacing,
+    TimestampText,
     bad_kind_for_row,
     bad_record,
     load_position,
@@ -19,7 +20,15 @@ from producers.replay import (
     save_position,
 )
 from pulse.errors import PulseError
-from schemas.transaction import ContractError, decode, encode, make_event_id
+from schemas.transaction import (
+    ContractError,
+    decode,
+    encode,
+    format_timestamp,
+    make_event_id,
+    now_utc,
+    parse_timestamp,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -121,3 +130,15 @@ def test_producer_performance_final_line_is_parsed():
     assert result.records == 1_000_000
     assert result.records_per_s == 250000.0
     assert result.mb_per_s == pytest.approx(66.76 * 1.048576)
+
+
+def test_remembered_timestamp_text_matches_the_contract_format():
+    stamps = TimestampText()
+    later = T0 + timedelta(hours=13, milliseconds=250)
+    assert stamps.event_time(T0) == format_timestamp(T0) == "2020-09-20T00:00:00Z"
+    assert stamps.event_time(later) == "2020-09-20T13:00:00.250Z"
+    assert stamps.event_time(T0) == "2020-09-20T00:00:00Z"  # not stuck on the last value
+    before = now_utc()
+    produced = parse_timestamp(stamps.produced_at())
+    after = now_utc()
+    assert before - timedelta(milliseconds=1) < produced <= after
