@@ -1,0 +1,1 @@
+"""The batch layer: backfill the lake from files, retrain the three models, report."""

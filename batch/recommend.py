@@ -1,0 +1,214 @@
+"""Recommendations: candidate generators, Spark MLlib ALS, and the served top-12 lists.
+
+Time semantics: every function takes events already restricted to the training
+window (``event_time < cutoff``); recency weights are ages in days relative to
+``cutoff``. Purchases are events with quantity > 0.
+
+Candidates (each filled up to 12 from popularity, so cold-start customers get a list):
+
+- ``popularity``: the most bought articles in the last ``popular_days`` days;
+- ``repurchase``: the customer's own articles, most recency-weighted first;
+- ``als``: implicit-feedback ALS (confidence = recency-decayed purchase counts);
+- ``blend``: repurchase first, then ALS, then popularity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date
+
+from pyspark.ml.recommendation import ALS, ALSModel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+K = 12
+STRATEGIES = {
+    "popularity": ("popularity",),
+    "repurchase": ("repurchase", "popularity"),
+    "als": ("als", "popularity"),
+    "blend": ("repurchase", "als", "popularity"),
+}
+
+
+@dataclass(frozen=True)
+class RecParams:
+    """Recommendation hyper-parameters (ALS sized for 2 cores by default)."""
+
+    rank: int = 32
+    max_iter: int = 10
+    reg_param: float = 0.05
+    alpha: float = 10.0
+    half_life_days: float = 30.0
+    popular_days: int = 7
+    seed: int = 42
+
+
+def interactions(events: DataFrame, cutoff: date, half_life_days: float) -> DataFrame:
+    """Purchases -> (customer_id, article_id, n, weight), weight = sum of 2^(-age/half_life)."""
+    age = F.datediff(F.lit(cutoff), F.to_date("event_time"))
+    decay = F.exp(-math.log(2) * age / F.lit(half_life_days))
+    return (
+        events.where(F.col("quantity") > 0)
+        .groupBy("customer_id", "article_id")
+        .agg(F.count(F.lit(1)).alias("n"), F.sum(decay).alias("weight"))
+    )
+
+
+def popular(events: DataFrame, cutoff: date, days: int, k: int = K) -> DataFrame:
+    """The top ``k`` articles by purchases in the ``days`` days before ``cutoff``.
+
+    Falls back to all-time counts when that window is empty. Columns: article_id, score, pos.
+    """
+    bought = events.where(F.col("quantity") > 0)
+    recent = bought.where(F.to_date("event_time") >= F.date_sub(F.lit(cutoff), days))
+    for frame in (recent, bought):
+        top = (
+            frame.groupBy("article_id")
+            .agg(F.count(F.lit(1)).cast("double").alias("score"))
+            .orderBy(F.desc("score"), "article_id")
+            .limit(k)
+            .collect()
+        )
+        if top:
+            break
+    rows = [(r["article_id"], float(r["score"]), i) for i, r in enumerate(top, 1)]
+    schema = "article_id string, score double, pos int"
+    return events.sparkSession.createDataFrame(rows, schema)
+
+
+def repurchase_candidates(inter: DataFrame, k: int = K) -> DataFrame:
+    """Each customer's own articles ranked by recency-weighted count: customer_id, article_id,
+    score, pos."""
+    w = Window.partitionBy("customer_id").orderBy(F.desc("weight"), "article_id")
+    return (
+        inter.withColumn("pos", F.row_number().over(w))
+        .where(F.col("pos") <= k)
+        .select("customer_id", "article_id", F.col("weight").alias("score"), "pos")
+    )
+
+
+def index_ids(df: DataFrame, col: str, idx: str) -> DataFrame:
+    """Distinct ``col`` values -> dense int ``idx`` with zipWithIndex (no collect to the driver)."""
+    distinct = df.select(col).distinct()
+    schema = T.StructType([T.StructField(col, T.StringType()), T.StructField(idx, T.IntegerType())])
+    return distinct.rdd.zipWithIndex().map(lambda r: (r[0][0], int(r[1]))).toDF(schema)
+
+
+@dataclass
+class AlsFit:
+    """A fitted ALS model with its id mappings."""
+
+    model: ALSModel
+    users: DataFrame  # customer_id, user
+    items: DataFrame  # article_id, item
+
+
+def als_matrix(inter: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Interactions -> (ratings user,item,weight; user index; item index), all cached."""
+    users = index_ids(inter, "customer_id", "user").cache()
+    items = index_ids(inter, "article_id", "item").cache()
+    ratings = (
+        inter.join(users, "customer_id").join(items, "article_id").select("user", "item", "weight")
+    ).cache()
+    return ratings, users, items
+
+
+def fit_als(spark: SparkSession, inter: DataFrame, params: RecParams, checkpoint: str) -> AlsFit:
+    """Fit implicit ALS on the interactions (checkpointing, or long lineages overflow the stack)."""
+    spark.sparkContext.setCheckpointDir(checkpoint)
+    ratings, users, items = als_matrix(inter)
+    als = ALS(
+        rank=params.rank,
+        maxIter=params.max_iter,
+        regParam=params.reg_param,
+        alpha=params.alpha,
+        implicitPrefs=True,
+        userCol="user",
+        itemCol="item",
+        ratingCol="weight",
+        coldStartStrategy="drop",
+        checkpointInterval=5,
+        seed=params.seed,
+    )
+    return AlsFit(model=als.fit(ratings), users=users, items=items)
+
+
+def als_candidates(fit: AlsFit, customers: DataFrame, k: int = K) -> DataFrame:
+    """ALS top ``k`` for the given customers (those ALS knows): customer_id, article_id, score,
+    pos."""
+    subset = customers.join(fit.users, "customer_id").select("user")
+    recs = fit.model.recommendForUserSubset(subset, k)
+    exploded = recs.select("user", F.posexplode("recommendations").alias("p", "r"))
+    return (
+        exploded.join(fit.users, "user")
+        .join(fit.items, exploded["r.item"] == fit.items["item"])
+        .select(
+            "customer_id",
+            "article_id",
+            F.col("r.rating").cast("double").alias("score"),
+            (F.col("p") + 1).alias("pos"),
+        )
+    )
+
+
+def assemble(
+    customers: DataFrame, sources: dict[str, DataFrame], order: tuple[str, ...], k: int = K
+) -> DataFrame:
+    """Merge candidate sources in priority ``order`` into one top-``k`` list per customer.
+
+    ``sources["popularity"]`` has no customer column (same list for everyone); the
+    others are per customer. An article appears once, from its highest-priority
+    source. Output: customer_id, rank (1..k), article_id, score, source.
+    """
+    parts = []
+    for prio, name in enumerate(order):
+        cand = sources[name]
+        if name == "popularity":
+            cand = customers.crossJoin(F.broadcast(cand))
+        else:
+            cand = cand.join(customers, "customer_id")
+        parts.append(
+            cand.select(
+                "customer_id",
+                "article_id",
+                "score",
+                "pos",
+                F.lit(prio).alias("prio"),
+                F.lit(name).alias("source"),
+            )
+        )
+    union = parts[0]
+    for p in parts[1:]:
+        union = union.unionByName(p)
+    best = Window.partitionBy("customer_id", "article_id").orderBy("prio", "pos")
+    rank = Window.partitionBy("customer_id").orderBy("prio", "pos", "article_id")
+    return (
+        union.withColumn("_first", F.row_number().over(best))
+        .where(F.col("_first") == 1)
+        .withColumn("rank", F.row_number().over(rank))
+        .where(F.col("rank") <= k)
+        .select("customer_id", F.col("rank").cast("int"), "article_id", "score", "source")
+    )
+
+
+def candidate_sources(
+    spark: SparkSession,
+    events: DataFrame,
+    cutoff: date,
+    params: RecParams,
+    checkpoint: str,
+    customers: DataFrame,
+    need_als: bool = True,
+) -> dict[str, DataFrame]:
+    """Every candidate source over ``events`` (all before ``cutoff``), for ``customers``."""
+    inter = interactions(events, cutoff, params.half_life_days).cache()
+    sources = {
+        "popularity": popular(events, cutoff, params.popular_days),
+        "repurchase": repurchase_candidates(inter),
+    }
+    if need_als:
+        fit = fit_als(spark, inter, params, checkpoint)
+        sources["als"] = als_candidates(fit, customers).cache()
+    return sources

@@ -1,0 +1,112 @@
+"""Segmentation: K-Means on scaled log RFM, k by silhouette, names from centroids.
+
+The saved PipelineModel starts from ``features_as_of`` columns (log transform
+inside it), so serving can assign live customers with ``transform`` and map
+``prediction`` to a name with ``names.json`` saved next to the model.
+"""
+
+from __future__ import annotations
+
+from pyspark.ml import Pipeline
+from pyspark.ml.clustering import KMeans
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+RFM_SQL = (
+    "SELECT *, log1p(CAST(coalesce(recency_days, 0) AS DOUBLE)) AS seg_r, "
+    "log1p(CAST(coalesce(frequency, 0) AS DOUBLE)) AS seg_f, "
+    "log1p(greatest(CAST(coalesce(monetary, 0) AS DOUBLE), 0.0)) AS seg_m FROM __THIS__"
+)
+
+
+def build_pipeline(k: int, seed: int = 42) -> Pipeline:
+    """log RFM -> assemble -> standard-scale -> KMeans(k)."""
+    return Pipeline(
+        stages=[
+            SQLTransformer(statement=RFM_SQL),
+            VectorAssembler(inputCols=["seg_r", "seg_f", "seg_m"], outputCol="seg_raw"),
+            StandardScaler(inputCol="seg_raw", outputCol="seg_vec", withMean=True, withStd=True),
+            KMeans(k=k, seed=seed, featuresCol="seg_vec", predictionCol="prediction", maxIter=30),
+        ]
+    )
+
+
+def choose_k(
+    features: DataFrame, k_range: range = range(3, 9), sample_rows: int = 50_000, seed: int = 42
+) -> tuple[int, dict[int, float]]:
+    """Silhouette for each k (on a sample of at most ``sample_rows``); the best k."""
+    n = features.count()
+    sample = (
+        features.sample(min(1.0, sample_rows / max(n, 1)), seed=seed)
+        if n > sample_rows
+        else features
+    )
+    sample = sample.cache()
+    scores: dict[int, float] = {}
+    evaluator = ClusteringEvaluator(featuresCol="seg_vec", predictionCol="prediction")
+    for k in k_range:
+        if k >= sample.count():
+            break
+        model = build_pipeline(k, seed).fit(sample)
+        scores[k] = float(evaluator.evaluate(model.transform(sample)))
+    sample.unpersist()
+    if not scores:
+        raise ValueError("too few customers to segment")
+    return max(scores, key=lambda k: scores[k]), scores
+
+
+def name_segments(profile: list[dict]) -> dict[int, str]:
+    """Name clusters from their mean recency, frequency and monetary value.
+
+    Each cluster gets a recency score (lower recency is better) and a value score
+    (frequency and monetary), as ranks in [0, 1] across clusters; recent+valuable
+    = Champions/Loyal, recent+low value = New / Promising, lapsed+valuable = At
+    risk, lapsed+low value = Hibernating (the most lapsed: Lost). Repeated names
+    get a numeric suffix.
+    """
+    n = len(profile)
+
+    def ranks(key: str, reverse: bool) -> dict[int, float]:
+        order = sorted(profile, key=lambda p: p[key], reverse=reverse)
+        return {p["segment_id"]: (i / (n - 1) if n > 1 else 1.0) for i, p in enumerate(order)}
+
+    r = ranks("recency_days", reverse=True)  # most recent gets 1.0
+    f = ranks("frequency", reverse=False)
+    m = ranks("monetary", reverse=False)
+    value = {s: (f[s] + m[s]) / 2 for s in r}
+    best = max(r, key=lambda s: r[s] + value[s])
+    worst = min(r, key=lambda s: r[s])
+    names: dict[int, str] = {}
+    used: dict[str, int] = {}
+    for s in sorted(r, key=lambda s: -(r[s] + value[s])):
+        if s == best:
+            name = "Champions"
+        elif r[s] >= 0.5:
+            name = "Loyal" if value[s] >= 0.5 else "New / Promising"
+        elif value[s] >= 0.5:
+            name = "At risk"
+        else:
+            name = "Lost" if s == worst else "Hibernating"
+        used[name] = used.get(name, 0) + 1
+        names[s] = name if used[name] == 1 else f"{name} {used[name]}"
+    return names
+
+
+def profile(assigned: DataFrame) -> list[dict]:
+    """Per segment: size and mean recency, frequency, monetary (original units)."""
+    rows = (
+        assigned.groupBy(F.col("prediction").alias("segment_id"))
+        .agg(
+            F.count(F.lit(1)).alias("customers"),
+            F.avg("recency_days").alias("recency_days"),
+            F.avg("frequency").alias("frequency"),
+            F.avg("monetary").alias("monetary"),
+        )
+        .orderBy("segment_id")
+        .collect()
+    )
+    return [
+        {k: (float(v) if isinstance(v, float) else v) for k, v in r.asDict().items()} for r in rows
+    ]

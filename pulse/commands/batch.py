@@ -1,0 +1,129 @@
+"""`pulse ingest`, `pulse retrain`, `pulse report`, `pulse bench batch`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from datetime import date
+
+from pulse.errors import PulseError
+from pulse.settings import Settings
+
+
+def _parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _parse_interval(text: str) -> float:
+    """'90s', '15m', '2h', '1d' or plain seconds -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not an interval (e.g. 30m, 2h, 1d): {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from batch.ingest import ingest_source
+    from producers.adapters import open_source
+    from pulse.spark import build_spark
+
+    source = open_source(args.source)
+    spark = build_spark(settings, "pulse-ingest", with_kafka=False)
+    start = time.perf_counter()
+    result = ingest_source(spark, settings, source)
+    stats = getattr(source, "stats", None)
+    rejected = sum(stats.rejected.values()) if stats is not None else 0
+    print(
+        f"ingested {source.name}: {result.staged:,} valid events staged, {result.appended:,} new "
+        f"in the lake ({result.staged - result.appended:,} already there), {rejected:,} rows "
+        f"rejected, {result.customers:,} customers; {time.perf_counter() - start:.1f}s"
+    )
+    if stats is not None and stats.rejected:
+        for reason, n in stats.rejected.most_common(5):
+            print(f"  rejected {n:,}: {reason}")
+    return 0
+
+
+def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from batch.retrain import RetrainOptions, retrain
+    from batch.summary import print_summary
+    from pulse.spark import build_spark
+
+    opts = RetrainOptions(
+        as_of=args.as_of, holdout_days=args.holdout_days, models=tuple(args.models)
+    )
+    spark = build_spark(settings, "pulse-retrain", with_kafka=False)
+    while True:
+        print_summary(retrain(spark, settings, opts))
+        if args.every is None:
+            return 0
+        print(f"next retrain in {args.every:.0f}s (Ctrl-C to stop)", file=sys.stderr)
+        time.sleep(args.every)
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from batch.report import write_report
+
+    path = write_report(settings)
+    print(f"report written to {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from batch.bench import run_bench
+
+    run_bench(settings, sizes=args.sizes, rank=args.rank, max_iter=args.max_iter)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ingest, retrain and report."""
+    from pulse.registry import MODELS
+
+    p = sub.add_parser("ingest", help="backfill the lake from files (no Kafka), deduplicated")
+    p.add_argument("source", help="hm:DIR | online_retail:FILE | synthetic:DIR | a bare path")
+    p.set_defaults(handler=_ingest)
+
+    p = sub.add_parser("retrain", help="train, evaluate and register the three batch models")
+    p.add_argument(
+        "--as-of",
+        type=_parse_date,
+        default=None,
+        help="retrain as if it were DATE: nothing at or after it is read",
+    )
+    p.add_argument(
+        "--every",
+        type=_parse_interval,
+        default=None,
+        help="repeat every INTERVAL (e.g. 6h) until interrupted",
+    )
+    p.add_argument(
+        "--holdout-days",
+        type=int,
+        default=7,
+        help="recommendation hold-out: the last N days before the cutoff",
+    )
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.set_defaults(handler=_retrain)
+
+    p = sub.add_parser("report", help="write data_root/reports/report.md with PNG plots")
+    p.set_defaults(handler=_report)
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `pulse bench batch`."""
+    p = bench_sub.add_parser("batch", help="retrain wall time, peak memory, ALS vs implicit")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[1_000_000], help="generated transactions per run"
+    )
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--max-iter", type=int, default=10)
+    p.set_defaults(handler=_bench)
+
+
+__all__ = ["PulseError", "register", "register_bench"]

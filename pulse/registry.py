@@ -1,0 +1,95 @@
+"""The model registry on disk: versions, metadata and an atomic CURRENT pointer per model.
+
+Layout (all under ``settings.models_dir`` / ``settings.outputs_dir``)::
+
+    models/<name>/<version>/meta.json   params, metrics, data window, gate verdict
+    models/<name>/<version>/model/      the Spark ML PipelineModel (churn, segments)
+    models/<name>/CURRENT               one line: the served version
+    outputs/<table>/<version>/          Parquet output tables of that run
+
+``name`` is one of ``recommendations``, ``churn``, ``segments``. ``CURRENT`` is
+replaced with ``os.replace`` (via ``pulse.snapshots.write_pointer``), and only
+when a version passes its quality gate, so a reader always resolves a complete,
+accepted version. This module has no Spark import: streaming and serving read it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pulse.settings import Settings
+from pulse.snapshots import POINTER, new_version, write_pointer
+
+MODELS = ("recommendations", "churn", "segments")
+TABLES = ("recommendations", "churn_scores", "segments")
+
+__all__ = [
+    "MODELS",
+    "TABLES",
+    "current_version",
+    "model_dir",
+    "model_path",
+    "new_version",
+    "output_path",
+    "promote",
+    "read_meta",
+    "versions",
+    "write_meta",
+]
+
+
+def model_dir(settings: Settings, name: str, version: str) -> Path:
+    """The directory of one model version (holds meta.json and model/)."""
+    return settings.models_dir / name / version
+
+
+def model_path(settings: Settings, name: str, version: str) -> Path:
+    """Where the Spark ML PipelineModel of ``name`` at ``version`` is saved."""
+    return model_dir(settings, name, version) / "model"
+
+
+def output_path(settings: Settings, table: str, version: str) -> Path:
+    """The Parquet output table ``table`` written by run ``version``."""
+    return settings.outputs_dir / table / version
+
+
+def current_version(settings: Settings, name: str) -> str | None:
+    """The version CURRENT points at for ``name``, or None before the first accepted run."""
+    try:
+        version = (settings.models_dir / name / POINTER).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return version if (settings.models_dir / name / version).is_dir() else None
+
+
+def versions(settings: Settings, name: str) -> list[str]:
+    """All versions written for ``name`` (accepted or not), oldest first."""
+    base = settings.models_dir / name
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and (p / "meta.json").exists())
+
+
+def write_meta(settings: Settings, name: str, version: str, meta: dict[str, Any]) -> Path:
+    """Write ``meta.json`` of a version (creating its directory)."""
+    d = model_dir(settings, name, version)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "meta.json"
+    tmp = d / ".meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+    return path
+
+
+def read_meta(settings: Settings, name: str, version: str) -> dict[str, Any]:
+    """The ``meta.json`` of a version."""
+    return json.loads((model_dir(settings, name, version) / "meta.json").read_text())
+
+
+def promote(settings: Settings, name: str, version: str) -> None:
+    """Atomically point ``models/<name>/CURRENT`` at ``version``."""
+    if not model_dir(settings, name, version).is_dir():
+        raise FileNotFoundError(f"no version {version} of {name}")
+    write_pointer(settings.models_dir / name, version)
