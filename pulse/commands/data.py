@@ -1,0 +1,103 @@
+"""`pulse data generate ...` (synthetic H&M layout) and `pulse data profile DIR` (calibration)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from pathlib import Path
+
+from pulse.errors import PulseError
+from pulse.settings import Settings
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.generator import generate
+
+    # --articles takes a count or a real articles.csv path (the issue's two spellings).
+    count, articles_csv = None, args.articles_csv
+    for value in args.articles:
+        if value.isdigit():
+            count = int(value)
+        else:
+            articles_csv = value
+    if articles_csv is not None and not Path(articles_csv).is_file():
+        raise PulseError(f"articles file not found: {articles_csv}")
+    if count is None and articles_csv is None:
+        raise PulseError("--articles: give a number of articles or a real articles.csv path")
+    result = generate(
+        Path(args.out),
+        customers=args.customers,
+        articles=count,
+        start=args.start,
+        days=args.days,
+        seed=args.seed,
+        articles_csv=Path(articles_csv) if articles_csv else None,
+    )
+    rate = result.transactions / max(result.seconds, 1e-9)
+    print(
+        f"wrote {result.out_dir}: {result.transactions:,} transactions, "
+        f"{result.customers:,} customers, {result.articles:,} articles "
+        f"in {result.seconds:,.1f} s ({rate:,.0f} rows/s)"
+    )
+    return 0
+
+
+def _profile(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.profile import README_FACTS, compare, profile
+
+    generated = profile(Path(args.dir))
+    if args.real is not None:
+        real = profile(Path(args.real))
+        print(compare(generated, real.facts, real.source))
+    else:
+        print(compare(generated, README_FACTS, "README facts of ../shared/data/hm_sample"))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `pulse data generate` and `pulse data profile`."""
+    data = sub.add_parser("data", help="synthetic data generator and calibration profile")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    p = data_sub.add_parser(
+        "generate",
+        help="write a synthetic H&M Kaggle layout (transactions_train/customers/articles.csv)",
+    )
+    p.add_argument("--customers", type=int, required=True, help="number of customers")
+    p.add_argument(
+        "--articles",
+        action="append",
+        required=True,
+        metavar="M|PATH",
+        help="number of articles, and/or a real articles.csv[.gz] to draw them from "
+        "(all its rows when no number is given); may be given twice",
+    )
+    p.add_argument("--start", type=_date, default=date(2018, 9, 20), help="first day (UTC)")
+    p.add_argument("--days", type=int, default=734, help="number of days")
+    p.add_argument("--seed", type=int, default=42, help="same seed -> identical files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--articles-csv",
+        dest="articles_csv",
+        default=None,
+        help="same as --articles PATH (e.g. ../shared/data/hm_articles/articles.csv.gz)",
+    )
+    p.set_defaults(handler=_generate)
+
+    p = data_sub.add_parser(
+        "profile", help="calibration facts of an H&M-layout folder, next to the real sample's"
+    )
+    p.add_argument("dir", help="folder with transactions_train.csv[.gz]")
+    p.add_argument(
+        "--real",
+        default=None,
+        help="compute the real side from this folder (default: the README's facts)",
+    )
+    p.set_defaults(handler=_profile)
