@@ -1,0 +1,69 @@
+"""`pulse stream [--until-idle] [--console]` (the speed layer) and `pulse bench stream`."""
+
+from __future__ import annotations
+
+import argparse
+
+from pulse.errors import PulseError
+from pulse.settings import Settings
+
+
+def check_topic(settings: Settings) -> None:
+    """Raise PulseError unless the broker answers and the transactions topic exists."""
+    from pulse.topics import admin_client
+
+    topics = admin_client(settings).list_topics(timeout=10).topics
+    if settings.topic_transactions not in topics:
+        raise PulseError(
+            f"topic {settings.topic_transactions!r} does not exist on {settings.kafka_bootstrap} "
+            "(run `pulse topics create`)"
+        )
+
+
+def _stream(args: argparse.Namespace, settings: Settings) -> int:
+    from pulse.spark import build_spark
+    from streaming.job import run, serving_hook
+
+    check_topic(settings)
+    spark = build_spark(settings, app_name="pulse-stream")
+    try:
+        run(
+            spark,
+            settings,
+            until_idle=args.until_idle,
+            console=args.console,
+            on_publish=serving_hook(settings),
+        )
+    finally:
+        spark.stop()
+    return 0
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from streaming.bench import bench_stream
+
+    bench_stream(settings, events=args.events, rate=args.rate, latency_seconds=args.seconds)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `pulse stream`."""
+    p = sub.add_parser(
+        "stream", help="Kafka -> quarantine, lake and live features (Spark Structured Streaming)"
+    )
+    p.add_argument(
+        "--until-idle", action="store_true", help="process what is in the topic, then stop"
+    )
+    p.add_argument("--console", action="store_true", help="also print updated customer-days")
+    p.set_defaults(handler=_stream)
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `pulse bench stream`."""
+    p = bench_sub.add_parser(
+        "stream", help="events/s vs a Kafka->Parquet pass-through; latency p50/p95"
+    )
+    p.add_argument("--events", type=int, default=2_000_000, help="events for the throughput run")
+    p.add_argument("--rate", type=int, default=2_000, help="events/s for the latency run")
+    p.add_argument("--seconds", type=int, default=60, help="length of the latency run")
+    p.set_defaults(handler=_bench)

@@ -1,0 +1,120 @@
+"""Exactly once across a crash: `pulse stream` SIGKILLed mid-run, restarted on its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from pulse import snapshots
+from pulse.settings import Settings
+from schemas.transaction import encode, make_event_id, now_utc
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _events(n: int) -> list[dict]:
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2020, 9, 1, tzinfo=UTC)
+    out = []
+    for i in range(n):
+        out.append(
+            {
+                "event_id": make_event_id("synthetic", "restart", i),
+                "event_time": start + timedelta(hours=7 * i),
+                "customer_id": f"c{i % 23}",
+                "article_id": f"a{i % 11}",
+                "quantity": -1 if i % 17 == 0 else 1,
+                "unit_price": round(1 + (i % 7) * 0.5, 2),
+                "sales_channel_id": 1 + i % 2,
+                "source": "synthetic",
+                "produced_at": now_utc(),
+            }
+        )
+    return out + out[:10]  # re-sent duplicates
+
+
+def _produce(settings: Settings, events: list[dict]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer(settings.kafka_client_config())
+    for e in events:
+        producer.produce(settings.topic_transactions, key=e["customer_id"], value=encode(e))
+    assert producer.flush(30) == 0
+
+
+def _stream_cmd(settings: Settings, until_idle: bool) -> tuple[list[str], dict[str, str]]:
+    env = {
+        **os.environ,
+        "PULSE_DATA_ROOT": str(settings.data_root),
+        "PULSE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "PULSE_TOPIC_TRANSACTIONS": settings.topic_transactions,
+        "PULSE_MAX_OFFSETS_PER_TRIGGER": str(settings.max_offsets_per_trigger),
+        "PULSE_TRIGGER_INTERVAL": "1 second",
+        "PULSE_SPARK_DRIVER_MEMORY": "1g",
+        "PULSE_SPARK_SHUFFLE_PARTITIONS": "2",
+        "PULSE_JVM_CACHE": str(settings.jvm_cache),
+    }
+    cmd = [sys.executable, "-m", "pulse.cli", "stream"] + (["--until-idle"] if until_idle else [])
+    return cmd, env
+
+
+def test_sigkill_and_restart_equals_uninterrupted_run(
+    spark, kafka_settings, topic, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from streaming.job import run
+
+    base = kafka_settings.model_copy(
+        update={"topic_transactions": topic, "max_offsets_per_trigger": 40}
+    )
+    _produce(base, _events(300))
+
+    # The uninterrupted reference run, in-process.
+    reference = base.model_copy(update={"data_root": tmp_path / "reference"})
+    run(spark, reference, until_idle=True, log=lambda _: None)
+
+    # The crashed run: a real process, SIGKILLed once its first batches are committed.
+    crashed = base.model_copy(update={"data_root": tmp_path / "crashed"})
+    cmd, env = _stream_cmd(crashed, until_idle=False)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    commits = crashed.checkpoint_dir / "features" / "commits"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if commits.is_dir() and len(list(commits.glob("[0-9]*"))) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    killed_after = len(list(commits.glob("[0-9]*")))
+    total_batches = len(list((reference.checkpoint_dir / "features" / "commits").glob("[0-9]*")))
+    assert killed_after < total_batches  # it really was mid-run
+
+    cmd, env = _stream_cmd(crashed, until_idle=True)
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "pulse-features batch" in done.stdout.decode()
+
+    def lake(s: Settings):  # type: ignore[no-untyped-def]
+        return spark.read.parquet(str(s.lake_dir))
+
+    def features(s: Settings):  # type: ignore[no-untyped-def]
+        return spark.read.parquet(str(snapshots.current(s.features_dir)))
+
+    assert lake(reference).count() == 300
+    assertDataFrameEqual(lake(crashed), lake(reference))
+    assertDataFrameEqual(features(crashed), features(reference))
