@@ -281,6 +281,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "queue.buffering.max.kbytes": 512 * 1024,
         "message.timeout.ms": DELIVERY_TIMEOUT_MS,
         "allow.auto.create.topics": False,
+        # the Java client's key hashing, so any client puts a customer on the same partition
+        "partitioner": "murmur2_random",
         "logger": log_kafka,
     }
 
