@@ -42,45 +42,13 @@ import pyarrow.csv as pacsv
 
 from producers.adapters import GENERATED_MARKER
 from pulse.errors import PulseError
+from schemas import tables
 
 PRICE_UNIT = 59_000  # every H&M price is k / 59000
 HM_TX_HEADER = "t_dat,customer_id,article_id,price,sales_channel_id\n"
-CUSTOMER_COLUMNS = (
-    "customer_id",
-    "FN",
-    "Active",
-    "club_member_status",
-    "fashion_news_frequency",
-    "age",
-    "postal_code",
-)
-ARTICLE_COLUMNS = (
-    "article_id",
-    "product_code",
-    "prod_name",
-    "product_type_no",
-    "product_type_name",
-    "product_group_name",
-    "graphical_appearance_no",
-    "graphical_appearance_name",
-    "colour_group_code",
-    "colour_group_name",
-    "perceived_colour_value_id",
-    "perceived_colour_value_name",
-    "perceived_colour_master_id",
-    "perceived_colour_master_name",
-    "department_no",
-    "department_name",
-    "index_code",
-    "index_name",
-    "index_group_no",
-    "index_group_name",
-    "section_no",
-    "section_name",
-    "garment_group_no",
-    "garment_group_name",
-    "detail_desc",
-)
+# The Kaggle column orders, defined once in schemas.tables.
+CUSTOMER_COLUMNS = tuple(tables.CUSTOMER_COLUMNS)
+ARTICLE_COLUMNS = tuple(tables.ARTICLE_COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,14 @@ def test_online_retail_rejections_reconcile_with_the_readme(real_data: Path) -> 
     # 4,372 customers in the README; one of them only has zero-price lines.
     assert len(customers) == 4_371
     assert raw.loc[~no_customer, "CustomerID"].nunique() == 4_372
+
+
+def test_dimension_columns_match_the_real_kaggle_files(real_data: Path) -> None:
+    from producers.generator import ARTICLE_COLUMNS, CUSTOMER_COLUMNS
+    from schemas.tables import ARTICLE_COLUMNS as ARTICLES
+    from schemas.tables import CUSTOMER_COLUMNS as CUSTOMERS
+
+    customers = pd.read_csv(real_data / "hm_sample" / "customers.csv.gz", nrows=5, dtype=str)
+    articles = pd.read_csv(real_data / "hm_articles" / "articles.csv.gz", nrows=5, dtype=str)
+    assert tuple(customers.columns) == tuple(CUSTOMERS) == CUSTOMER_COLUMNS
+    assert tuple(articles.columns) == tuple(ARTICLES) == ARTICLE_COLUMNS
