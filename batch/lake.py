@@ -37,7 +37,7 @@ def lake_exists(settings: Settings) -> bool:
 def read_lake(spark: SparkSession, settings: Settings, cutoff: date | None = None) -> DataFrame:
     """The lake's events (contract columns + event_date), deduplicated by event_id.
 
-    Reads the partition directories by glob rather than the lake root, so files
+    Reads the partition directories (listed) rather than the lake root, so files
     appended by ``pulse ingest`` are seen even if the stream's file sink keeps a
     ``_spark_metadata`` log there; any duplicate that lets in is removed by the
     event_id deduplication every reader must do anyway.
@@ -45,11 +45,8 @@ def read_lake(spark: SparkSession, settings: Settings, cutoff: date | None = Non
     if not lake_exists(settings):
         raise PulseError(f"the lake at {settings.lake_dir} is empty: run `pulse ingest SOURCE`")
     schema = spark_schema().add("event_date", "date")
-    df = (
-        spark.read.schema(schema)
-        .option("basePath", str(settings.lake_dir))
-        .parquet(str(Path(settings.lake_dir) / "event_date=*"))
-    )
+    parts = sorted(str(p) for p in Path(settings.lake_dir).glob("event_date=*") if p.is_dir())
+    df = spark.read.schema(schema).option("basePath", str(settings.lake_dir)).parquet(*parts)
     if cutoff is not None:
         df = df.where(F.col("event_date") < F.lit(cutoff)).where(
             F.col("event_time") < F.lit(cutoff_ts(cutoff))
@@ -57,12 +54,15 @@ def read_lake(spark: SparkSession, settings: Settings, cutoff: date | None = Non
     return df.select(*FIELD_NAMES, "event_date").dropDuplicates(["event_id"])
 
 
-def last_event_date(events: DataFrame) -> date:
-    """The UTC date of the latest event (the default cutoff is the day after it)."""
-    row = events.agg(F.max("event_date").alias("d")).first()
-    if row is None or row["d"] is None:
-        raise PulseError("the lake holds no events")
-    return row["d"]
+def last_event_date(settings: Settings) -> date:
+    """The latest ``event_date`` partition of the lake (the default cutoff is the day after).
+
+    Read from the partition directory names: no data scan.
+    """
+    days = [p.name.split("=", 1)[1] for p in Path(settings.lake_dir).glob("event_date=*")]
+    if not days:
+        raise PulseError(f"the lake at {settings.lake_dir} is empty: run `pulse ingest SOURCE`")
+    return date.fromisoformat(max(days))
 
 
 def customers_dir(settings: Settings) -> Path:

@@ -340,7 +340,7 @@ def retrain(spark: SparkSession, settings: Settings, opts: RetrainOptions) -> di
     start = time.perf_counter()
     with stage("reading the lake", opts.progress):
         if opts.as_of is None:
-            cutoff = last_event_date(read_lake(spark, settings)) + timedelta(days=1)
+            cutoff = last_event_date(settings) + timedelta(days=1)
         else:
             cutoff = opts.as_of
         events = read_lake(spark, settings, cutoff).cache()
