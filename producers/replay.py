@@ -133,21 +133,26 @@ class ConfirmedPrefix:
 
     def __init__(self, start: int = 0) -> None:
         self.rows = start  # rows 0 .. rows-1 are confirmed
-        self._outstanding: dict[int, int] = {}  # row -> records not yet acknowledged
+        self._several: dict[int, int] = {}  # row -> records outstanding, rows with > 1 only
         self._done: set[int] = set()  # confirmed rows beyond the prefix
 
-    def sent(self, row: int) -> None:
-        """One more record belonging to ``row`` was handed to the producer."""
-        self._outstanding[row] = self._outstanding.get(row, 0) + 1
+    def expect(self, row: int, records: int = 1) -> None:
+        """``row`` will be sent as ``records`` records; call before sending any of them."""
+        if records > 1:  # the common single-record row costs no bookkeeping here
+            self._several[row] = records
 
     def delivered(self, row: int) -> None:
         """A record of ``row`` was acknowledged by the broker."""
-        left = self._outstanding[row] - 1
-        if left:
-            self._outstanding[row] = left
+        if self._several and row in self._several:
+            left = self._several[row] - 1
+            if left:
+                self._several[row] = left
+                return
+            del self._several[row]
+        if row != self.rows:
+            self._done.add(row)
             return
-        del self._outstanding[row]
-        self._done.add(row)
+        self.rows += 1
         while self.rows in self._done:
             self._done.remove(self.rows)
             self.rows += 1
@@ -398,7 +403,6 @@ def replay(
         prefix.delivered(row)
 
     def send(row: int, key: bytes, value: bytes) -> None:
-        prefix.sent(row)
         while True:
             try:
                 producer.produce(
@@ -450,6 +454,7 @@ def replay(
                     break
                 key = str(event["customer_id"]).encode()
                 kind = bad_kind_for_row(row, inject_bad, seed)
+                prefix.expect(row, 1 if kind is None else 2)
                 if kind is not None:
                     send(row, key, bad_record(event, kind))
                     stats.bad += 1

@@ -21,6 +21,7 @@ import pytest
 from producers.adapters import open_source
 from producers.replay import Pacing, replay
 from pulse.cli import main as pulse_main
+from pulse.errors import PulseError
 from schemas.transaction import ContractError, decode
 
 pytestmark = pytest.mark.integration
@@ -186,6 +187,13 @@ def test_real_hm_sample_replays_exactly_its_accepted_events(real_data, topic_set
     assert (stats.delivered, stats.failed) == (len(expected), 0)
     records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
     assert_exactly_once_in_customer_order(records, expected)
+
+
+def test_an_unsorted_source_is_refused_with_a_clear_error(hm_folder, topic_settings):
+    events = list(open_source(f"hm:{hm_folder}").events())
+    events[10], events[-1] = events[-1], events[10]  # a late-June event jumps the queue
+    with pytest.raises(PulseError, match="not in event-time order at row 11"):
+        replay(events, topic_settings, progress=False, log=lambda *_: None)
 
 
 def pulse_cli(settings, *args: str) -> list[str]:

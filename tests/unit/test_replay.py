@@ -66,9 +66,9 @@ def test_bad_pacing_is_a_clear_error(kwargs):
 
 def test_confirmed_prefix_advances_only_over_a_gap_free_run():
     prefix = ConfirmedPrefix(start=10)
-    for row in (10, 11, 12, 13):
-        prefix.sent(row)
-    prefix.sent(12)  # row 12 also carries an injected bad record: two records
+    for row in (10, 11, 13):
+        prefix.expect(row)
+    prefix.expect(12, records=2)  # row 12 also carries an injected bad record
     prefix.delivered(11)  # another partition answered first
     assert prefix.rows == 10
     prefix.delivered(10)
@@ -83,7 +83,7 @@ def test_confirmed_prefix_advances_only_over_a_gap_free_run():
 def test_a_failed_row_is_never_confirmed():
     prefix = ConfirmedPrefix()
     for row in range(3):
-        prefix.sent(row)
+        prefix.expect(row)
     prefix.delivered(0)
     prefix.delivered(2)  # row 1 failed: no report of success ever comes
     assert prefix.rows == 1
