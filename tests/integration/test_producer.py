@@ -179,6 +179,21 @@ def test_a_limited_paced_run_then_resume_sends_each_row_once(hm_folder, topic_se
     assert_exactly_once_in_customer_order(records, expected)
 
 
+def test_a_generated_set_replays_exactly_its_accepted_events(tmp_path, topic_settings):
+    from producers.generator import generate
+
+    folder = tmp_path / "generated"
+    generate(folder, customers=40, articles=25, start=date(2020, 3, 1), days=30, seed=11,
+             progress=False)  # fmt: skip
+    spec = f"synthetic:{folder}"
+    expected = list(open_source(spec).events())
+    assert expected and {e["source"] for e in expected} == {"synthetic"}
+    stats = replay(open_source(spec).events(), topic_settings, progress=False, log=lambda *_: None)
+    assert (stats.delivered, stats.failed) == (len(expected), 0)
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    assert_exactly_once_in_customer_order(records, expected)
+
+
 @pytest.mark.realdata
 def test_real_hm_sample_replays_exactly_its_accepted_events(real_data, topic_settings):
     spec = f"hm:{real_data / 'hm_sample'}"
