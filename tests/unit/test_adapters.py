@@ -154,3 +154,28 @@ def test_wrong_columns_are_clear_errors(tmp_path: Path) -> None:
     path = write(tmp_path / "r.csv", "InvoiceNo,Quantity\n1,2\n")
     with pytest.raises(PulseError, match="not an Online Retail file, missing column StockCode"):
         list(open_source(str(path)).iter_batches())
+
+
+def test_inlined_event_ids_equal_make_event_id() -> None:
+    import numpy as np
+
+    from producers.adapters import _event_ids
+
+    keys = np.array(["2020-09-20\x1fc1\x1f0108775015\x1f0.05\x1f2", "x"], dtype=object)
+    got = _event_ids("hm", keys, np.array([0, 3]))
+    assert got == [make_event_id("hm", keys[0], 0), make_event_id("hm", "x", 3)]
+
+
+def test_a_parquet_copy_gives_the_same_events(tmp_path: Path) -> None:
+    import pandas as pd
+
+    csv_dir = tmp_path / "csv"
+    write(csv_dir / "transactions_train.csv", HM_CSV)
+    frame = pd.read_csv(csv_dir / "transactions_train.csv", dtype={"article_id": str})
+    frame["t_dat"] = pd.to_datetime(frame["t_dat"])  # typed columns, as in Kaggle parquet copies
+    (tmp_path / "pq").mkdir()
+    frame.to_parquet(tmp_path / "pq" / "transactions_train.parquet")
+    from_csv = list(open_source(str(csv_dir)).events())
+    source = open_source(str(tmp_path / "pq"))
+    assert source.path.suffix == ".parquet"
+    assert list(source.events()) == from_csv
