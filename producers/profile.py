@@ -24,6 +24,7 @@ README_FACTS: dict[str, float] = {
     "tx_per_customer_median": 9,
     "tx_per_customer_q3": 26,
     "tx_per_customer_p90": 61,
+    "tx_per_customer_p99": 195,
     "purchase_days_q1": 1,
     "purchase_days_median": 3,
     "purchase_days_q3": 8,

@@ -1,4 +1,4 @@
-"""`pulse data generate ...` (synthetic H&M layout) and `pulse data profile DIR` (calibration)."""
+"""`pulse data generate|profile|inspect`: synthetic H&M data, calibration, adapter counts."""
 
 from __future__ import annotations
 
@@ -61,6 +61,23 @@ def _profile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.adapters import open_source
+
+    source = open_source(args.source, start=args.start, end=args.end)
+    customers: set[str] = set()
+    first = last = None
+    for batch in source.iter_batches():
+        customers.update(batch.column("customer_id").to_pylist())
+        first = first or batch.column("event_time")[0].as_py()
+        last = batch.column("event_time")[-1].as_py()
+    print(f"{source.name} {source.path}")
+    print(source.stats.summary())
+    print(f"{len(customers):,} customers; event time {first} .. {last}")
+    print(f"customers: {source.customers_path}; articles: {source.articles_path}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `pulse data generate` and `pulse data profile`."""
     data = sub.add_parser("data", help="synthetic data generator and calibration profile")
@@ -101,3 +118,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="compute the real side from this folder (default: the README's facts)",
     )
     p.set_defaults(handler=_profile)
+
+    p = data_sub.add_parser(
+        "inspect", help="read a source through its adapter: rows read = accepted + rejected"
+    )
+    p.add_argument("source", help="hm:DIR, online_retail:FILE, synthetic:DIR or a bare path")
+    p.add_argument("--start", type=_date, default=None, help="first event date (inclusive)")
+    p.add_argument("--end", type=_date, default=None, help="last event date (inclusive)")
+    p.set_defaults(handler=_inspect)

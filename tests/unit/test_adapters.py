@@ -179,3 +179,17 @@ def test_a_parquet_copy_gives_the_same_events(tmp_path: Path) -> None:
     source = open_source(str(tmp_path / "pq"))
     assert source.path.suffix == ".parquet"
     assert list(source.events()) == from_csv
+
+
+def test_cli_inspect_prints_the_reconciliation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pulse.cli import main
+
+    write(tmp_path / "hm" / "transactions_train.csv", HM_CSV)
+    assert main(["data", "inspect", f"hm:{tmp_path / 'hm'}"]) == 0
+    out = capsys.readouterr().out
+    assert "rows read 5 = accepted 4 + rejected 1 (customer_id: missing: 1)" in out
+    assert "2 customers; event time 2020-09-20 00:00:00+00:00 .. 2020-09-22" in out
+    assert main(["data", "inspect", str(tmp_path / "nope")]) != 0
+    assert "source not found" in capsys.readouterr().err
