@@ -77,16 +77,20 @@ def profile(folder: Path) -> Profile:
     path = _transactions_file(Path(folder))
     con = duckdb.connect()
     con.execute("SET threads TO 2")
+    con.execute("SET enable_progress_bar = false")
     columns = (
         "{'t_dat': 'DATE', 'customer_id': 'VARCHAR', 'article_id': 'VARCHAR',"
         " 'price': 'DOUBLE', 'sales_channel_id': 'INTEGER'}"
     )
     src = f"read_csv('{path}', header=true, columns={columns})"
     try:
-        rows, price_min, price_mean, price_max, channel2, end = con.execute(
+        totals = con.execute(
             f"SELECT count(*), min(price), avg(price), max(price),"
             f" avg(CASE WHEN sales_channel_id = 2 THEN 1.0 ELSE 0.0 END), max(t_dat) FROM {src}"
         ).fetchone()
+        if totals is None or not totals[0]:
+            raise PulseError(f"{path}: no transactions to profile")
+        rows, price_min, price_mean, price_max, channel2, end = totals
         per_customer = con.execute(
             f"""SELECT count(*) AS n, count(DISTINCT t_dat) AS days,
                    bool_or(t_dat < DATE '{end}' - INTERVAL 90 DAY) AS before,
