@@ -449,6 +449,9 @@ def replay(
                 due = started + pacing.due(sent_rows, event_time, first_time)
                 while (wait := due - time.monotonic()) > 0 and not stop.is_set():
                     producer.poll(min(wait, 0.1))
+                    if time.monotonic() - last_save >= SAVE_EVERY_S:  # long gaps in paced time
+                        save_position(pos_file, prefix.rows, identity)
+                        last_save = time.monotonic()
                 if stop.is_set():
                     stats.interrupted = True
                     break
