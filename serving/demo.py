@@ -49,8 +49,9 @@ class DemoOptions:
 class Children:
     """Child processes, each in its own process group; ``stop_all`` ends every group."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, prefix_len: int = 3) -> None:
         self.log_dir = log_dir
+        self.prefix_len = prefix_len  # argv items before the subcommand (not printed)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         atexit.register(self.stop_all)
 
@@ -68,7 +69,7 @@ class Children:
     def run(self, name: str, argv: list[str]) -> None:
         """Run a foreground step to completion; PulseError if it fails."""
         began = time.monotonic()
-        print(f"\n== {name}: {' '.join(argv[3:])}", flush=True)
+        print(f"\n== {name}: pulse {' '.join(argv[self.prefix_len :])}", flush=True)
         code = self.start(name, argv, foreground=True).wait()
         self.procs.pop(name, None)
         if code != 0:
@@ -240,7 +241,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     data_root = settings.data_root.resolve()
     settings = settings.model_copy(update={"data_root": data_root})
     cli = _cli_of(settings)
-    children = Children(data_root / "demo-logs")
+    children = Children(data_root / "demo-logs", prefix_len=len(cli))
     began = time.monotonic()
     # A SIGTERM to the demo must run the same cleanup as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
