@@ -78,6 +78,45 @@ def _inspect(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Generate ``--customers`` over 734 days, then read it back through the adapter."""
+    import resource
+    import tempfile
+    import time
+
+    from producers.adapters import open_source
+    from producers.generator import generate
+
+    with tempfile.TemporaryDirectory(prefix="pulse-bench-data-") as tmp:
+        result = generate(
+            Path(tmp), args.customers, args.articles, date(2018, 9, 20), 734, 42, progress=False
+        )
+        gen_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        began = time.perf_counter()
+        source = open_source(tmp)
+        for _ in source.iter_batches():
+            pass
+        read_s = time.perf_counter() - began
+    rows = result.transactions
+    print(
+        f"generate: {rows:,} rows in {result.seconds:.1f} s = {rows / result.seconds:,.0f} rows/s"
+    )
+    print(f"          peak RSS so far {gen_rss:,.0f} MiB")
+    print(
+        f"adapter:  {source.stats.rows_read:,} rows in {read_s:.1f} s = {rows / read_s:,.0f} rows/s"
+    )
+    print(f"          {source.stats.summary()}")
+    return 0
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `pulse bench data`."""
+    p = bench_sub.add_parser("data", help="generator and adapter throughput (rows/s, peak RSS)")
+    p.add_argument("--customers", type=int, default=40_000, help="~24 rows per customer")
+    p.add_argument("--articles", type=int, default=20_000)
+    p.set_defaults(handler=_bench)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `pulse data generate` and `pulse data profile`."""
     data = sub.add_parser("data", help="synthetic data generator and calibration profile")

@@ -143,3 +143,9 @@ def test_default_behaviour_is_within_the_stated_tolerance(tmp_path: Path) -> Non
         if not within_tolerance(name, facts[name], README_FACTS[name])
     }
     assert misses == {}
+
+
+def test_bench_data_runs_and_reconciles(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "data", "--customers", "30", "--articles", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "rows/s" in out and "rejected 0" in out
