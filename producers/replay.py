@@ -377,7 +377,7 @@ def replay(
     the exit code. SIGINT/SIGTERM (or ``stop.set()``) end the loop; deliveries
     are flushed and the position saved either way.
     """
-    from confluent_kafka import KafkaError, Producer
+    from confluent_kafka import KafkaError, KafkaException, Producer
 
     if not 0.0 <= inject_bad < 1.0:
         raise PulseError(f"--inject-bad must be in [0, 1), got {inject_bad}")
@@ -414,6 +414,10 @@ def replay(
                 return
             except BufferError:  # local queue full: let deliveries drain it
                 producer.poll(0.05)
+            except KafkaException as exc:  # refused before sending (e.g. too large): a failure
+                stats.failed += 1
+                stats.first_error = stats.first_error or exc.args[0].str()
+                return
 
     if start_row:
         log(f"resuming after row {start_row - 1:,} ({pos_file})")

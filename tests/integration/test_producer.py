@@ -204,6 +204,21 @@ def test_real_hm_sample_replays_exactly_its_accepted_events(real_data, topic_set
     assert_exactly_once_in_customer_order(records, expected)
 
 
+def test_a_record_the_broker_cannot_take_fails_the_run_and_stops_the_position(
+    hm_folder, topic_settings
+):
+    events = list(open_source(f"hm:{hm_folder}").events())[:10]
+    events[6] = {**events[6], "article_id": "x" * 2_000_000}  # above the 1 MB message limit
+    stats = replay(events, topic_settings, progress=False, log=lambda *_: None)
+    assert (stats.sent, stats.delivered, stats.failed) == (10, 9, 1)
+    assert "too large" in stats.first_error.lower()
+    assert stats.confirmed_rows == 6  # rows 0..5: a resume re-sends row 6 onwards
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    assert sorted(decode(v)["event_id"] for *_, v in records) == sorted(
+        e["event_id"] for i, e in enumerate(events) if i != 6
+    )
+
+
 def test_an_unsorted_source_is_refused_with_a_clear_error(hm_folder, topic_settings):
     events = list(open_source(f"hm:{hm_folder}").events())
     events[10], events[-1] = events[-1], events[10]  # a late-June event jumps the queue
