@@ -105,33 +105,45 @@ def run_producer_performance(
 
 def bench_producer(settings: Settings, events: int, log=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Produce ``events`` with ``replay`` and with ProducerPerformance; print and return both."""
-    from producers.replay import replay
-    from pulse.topics import create_topics
+    from producers.replay import position_path, replay
+    from pulse.topics import admin_client, create_topics
 
     run_id = uuid.uuid4().hex[:8]
     ours_topic, theirs_topic = f"bench-pulse-{run_id}", f"bench-kafka-{run_id}"
     for name in (ours_topic, theirs_topic):
         create_topics(settings.model_copy(update={"topic_transactions": name}), log=log)
-
     ours_settings = settings.model_copy(update={"topic_transactions": ours_topic})
-    stats = replay(
-        bench_events(events),
-        ours_settings,
-        identity={"source": "bench", "run": run_id},
-        progress=False,
-        log=log,
-    )
-    if stats.failed or stats.delivered != events:
-        raise PulseError(f"bench replay lost records: {stats.summary()}")
-    record_size = round(stats.bytes / stats.delivered)
-    ours = PerfResult(
-        records=stats.delivered,
-        records_per_s=stats.delivered / stats.elapsed_s,
-        mb_per_s=stats.bytes / 1e6 / stats.elapsed_s,
-    )
-    theirs = run_producer_performance(settings, theirs_topic, events, record_size)
-    python_only = _python_ceiling(events)
+    identity = {"source": "bench", "run": run_id, "topic": ours_topic}
+    _wait_for_leaders(settings, [ours_topic, theirs_topic])
 
+    try:
+        stats = replay(
+            bench_events(events),
+            ours_settings,
+            identity=identity,
+            progress=False,
+            log=log,
+        )
+        if stats.failed or stats.delivered != events:
+            raise PulseError(f"bench replay lost records: {stats.summary()}")
+        record_size = round(stats.bytes / stats.delivered)
+        ours = PerfResult(
+            records=stats.delivered,
+            records_per_s=stats.delivered / stats.elapsed_s,
+            mb_per_s=stats.bytes / 1e6 / stats.elapsed_s,
+        )
+        theirs = run_producer_performance(settings, theirs_topic, events, record_size)
+    finally:
+        # the bench topics hold ~2 x N records: give the broker's disk back
+        admin = admin_client(settings)  # keep a reference: the futures die with the client
+        deleted = admin.delete_topics([ours_topic, theirs_topic])
+        for name, future in deleted.items():
+            try:
+                future.result(timeout=60)
+            except Exception as exc:  # cleanup is best effort; the figures still stand
+                log(f"could not confirm deletion of bench topic {name}: {exc!r}")
+        position_path(ours_settings, identity).unlink(missing_ok=True)
+    python_only = _python_ceiling(events)
     log(f"producer benchmark: {events:,} records of {record_size} B, acks=all, idempotent")
     log(f"{'':28}{'events/s':>12}{'MB/s':>10}")
     log(f"{'pulse replay (confluent)':28}{ours.records_per_s:>12,.0f}{ours.mb_per_s:>10.2f}")
@@ -146,6 +158,23 @@ def bench_producer(settings: Settings, events: int, log=print) -> dict[str, Any]
         "python_only_per_s": python_only,
         "ratio": ratio,
     }
+
+
+def _wait_for_leaders(settings: Settings, topics: list[str], timeout_s: float = 60) -> None:
+    """Block until every partition of ``topics`` has a leader, so no timer includes that wait."""
+    from pulse.topics import admin_client
+
+    admin = admin_client(settings)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=10).topics
+        if all(
+            name in metadata and all(p.leader >= 0 for p in metadata[name].partitions.values())
+            for name in topics
+        ):
+            return
+        time.sleep(0.2)
+    raise PulseError(f"bench topics {topics} have no leader after {timeout_s:.0f} s")
 
 
 def _python_ceiling(events: int) -> float:

@@ -489,6 +489,8 @@ def replay(
             deadline = time.monotonic() + DELIVERY_TIMEOUT_MS / 1000 + 5
             while producer.flush(0.5) > 0 and time.monotonic() < deadline:
                 pass
+            if len(producer) == 0:  # close now (not at garbage collection): no late log noise
+                producer.close()
             stats.elapsed_s = time.monotonic() - started
             stats.confirmed_rows = prefix.rows
             save_position(pos_file, prefix.rows, identity)
