@@ -178,14 +178,18 @@ def _latest_view(settings: Settings) -> Any:
         return None
 
 
-def _features_as_of(settings: Settings) -> Any:
-    """``as_of`` of the current live-feature snapshot (a datetime), or None."""
+def _view_as_of(settings: Settings) -> Any:
+    """``as_of`` of the current view snapshot (a datetime), or None.
+
+    The view is published right after the live features, from them: waiting on the view
+    means the last batch is fully served before the stream is stopped.
+    """
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     from pulse import snapshots
 
-    path = snapshots.current(settings.features_dir)
+    path = snapshots.current(settings.serving_dir)
     if path is None:
         return None
     try:
@@ -348,11 +352,11 @@ def _replay_loop(
             if caught_up_deadline is None:
                 print("[produce] replay sent; waiting for the stream to catch up", flush=True)
                 caught_up_deadline = time.monotonic() + CATCH_UP_TIMEOUT
-            as_of = _features_as_of(settings)
+            as_of = _view_as_of(settings)
             if as_of is not None and as_of.date() >= last:
                 if watcher is not None:
                     watcher.tick()
-                print(f"[stream] caught up: live features as of {as_of}", flush=True)
+                print(f"[stream] caught up: live view as of {as_of}", flush=True)
                 return
             if time.monotonic() > caught_up_deadline:
                 raise PulseError(f"the stream did not catch up within {CATCH_UP_TIMEOUT:.0f}s")
