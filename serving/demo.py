@@ -36,7 +36,7 @@ class DemoOptions:
     """What `pulse demo` runs on (generated data unless ``source`` is given)."""
 
     source: str | None = None
-    customers: int = 50_000
+    customers: int = 20_000
     articles: int = 5_000
     days: int = 730
     replay_days: int = 90
