@@ -91,7 +91,8 @@ def kafka_bootstrap(base_settings: Settings, session_root: Path) -> Iterator[str
             "controller_port": free_port(),
         }
     )
-    broker.start(local, log=lambda *_: None)
+    # Generous: a loaded 2-core machine can take a minute to start a JVM broker.
+    broker.start(local, timeout_s=240, log=lambda *_: None)
     try:
         yield f"127.0.0.1:{local.broker_port}"
     finally:
