@@ -75,12 +75,16 @@ def _rule(spec: FieldSpec, value: Column) -> Column | None:
     raise ValueError(f"no Spark translation for rule {name} of field {spec.name}")
 
 
-def _field(spec: FieldSpec, obj: Column) -> tuple[Column, Column]:
-    """(reason or null, typed value) for one field of the parsed object."""
-    raw = F.variant_get(obj, f"$.{spec.name}", "variant")  # SQL null when the key is missing
-    vtype = F.schema_of_variant(raw)
+def _field(spec: FieldSpec) -> tuple[Column, Column]:
+    """(reason or null, typed value) for one field, from the staged columns of ``classify``.
+
+    Reads ``raw_<name>`` (the field's VARIANT, SQL null when the key is missing),
+    ``type_<name>`` (its variant type) and ``value_text``.
+    """
     name = spec.name
-    pytype = _py_type_name(vtype, F.get_json_object(F.col("value").cast("string"), f"$.{name}"))
+    raw = F.col(f"raw_{name}")
+    token = F.get_json_object(F.col("value_text"), f"$.{name}")  # only evaluated for decimals
+    pytype = _py_type_name(F.col(f"type_{name}"), token)
     text = F.try_variant_get(raw, "$", "string")
 
     if spec.kind == "string":
@@ -125,21 +129,39 @@ def _field(spec: FieldSpec, obj: Column) -> tuple[Column, Column]:
     return F.concat(F.lit(f"{name}: "), reason), typed
 
 
+KAFKA_COLUMNS = ("value", "topic", "partition", "offset", "timestamp")
+
+
 def classify(raw: DataFrame) -> DataFrame:
     """Kafka rows -> Kafka rows + typed contract columns + ``reason`` (null = valid).
 
     Reads columns value (binary), topic, partition, offset, timestamp. Output keeps
     them and adds every contract field (typed as ``spark_schema()``) and ``reason``.
+    Three staged projections, so the JSON is parsed once per row (Spark does not
+    collapse a projection that would repeat an expensive expression).
     """
-    text = F.col("value").cast("string")
-    obj = F.try_parse_json(text)
-    top = F.schema_of_variant(obj)
+    parsed = raw.select(
+        *KAFKA_COLUMNS,
+        F.col("value").cast("string").alias("value_text"),
+    ).withColumn("obj", F.try_parse_json("value_text"))
+    staged = parsed.select(
+        *KAFKA_COLUMNS,
+        "value_text",
+        "obj",
+        F.schema_of_variant("obj").alias("type_top"),
+        *[F.variant_get("obj", f"$.{n}", "variant").alias(f"raw_{n}") for n in FIELD_NAMES],
+    ).select(
+        "*",
+        *[F.schema_of_variant(f"raw_{n}").alias(f"type_{n}") for n in FIELD_NAMES],
+    )
+    top = F.col("type_top")
+    text = F.col("value_text")
     top_reason = (
         F.when(
             F.col("value").isNull() | ~F.is_valid_utf8(text),
             F.lit("malformed JSON: UnicodeDecodeError"),
         )
-        .when(obj.isNull(), F.lit("malformed JSON: JSONDecodeError"))
+        .when(F.col("obj").isNull(), F.lit("malformed JSON: JSONDecodeError"))
         .when(
             ~top.startswith("OBJECT"),
             F.concat(F.lit("not a JSON object ("), _py_type_name(top), F.lit(")")),
@@ -147,19 +169,16 @@ def classify(raw: DataFrame) -> DataFrame:
     )
     reasons, typed = [top_reason], {}
     for spec in FIELDS:
-        reason, value = _field(spec, obj)
+        reason, value = _field(spec)
         reasons.append(reason)
         typed[spec.name] = value
+    # Extra keys: checked last, and only parsed for rows whose fields all passed.
     extra = F.array_sort(
         F.array_except(F.json_object_keys(text), F.array(*map(F.lit, FIELD_NAMES)))
     )
     reasons.append(F.when(F.size(extra) > 0, F.concat(F.lit("unknown field "), extra[0])))
-    return raw.select(
-        "value",
-        "topic",
-        "partition",
-        "offset",
-        "timestamp",
+    return staged.select(
+        *KAFKA_COLUMNS,
         *[typed[n].alias(n) for n in FIELD_NAMES],
         F.coalesce(*reasons).alias("reason"),
     )

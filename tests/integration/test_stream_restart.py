@@ -90,7 +90,7 @@ def test_sigkill_and_restart_equals_uninterrupted_run(
     )
     commits = crashed.checkpoint_dir / "features" / "commits"
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 900  # JVM start is slow on a busy 2-core box
         while time.monotonic() < deadline and proc.poll() is None:
             if commits.is_dir() and len(list(commits.glob("[0-9]*"))) >= 2:
                 break
@@ -102,10 +102,10 @@ def test_sigkill_and_restart_equals_uninterrupted_run(
         proc.wait(30)
     killed_after = len(list(commits.glob("[0-9]*")))
     total_batches = len(list((reference.checkpoint_dir / "features" / "commits").glob("[0-9]*")))
-    assert killed_after < total_batches  # it really was mid-run
+    assert 0 < killed_after < total_batches  # it really was mid-run
 
     cmd, env = _stream_cmd(crashed, until_idle=True)
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300)
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=900)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert "pulse-features batch" in done.stdout.decode()
 

@@ -17,7 +17,11 @@ pytestmark = pytest.mark.streaming
 
 def test_one_percent_bad_records_are_quarantined(spark, stream_settings) -> None:  # type: ignore[no-untyped-def]
     settings = stream_settings.model_copy(update={"max_offsets_per_trigger": 150})
-    good = [event(f"c{i % 37}", f"2020-09-{1 + i % 28:02d}", 1.0 + i % 5, n=i) for i in range(495)]
+    # In event-time order, so no event is beyond the allowed lateness.
+    good = [
+        event(f"c{i % 37}", f"2020-09-{1 + i * 28 // 495:02d}", 1.0 + i % 5, n=i)
+        for i in range(495)
+    ]
     negative = json.loads(encode(event("c1", "2020-09-02", 3.0, n=999)))
     negative["unit_price"] = -3.0
     wrong_type = json.loads(encode(event("c2", "2020-09-02", 3.0, n=998)))
