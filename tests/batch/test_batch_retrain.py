@@ -19,9 +19,9 @@ pytestmark = pytest.mark.spark
 
 SMALL = dict(
     rec=RecParams(rank=4, max_iter=3),
-    churn=ChurnParams(max_iter=5, max_depth=3),
+    churn=ChurnParams(max_iter=3, max_depth=3),
     k_min=3,
-    k_max=4,
+    k_max=3,
     progress=False,
 )
 
@@ -83,7 +83,7 @@ def test_retrain_outputs_and_gate_keeps_current(spark, settings):
         RetrainOptions(
             as_of=as_of,
             models=("churn",),
-            **(SMALL | {"churn": ChurnParams(max_iter=5, max_depth=3, shuffle_labels=True)}),
+            **(SMALL | {"churn": ChurnParams(max_iter=3, max_depth=3, shuffle_labels=True)}),
         ),
     )["churn"]
     assert bad["version"] != good
