@@ -153,24 +153,32 @@ def bgnbd_expected(frame: pd.DataFrame, horizon: int, sample: int = 20_000, seed
     Returns a numpy array aligned with ``frame`` (vectorised scoring of all rows).
     """
     from lifetimes import BetaGeoFitter
+    from lifetimes.utils import ConvergenceError
 
+    # Weeks, not days: the optimiser converges far more reliably on this scale.
     x = (frame["frequency"] - 1).clip(lower=0).to_numpy(float)  # repeat purchase days
-    t_age = frame["tenure_days"].to_numpy(float) + 1.0
-    rec = (frame["tenure_days"] - frame["recency_days"]).to_numpy(float)
+    t_age = (frame["tenure_days"].to_numpy(float) + 1.0) / 7
+    rec = (frame["tenure_days"] - frame["recency_days"]).to_numpy(float) / 7
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(frame), size=min(sample, len(frame)), replace=False)
-    bgf = BetaGeoFitter(penalizer_coef=0.01)
-    bgf.fit(x[idx], rec[idx], t_age[idx])
-    return np.asarray(
-        bgf.conditional_expected_number_of_purchases_up_to_time(horizon, x, rec, t_age)
-    )
+    for penalizer in (0.01, 0.1, 1.0):
+        try:
+            bgf = BetaGeoFitter(penalizer_coef=penalizer)
+            bgf.fit(x[idx], rec[idx], t_age[idx])
+            break
+        except ConvergenceError:
+            continue
+    else:
+        return np.full(len(frame), np.nan)  # reported as an undefined baseline
+    expected = bgf.conditional_expected_number_of_purchases_up_to_time(horizon / 7, x, rec, t_age)
+    return np.asarray(expected)
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """AUC-ROC, PR-AUC (average precision) and Brier score of probabilities ``p``."""
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-    if len(set(y.tolist())) < 2:
+    if len(set(y.tolist())) < 2 or np.isnan(p).any():
         return {"auc_roc": float("nan"), "pr_auc": float("nan"), "brier": float("nan")}
     return {
         "auc_roc": float(roc_auc_score(y, p)),
@@ -183,7 +191,7 @@ def roc_points(y: np.ndarray, p: np.ndarray, n: int = 60) -> dict[str, list[floa
     """A downsampled ROC curve (for the report)."""
     from sklearn.metrics import roc_curve
 
-    if len(set(y.tolist())) < 2:
+    if len(set(y.tolist())) < 2 or np.isnan(p).any():
         return {"fpr": [], "tpr": []}
     fpr, tpr, _ = roc_curve(y, p)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(n, len(fpr))).astype(int))
