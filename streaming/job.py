@@ -144,6 +144,8 @@ def kafka_lag(progress: dict[str, Any]) -> int | None:
         end, latest = json.loads(source["endOffset"]), json.loads(source["latestOffset"])
     except (KeyError, IndexError, TypeError, ValueError):
         return None
+    if not isinstance(latest, dict) or not isinstance(end, dict):
+        return None  # e.g. a restarted query's first batch has no latestOffset yet
     return sum(
         int(off) - int(end.get(topic, {}).get(part, 0))
         for topic, parts in latest.items()
