@@ -171,6 +171,8 @@ def customers_path(settings: Settings) -> Path:
 class ModelCache:
     """Loads each model version once; ``current()`` re-checks every CURRENT pointer.
 
+    Keyed by (kind, path of the version), so two data roots never share an entry.
+
     Cheap to call per micro-batch: resolving CURRENT reads three small files, and a
     version already loaded is reused (the Spark ML model and cached tables).
     """
@@ -195,19 +197,19 @@ class ModelCache:
         if seg_v is not None:
             path = registry.output_path(settings, "segments", seg_v)
             parts["segments"] = self._get(
-                ("segments", seg_v), lambda: _read_parquet(spark, path, cache=True)
+                ("segments", str(path)), lambda: _read_parquet(spark, path, cache=True)
             )
             parts["segments_version"] = seg_v if parts["segments"] is not None else None
         churn_v = _safe_version(settings, "churn")
         if churn_v is not None:
             path = registry.model_path(settings, "churn", churn_v)
-            parts["churn_model"] = self._get(("churn", churn_v), lambda: _load_pipeline(path))
+            parts["churn_model"] = self._get(("churn", str(path)), lambda: _load_pipeline(path))
             parts["churn_version"] = churn_v if parts["churn_model"] is not None else None
         recs_v = _safe_version(settings, "recommendations")
         if recs_v is not None:
             path = registry.output_path(settings, "recommendations", recs_v)
             parts["recommendations"] = self._get(
-                ("recommendations", recs_v), lambda: _read_parquet(spark, path, cache=False)
+                ("recommendations", str(path)), lambda: _read_parquet(spark, path, cache=False)
             )
             parts["recs_version"] = recs_v if parts["recommendations"] is not None else None
         cust = customers_path(settings)
