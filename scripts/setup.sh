@@ -9,8 +9,9 @@ die() { echo "setup: error: $*" >&2; exit 2; }
 
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
-  for c in python3.13 python3.12 python3.11 python3; do
-    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then PY=$c; break; fi
+  # 3.11 first: requirements.lock is resolved for it.
+  for c in python3.11 python3.12 python3.13 python3; do
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then PY=$c; break; fi
   done
 fi
 [ -n "$PY" ] || die "Python 3.11+ not found: install it (Debian: apt-get install python3)"
