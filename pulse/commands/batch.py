@@ -8,7 +8,6 @@ import sys
 import time
 from datetime import date
 
-from pulse.errors import PulseError
 from pulse.settings import Settings
 
 
@@ -124,6 +123,3 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--max-iter", type=int, default=10)
     p.set_defaults(handler=_bench)
-
-
-__all__ = ["PulseError", "register", "register_bench"]
