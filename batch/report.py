@@ -67,7 +67,9 @@ def _plot_roc(meta: dict[str, Any], path: Path) -> None:
 def _plot_importance(meta: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    items = list(meta["feature_importances"].items())[:12][::-1]
+    # meta.json is written with sorted keys: order by importance here
+    ranked = sorted(meta["feature_importances"].items(), key=lambda kv: -kv[1])
+    items = ranked[:12][::-1]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.barh([k for k, _ in items], [v for _, v in items])
     ax.set_title("Churn GBT feature importances (top 12)")
