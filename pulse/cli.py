@@ -70,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.verbose:
+        logging.getLogger("pulse.librdkafka").setLevel(logging.DEBUG)
     try:
         settings = load_settings(**{f: getattr(args, f) for f in GLOBAL_FLAGS.values()})
         return int(args.handler(args, settings) or 0)

@@ -6,11 +6,16 @@ Every field is listed in ``.env.example`` and in ``pulse --help``. Secrets are
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+LIBRDKAFKA_LOG = logging.getLogger("pulse.librdkafka")
+LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
 
 
 class Settings(BaseSettings):
@@ -65,6 +70,9 @@ class Settings(BaseSettings):
         conf: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap,
             "security.protocol": self.kafka_security_protocol,
+            # librdkafka logs every failed connect to stderr; route it through logging,
+            # where it is quiet unless `pulse -v`. Our own errors say what went wrong.
+            "logger": LIBRDKAFKA_LOG,
         }
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
