@@ -13,7 +13,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 LIBRDKAFKA_LOG = logging.getLogger("pulse.librdkafka")
 LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
 
