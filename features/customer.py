@@ -68,12 +68,19 @@ def daily_activity(events: DataFrame) -> DataFrame:
     Columns: customer_id, day, n_events, n_purchases, spend, n_online, n_with_channel.
     """
     return events.groupBy("customer_id", F.to_date("event_time").alias("day")).agg(
+        *daily_aggregations()
+    )
+
+
+def daily_aggregations() -> list[Column]:
+    """The customer-day aggregate columns, shared with the stream's stateful aggregation."""
+    return [
         F.count(F.lit(1)).alias("n_events"),
         F.count(F.when(F.col("quantity") > 0, True)).alias("n_purchases"),
         F.sum(F.col("quantity") * F.col("unit_price")).alias("spend"),
         F.count(F.when(F.col("sales_channel_id") == 2, True)).alias("n_online"),
         F.count("sales_channel_id").alias("n_with_channel"),
-    )
+    ]
 
 
 def customer_state(daily: DataFrame, as_of: datetime | date | str) -> DataFrame:

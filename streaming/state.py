@@ -20,7 +20,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.customer import customer_state, features_as_of
+from features.customer import customer_state, daily_aggregations, features_as_of
 from pulse import snapshots
 from pulse.settings import Settings
 
@@ -30,17 +30,12 @@ DAILY_KEYS = ("customer_id", "day")
 def daily_aggregates(events: DataFrame) -> DataFrame:
     """Contract events -> one row per (customer_id, day), as ``daily_activity`` plus max time.
 
-    The aggregate columns are those of ``features.customer.daily_activity`` (the
-    parity test proves the stream equals the batch path built on it);
+    The aggregate columns are ``features.customer.daily_aggregations`` — the same
+    expressions the batch path's ``daily_activity`` uses;
     ``max_event_time`` gives the snapshot's ``as_of``.
     """
     return events.groupBy("customer_id", F.to_date("event_time").alias("day")).agg(
-        F.count(F.lit(1)).alias("n_events"),
-        F.count(F.when(F.col("quantity") > 0, True)).alias("n_purchases"),
-        F.sum(F.col("quantity") * F.col("unit_price")).alias("spend"),
-        F.count(F.when(F.col("sales_channel_id") == 2, True)).alias("n_online"),
-        F.count("sales_channel_id").alias("n_with_channel"),
-        F.max("event_time").alias("max_event_time"),
+        *daily_aggregations(), F.max("event_time").alias("max_event_time")
     )
 
 
