@@ -23,16 +23,12 @@ from pyspark.sql import functions as F
 
 from batch.lake import customers_dir, lake_exists, read_lake
 from pulse.settings import Settings
+from schemas.tables import CUSTOMER_COLUMNS as KAGGLE_CUSTOMERS
 from schemas.transaction import FIELD_NAMES, spark_schema
 
-CUSTOMER_COLUMNS = {
-    "customer_id": "string",
-    "FN": "double",
-    "Active": "double",
-    "club_member_status": "string",
-    "fashion_news_frequency": "string",
-    "age": "double",
-}
+# The Kaggle customer columns the models use; postal_code is left out (high-cardinality
+# identifier, not a model input).
+CUSTOMER_COLUMNS = {c: t for c, t in KAGGLE_CUSTOMERS.items() if c != "postal_code"}
 
 
 @dataclass
