@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO chatter is not ours
     if args.verbose:
         logging.getLogger("pulse.librdkafka").setLevel(logging.DEBUG)
     try:
