@@ -102,9 +102,16 @@ def start(
     ckpt = settings.checkpoint_dir
 
     def features_batch(updates: DataFrame, batch_id: int) -> None:
-        if console:
-            updates.orderBy("customer_id", "day").show(10, truncate=False)
-        publish_batch(spark, settings, updates, batch_id, on_publish)
+        # The batch is used several times (emptiness, anti-join, union); unpersisted,
+        # each use re-runs the stateful aggregation, and two tasks of one batch then
+        # contend for the same RocksDB partition lock (UNRELEASED_THREAD_ERROR).
+        updates = updates.persist()
+        try:
+            if console:
+                updates.orderBy("customer_id", "day").show(10, truncate=False)
+            publish_batch(spark, settings, updates, batch_id, on_publish)
+        finally:
+            updates.unpersist()
 
     quarantine = (
         quarantine_rows(classified)
@@ -208,23 +215,6 @@ def monitor(
         for q in queries:
             if q.isActive:
                 q.stop()
-        _unload_state_stores(SparkSession.getActiveSession())
-
-
-def _unload_state_stores(spark: SparkSession | None) -> None:
-    """Unload this JVM's state-store providers after a run.
-
-    A later run in the same JVM (tests, notebooks) on the same checkpoint otherwise
-    can find a stale RocksDB provider still holding its instance lock
-    (CANNOT_LOAD_STATE_STORE.UNRELEASED_THREAD_ERROR). `pulse stream` runs once per
-    process, where this is a no-op in effect.
-    """
-    if spark is None:
-        return
-    try:
-        spark._jvm.org.apache.spark.sql.execution.streaming.state.StateStore.stop()  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001 - best effort; the next run reloads stores anyway
-        pass
 
 
 def run(
