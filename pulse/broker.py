@@ -186,8 +186,7 @@ def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # typ
             "kafka.tools.StorageTool",
             "format",
             "--standalone",
-            "-t",
-            cluster_id,
+            f"--cluster-id={cluster_id}",  # one '=' arg: an id may start with '-'
             "-c",
             str(paths.config.resolve()),
         )
