@@ -4,6 +4,11 @@ Read the lake strictly before the cutoff -> per model: evaluate on a later,
 held-out period against baselines, fit the served model, write its output table
 and registry version -> move ``CURRENT`` only when the quality gate passes.
 
+Besides the output tables, each version directory keeps what serving needs for
+customers first seen after the run: ``segments/<v>/model/`` (the fitted
+segmentation PipelineModel) with ``names.json`` (segment id -> name), and
+``recommendations/<v>/popular.json`` (the run's popularity list, in rank order).
+
 Cutoff C: ``--as-of DATE`` (nothing at or after it is read), else the day after
 the last event. Recommendations hold out ``[C - holdout_days, C)``; churn trains
 at C - 2H and evaluates at C - H (see ``batch.churn``); segments use all data.
@@ -34,6 +39,11 @@ from features.customer import compute_features
 from pulse import registry
 from pulse.errors import PulseError
 from pulse.settings import Settings
+
+# Files next to meta.json in a version directory, read by serving/view.py (which names
+# them itself: serving reads the batch layer's files, not its code).
+POPULAR_FILE = "popular.json"  # recommendations: the popularity list of the run
+SEGMENT_NAMES_FILE = "names.json"  # segments: prediction id -> segment name
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,16 @@ def retrain_recommendations(
             rec_mod.assemble(everyone, full, order),
             registry.output_path(settings, "recommendations", version),
         )
+        # Serving gives this list to customers first seen after this run (not in the table).
+        popular = [r.article_id for r in full["popularity"].orderBy("pos").collect()]
+        popular_path = registry.model_dir(settings, "recommendations", version) / POPULAR_FILE
+        popular_path.parent.mkdir(parents=True, exist_ok=True)
+        popular_path.write_text(
+            json.dumps(
+                {"articles": popular, "popular_days": p.popular_days, "cutoff": str(cutoff)},
+                indent=2,
+            )
+        )
     value = metrics[best]["map@12"]
     meta = {
         "model": "recommendations",
@@ -165,6 +185,7 @@ def retrain_recommendations(
         "metrics": metrics,
         "served": best,
         "output": str(registry.output_path(settings, "recommendations", version)),
+        "popular": str(popular_path),
         "gate": gate(
             settings,
             "recommendations",
@@ -301,7 +322,7 @@ def retrain_segments(
         for row in profile:
             row["segment_name"] = names[row["segment_id"]]
         model.write().overwrite().save(str(registry.model_path(settings, "segments", version)))
-        names_path = registry.model_dir(settings, "segments", version) / "names.json"
+        names_path = registry.model_dir(settings, "segments", version) / SEGMENT_NAMES_FILE
         names_path.write_text(json.dumps({str(k_): v for k_, v in names.items()}, indent=2))
         mapping = spark.createDataFrame(list(names.items()), "segment_id int, segment_name string")
         out = (
