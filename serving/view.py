@@ -2,15 +2,22 @@
 
 ``build_view`` is the pure transform: one live-feature row per customer plus
 
-- ``segment_id`` / ``segment_name`` from the CURRENT segments table,
+- ``segment_id`` / ``segment_name``: the CURRENT segments table for the customers it
+  holds (their segment as trained: a segment is a model *output*, joined in, as
+  design.md's "Serving view" says); a customer the table does not hold (first seen
+  after that retrain) is assigned by the CURRENT segmentation PipelineModel applied to
+  its *live* features, named with the version's ``names.json``;
 - ``churn_probability``: the CURRENT churn PipelineModel applied to the *live*
   features (joined with the customer attributes), so the score moves as the
-  customer buys or goes quiet,
+  customer buys or goes quiet;
 - ``recommendations``: the 12 article ids of the CURRENT recommendations table,
-  in rank order,
+  in rank order; a customer the table does not hold gets that version's
+  popularity list (``popular.json``), as cold-start customers do at training time,
 
 and the version of each model used. A model with no CURRENT version yet gives
-nulls, never an error.
+nulls, never an error. A registry version written before the segmentation model or
+the popularity list were kept next to it is served from its table alone: customers
+it does not hold get a null segment / null recommendations, as before.
 
 ``publish_view`` is what the streaming job calls after each feature publish: it
 resolves CURRENT for every model *on every call* (so a retrain is picked up
@@ -25,8 +32,11 @@ CURRENT when the snapshot was built.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +77,24 @@ VIEW_COLUMNS: dict[str, T.DataType] = {
 class ModelOutputs:
     """The CURRENT model outputs the view joins in; any part may be missing (None).
 
-    ``segments``: customer_id, segment_id, segment_name. ``recommendations``:
-    customer_id, rank, article_id (the registry's table). ``churn_model``: a fitted
-    Spark ML PipelineModel that outputs ``probability``. ``customers``: customer_id
-    plus any of ``CUSTOMER_ATTRIBUTES``.
+    ``segments``: customer_id, segment_id, segment_name. ``segments_model``: the fitted
+    segmentation PipelineModel (live feature columns -> ``prediction``) and
+    ``segment_names`` its prediction -> name mapping; both needed to segment customers
+    absent from ``segments``. ``recommendations``: customer_id, rank, article_id (the
+    registry's table). ``popular``: the article ids given to customers absent from
+    ``recommendations``, in rank order. ``churn_model``: a fitted Spark ML PipelineModel
+    that outputs ``probability``. ``customers``: customer_id plus any of
+    ``CUSTOMER_ATTRIBUTES``.
     """
 
     segments: DataFrame | None = None
+    segments_model: Any = None
+    segment_names: dict[int, str] | None = None
     segments_version: str | None = None
     churn_model: Any = None
     churn_version: str | None = None
     recommendations: DataFrame | None = None
+    popular: tuple[str, ...] | None = None
     recs_version: str | None = None
     customers: DataFrame | None = None
 
@@ -123,20 +140,55 @@ def churn_scores(features: DataFrame, model: Any, customers: DataFrame | None) -
     )
 
 
-def build_view(features: DataFrame, models: ModelOutputs) -> DataFrame:
-    """Live features + CURRENT model outputs -> one view row per customer.
+def segment_assignments(features: DataFrame, model: Any, names: dict[int, str]) -> DataFrame:
+    """Apply a segmentation PipelineModel to live features -> customer_id, segment_id,
+    segment_name.
 
-    Columns: the live feature columns (unchanged), then ``VIEW_COLUMNS``. Customers the
-    models have never seen get a segment/recommendations of null; the churn model
-    scores every live customer.
+    The pipeline starts from the feature columns (``batch.segments.build_pipeline``: log
+    RFM, scaling and KMeans inside it); ``names`` maps its ``prediction`` to a name.
     """
-    view = features
+    pairs = [F.lit(x) for sid, name in sorted(names.items()) for x in (int(sid), name)]
+    segment_id = F.col("prediction").cast("int")
+    return model.transform(features).select(
+        "customer_id",
+        segment_id.alias("segment_id"),
+        F.create_map(*pairs)[segment_id].cast("string").alias("segment_name"),
+    )
+
+
+def segments_for(features: DataFrame, models: ModelOutputs) -> DataFrame | None:
+    """customer_id, segment_id, segment_name for the view; None without a segments version.
+
+    The table's row for a customer it holds; the model's assignment on the live features
+    for every other customer in ``features`` (when the version has a model and names).
+    """
+    table = None
     if models.segments is not None:
-        seg = models.segments.select(
+        table = models.segments.select(
             "customer_id",
             F.col("segment_id").cast("int").alias("segment_id"),
             F.col("segment_name").cast("string").alias("segment_name"),
         )
+    if models.segments_model is None or not models.segment_names:
+        return table
+    unseen = features
+    if table is not None:
+        unseen = features.join(table.select("customer_id"), "customer_id", "left_anti")
+    assigned = segment_assignments(unseen, models.segments_model, models.segment_names)
+    return assigned if table is None else table.unionByName(assigned)
+
+
+def build_view(features: DataFrame, models: ModelOutputs) -> DataFrame:
+    """Live features + CURRENT model outputs -> one view row per customer.
+
+    Columns: the live feature columns (unchanged), then ``VIEW_COLUMNS``. Customers in the
+    segments / recommendations tables get their rows there; the others get the segment the
+    segmentation model assigns to their live features and the popularity list (null where
+    the version has no model / list). The churn model scores every live customer.
+    """
+    view = features
+    seg = segments_for(features, models)
+    if seg is not None:
         view = view.join(seg, "customer_id", "left").withColumn(
             "segments_model_version", F.lit(models.segments_version).cast("string")
         )
@@ -145,11 +197,16 @@ def build_view(features: DataFrame, models: ModelOutputs) -> DataFrame:
         view = view.join(scores, "customer_id", "left").withColumn(
             "churn_model_version", F.lit(models.churn_version).cast("string")
         )
-    if models.recommendations is not None:
-        recs = recommendation_lists(models.recommendations)
-        view = view.join(recs, "customer_id", "left").withColumn(
-            "recs_model_version", F.lit(models.recs_version).cast("string")
-        )
+    if models.recommendations is not None or models.popular:
+        if models.recommendations is not None:
+            recs = recommendation_lists(models.recommendations)
+            view = view.join(recs, "customer_id", "left")
+        else:
+            view = view.withColumn("recommendations", F.lit(None).cast("array<string>"))
+        if models.popular:
+            popular = F.array(*[F.lit(a) for a in models.popular[:N_RECOMMENDATIONS]])
+            view = view.withColumn("recommendations", F.coalesce(F.col("recommendations"), popular))
+        view = view.withColumn("recs_model_version", F.lit(models.recs_version).cast("string"))
     for name, dtype in VIEW_COLUMNS.items():
         if name not in view.columns:
             view = view.withColumn(name, F.lit(None).cast(dtype))
@@ -168,50 +225,101 @@ def customers_path(settings: Settings) -> Path:
     return settings.data_root / "lake" / "customers"
 
 
+# Files `pulse retrain` keeps next to meta.json (batch.retrain.SEGMENT_NAMES_FILE and
+# POPULAR_FILE); named here for the same reason. Older versions may lack them.
+SEGMENT_NAMES_FILE = "names.json"
+POPULAR_FILE = "popular.json"
+
+
+def _load_segments(spark: SparkSession, settings: Settings, version: str) -> dict[str, Any]:
+    """The segments table, plus the segmentation model and its names when the version has
+    them (older versions: the table only)."""
+    parts: dict[str, Any] = {
+        "segments": _read_parquet(
+            spark, registry.output_path(settings, "segments", version), cache=True
+        )
+    }
+    model_path = registry.model_path(settings, "segments", version)
+    names_file = registry.model_dir(settings, "segments", version) / SEGMENT_NAMES_FILE
+    if model_path.is_dir() and names_file.is_file():
+        names = _read_json(names_file)
+        try:
+            mapping = {int(k): str(v) for k, v in names.items()} if names else None
+        except (AttributeError, TypeError, ValueError):
+            log.warning("serving: %s is not a segment id -> name mapping", names_file)
+            mapping = None
+        model = _load_pipeline(model_path, "segments") if mapping else None
+        if model is not None:
+            parts |= {"segments_model": model, "segment_names": mapping}
+    return parts
+
+
+def _load_churn(spark: SparkSession, settings: Settings, version: str) -> dict[str, Any]:
+    """The churn PipelineModel (applied to the live features at every publish)."""
+    return {"churn_model": _load_pipeline(registry.model_path(settings, "churn", version), "churn")}
+
+
+def _load_recommendations(spark: SparkSession, settings: Settings, version: str) -> dict[str, Any]:
+    """The recommendations table, plus the popularity list when the version has one."""
+    parts: dict[str, Any] = {
+        "recommendations": _read_parquet(
+            spark, registry.output_path(settings, "recommendations", version), cache=False
+        )
+    }
+    popular_file = registry.model_dir(settings, "recommendations", version) / POPULAR_FILE
+    if popular_file.is_file():
+        data = _read_json(popular_file)
+        articles = data.get("articles") if isinstance(data, dict) else None
+        if isinstance(articles, list) and articles:
+            parts["popular"] = tuple(str(a) for a in articles)
+    return parts
+
+
+Loader = Callable[[SparkSession, Settings, str], dict[str, Any]]
+
+# registry model name -> (the ModelOutputs field holding its version, its loader)
+MODEL_LOADERS: dict[str, tuple[str, Loader]] = {
+    "segments": ("segments_version", _load_segments),
+    "churn": ("churn_version", _load_churn),
+    "recommendations": ("recs_version", _load_recommendations),
+}
+
+
 class ModelCache:
     """Loads each model version once; ``current()`` re-checks every CURRENT pointer.
 
-    Keyed by (kind, path of the version), so two data roots never share an entry.
+    Keyed by (model name, path of the version directory), so two data roots never share
+    an entry.
 
     Cheap to call per micro-batch: resolving CURRENT reads three small files, and a
-    version already loaded is reused (the Spark ML model and cached tables).
+    version already loaded is reused (the Spark ML models and cached tables).
     """
 
     def __init__(self) -> None:
-        self._loaded: dict[tuple[str, str], Any] = {}
+        self._loaded: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def _get(self, key: tuple[str, str], load: Any) -> Any:
+    def _get(self, key: tuple[str, str], load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if key not in self._loaded:
             # Keep only the newest version of each kind: old ones are released.
             for old in [k for k in self._loaded if k[0] == key[0]]:
-                value = self._loaded.pop(old)
-                if isinstance(value, DataFrame):
-                    value.unpersist()
+                for value in self._loaded.pop(old).values():
+                    if isinstance(value, DataFrame):
+                        value.unpersist()
             self._loaded[key] = load()
         return self._loaded[key]
 
     def current(self, spark: SparkSession, settings: Settings) -> ModelOutputs:
         """The CURRENT outputs of every model (None where there is no version yet)."""
         parts: dict[str, Any] = {}
-        seg_v = _safe_version(settings, "segments")
-        if seg_v is not None:
-            path = registry.output_path(settings, "segments", seg_v)
-            parts["segments"] = self._get(
-                ("segments", str(path)), lambda: _read_parquet(spark, path, cache=True)
-            )
-            parts["segments_version"] = seg_v if parts["segments"] is not None else None
-        churn_v = _safe_version(settings, "churn")
-        if churn_v is not None:
-            path = registry.model_path(settings, "churn", churn_v)
-            parts["churn_model"] = self._get(("churn", str(path)), lambda: _load_pipeline(path))
-            parts["churn_version"] = churn_v if parts["churn_model"] is not None else None
-        recs_v = _safe_version(settings, "recommendations")
-        if recs_v is not None:
-            path = registry.output_path(settings, "recommendations", recs_v)
-            parts["recommendations"] = self._get(
-                ("recommendations", str(path)), lambda: _read_parquet(spark, path, cache=False)
-            )
-            parts["recs_version"] = recs_v if parts["recommendations"] is not None else None
+        for name, (version_field, loader) in MODEL_LOADERS.items():
+            version = _safe_version(settings, name)
+            if version is None:
+                continue
+            key = (name, str(registry.model_dir(settings, name, version)))
+            loaded = self._get(key, partial(loader, spark, settings, version))
+            parts.update(loaded)
+            if any(v is not None for v in loaded.values()):
+                parts[version_field] = version
         cust = customers_path(settings)
         if cust.exists():
             parts["customers"] = _read_parquet(spark, cust, cache=False)
@@ -236,13 +344,21 @@ def _read_parquet(spark: SparkSession, path: Path, cache: bool) -> DataFrame | N
     return df.cache() if cache else df
 
 
-def _load_pipeline(path: Path) -> Any:
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("serving: cannot read %s: %s", path, exc)
+        return None
+
+
+def _load_pipeline(path: Path, name: str) -> Any:
     from pyspark.ml import PipelineModel
 
     try:
         return PipelineModel.load(str(path))
     except Exception as exc:
-        log.warning("serving: cannot load churn model %s: %s", path, exc)
+        log.warning("serving: cannot load %s model %s: %s", name, path, exc)
         return None
 
 

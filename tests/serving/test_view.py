@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -11,10 +12,11 @@ from pyspark.ml.feature import Imputer, VectorAssembler
 from pyspark.ml.linalg import Vectors
 from pyspark.testing import assertDataFrameEqual
 
+from batch.segments import build_pipeline
 from features.customer import compute_features
 from pulse.errors import PulseError
 from schemas.transaction import spark_schema
-from serving.view import VIEW_COLUMNS, ModelOutputs, build_view
+from serving.view import POPULAR_FILE, SEGMENT_NAMES_FILE, VIEW_COLUMNS, ModelOutputs, build_view
 
 pytestmark = pytest.mark.spark
 AS_OF = datetime(2020, 3, 31, 23, 59, 59, tzinfo=UTC)
@@ -65,7 +67,45 @@ def churn_model(spark):
     return pipeline.fit(train)
 
 
+# Three obvious RFM clusters (recency_days, frequency, monetary), far apart in log space.
+SEGMENT_TRAINING = {
+    "new": [(0, 1, 8.0), (1, 1, 10.0), (2, 1, 12.0), (0, 1, 9.0), (1, 1, 11.0)],
+    "lapsed": [(150, 1, 8.0), (170, 1, 10.0), (190, 1, 12.0), (160, 1, 9.0), (200, 1, 11.0)],
+    "champions": [(1, 20, 400.0), (2, 25, 500.0), (3, 30, 600.0), (1, 22, 450.0), (2, 28, 550.0)],
+}
+POPULAR = tuple(f"pop{i:02d}" for i in range(1, 13))
+
+
+@pytest.fixture(scope="module")
+def segmentation(spark):
+    """The real segmentation pipeline (batch.segments) fitted on three obvious clusters.
+
+    Returns (model, names, cluster id of each training group); names are deliberately
+    unlike the segments-table names, so a test can tell a table value from a model one.
+    """
+    rows = [
+        (f"{group}{i}", r, f, m)
+        for group, points in SEGMENT_TRAINING.items()
+        for i, (r, f, m) in enumerate(points)
+    ]
+    train = spark.createDataFrame(
+        rows, "customer_id string, recency_days int, frequency long, monetary double"
+    )
+    model = build_pipeline(3).fit(train)
+    assigned: dict[str, set[int]] = {}
+    for r in model.transform(train).collect():
+        assigned.setdefault(r["customer_id"].rstrip("0123456789"), set()).add(r["prediction"])
+    # each group is one cluster, and the three differ: the clusters really are obvious
+    assert all(len(ids) == 1 for ids in assigned.values())
+    cluster = {group: ids.pop() for group, ids in assigned.items()}
+    assert len(set(cluster.values())) == 3
+    names = {cid: f"model {group}" for group, cid in cluster.items()}
+    return model, names, cluster
+
+
 def test_view_joins_current_outputs(spark, features, churn_model):
+    """Table-only outputs (a registry version with no segmentation model or popularity
+    list): customers absent from a table get nulls there."""
     segments = spark.createDataFrame(
         [("a", 0, "Champions"), ("b", 1, "Hibernating"), ("c", 1, "Hibernating")],
         "customer_id string, segment_id int, segment_name string",
@@ -117,6 +157,56 @@ def test_view_joins_current_outputs(spark, features, churn_model):
     assert probs["b"] > 0.5 > probs["a"]
 
 
+def test_unseen_customers_get_model_segment_and_popular_list(spark, features, segmentation):
+    """d is in neither table: the segmentation model assigns it from its live features
+    (recency 0, frequency 1, monetary 10: the "new" cluster), and it gets exactly the
+    popularity list. Customers in the tables keep their table rows."""
+    model, names, cluster = segmentation
+    segments = spark.createDataFrame(
+        [("a", 0, "Champions"), ("b", 1, "Hibernating"), ("c", 1, "Hibernating")],
+        "customer_id string, segment_id int, segment_name string",
+    )
+    a_recs = [f"art{r:02d}" for r in range(1, 13)]
+    recs = spark.createDataFrame(
+        [("a", r, a, 1.0, "als") for r, a in enumerate(a_recs, 1)]
+        + [("b", 1, "pop1", 0.9, "popularity"), ("b", 2, "pop2", 0.5, "popularity")],
+        "customer_id string, rank int, article_id string, score double, source string",
+    )
+    models = ModelOutputs(
+        segments=segments,
+        segments_model=model,
+        segment_names=names,
+        segments_version="s1",
+        recommendations=recs,
+        popular=POPULAR,
+        recs_version="r1",
+    )
+    view = build_view(features, models)
+
+    assert view.columns == features.columns + list(VIEW_COLUMNS)
+    d = view.where("customer_id = 'd'").first()
+    assert (d["recency_days"], d["frequency"], d["monetary"]) == (0, 1, 10.0)
+    new = cluster["new"]
+    expected = spark.createDataFrame(
+        [
+            ("a", 0, "Champions", a_recs),
+            ("b", 1, "Hibernating", ["pop1", "pop2"]),
+            ("c", 1, "Hibernating", list(POPULAR)),  # segmented, but not in the recs table
+            ("d", new, "model new", list(POPULAR)),
+        ],
+        "customer_id string, segment_id int, segment_name string, recommendations array<string>",
+    )
+    got = view.select("customer_id", "segment_id", "segment_name", "recommendations")
+    assertDataFrameEqual(got, expected)
+    pairs = view.select("segments_model_version", "recs_model_version").distinct().collect()
+    assert [tuple(r) for r in pairs] == [("s1", "r1")]
+
+    # The model alone (no table read): every live customer is assigned by the model.
+    alone = build_view(features, ModelOutputs(segments_model=model, segment_names=names))
+    by_model = {r["customer_id"]: r["segment_id"] for r in alone.collect()}
+    assert by_model["d"] == new and None not in by_model.values()
+
+
 def test_missing_models_give_nulls(spark, features):
     view = build_view(features, ModelOutputs())
     assert view.count() == 4
@@ -135,7 +225,9 @@ def _register(settings, name, version, write):
     registry.promote(settings, name, version)
 
 
-def test_publish_picks_up_new_versions_and_reads_back(spark, settings, features, churn_model):
+def test_publish_picks_up_new_versions_and_reads_back(
+    spark, settings, features, churn_model, segmentation
+):
     from pulse import registry, snapshots
     from serving import read
     from serving.view import publish_view
@@ -165,6 +257,9 @@ def test_publish_picks_up_new_versions_and_reads_back(spark, settings, features,
     assert (row["churn_model_version"], row["recency_days"]) == ("c1", 100)
     assert row["churn_probability"] > 0.5
     assert read.customer(settings, "a")["segment_name"] == "Champions"
+    # s1 is a version with the table only (as written before retrain kept the model):
+    # served from the table alone, so d (not in it) has no segment.
+    assert read.customer(settings, "d")["segment_name"] is None
 
     # A retrain promotes c2 (labels flipped): the next publish uses it, same process.
     flipped = spark.createDataFrame(
@@ -187,3 +282,30 @@ def test_publish_picks_up_new_versions_and_reads_back(spark, settings, features,
 
     with pytest.raises(PulseError, match="unknown customer"):
         read.customer(settings, "nobody")
+
+    # Versions laid out as `pulse retrain` writes them: the segmentation model with its
+    # names next to the segments table, the popularity list next to the recommendations.
+    model, names, cluster = segmentation
+
+    def write_segments_v2() -> None:
+        segs.write.parquet(str(registry.output_path(settings, "segments", "s2")))
+        model.save(str(registry.model_path(settings, "segments", "s2")))
+        names_file = registry.model_dir(settings, "segments", "s2") / SEGMENT_NAMES_FILE
+        names_file.write_text(json.dumps({str(k): v for k, v in names.items()}))
+
+    def write_recs_r1() -> None:
+        spark.createDataFrame(
+            [("a", 1, "art01", 1.0, "als")],
+            "customer_id string, rank int, article_id string, score double, source string",
+        ).write.parquet(str(registry.output_path(settings, "recommendations", "r1")))
+        popular_file = registry.model_dir(settings, "recommendations", "r1") / POPULAR_FILE
+        popular_file.write_text(json.dumps({"articles": list(POPULAR)}))
+
+    _register(settings, "segments", "s2", write_segments_v2)
+    _register(settings, "recommendations", "r1", write_recs_r1)
+    publish_view(spark, settings, features)
+    a, d = read.customer(settings, "a"), read.customer(settings, "d")
+    assert (a["segment_name"], a["recommendations"]) == ("Champions", ["art01"])
+    assert (d["segment_id"], d["segment_name"]) == (cluster["new"], "model new")
+    assert d["recommendations"] == list(POPULAR)
+    assert (d["segments_model_version"], d["recs_model_version"]) == ("s2", "r1")
