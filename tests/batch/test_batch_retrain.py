@@ -7,13 +7,16 @@ from datetime import date
 import pytest
 from batch_shop import TableSource, events_table, shop_rows
 from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
 
 from batch.churn import ChurnParams
 from batch.ingest import ingest_source
-from batch.lake import read_lake
-from batch.recommend import RecParams
+from batch.lake import as_of_for, read_lake
+from batch.recommend import RecParams, popular
 from batch.retrain import RetrainOptions, retrain
+from features.customer import compute_features
 from pulse import registry
+from serving.view import ModelCache, segment_assignments
 
 pytestmark = pytest.mark.spark
 
@@ -72,6 +75,19 @@ def test_retrain_outputs_and_gate_keeps_current(spark, settings):
         str(registry.output_path(settings, "segments", run["segments"]["version"]))
     )
     assert seg.count() == 40
+
+    # What serving reads for customers first seen after this run, as retrain wrote it:
+    # the popularity list of the cutoff, and the segmentation model with its names, which
+    # applied to the features as of the cutoff gives back the segments table.
+    served = ModelCache().current(spark, settings)
+    lake = read_lake(spark, settings, as_of)
+    top = popular(lake, as_of, RecParams().popular_days).orderBy("pos").collect()
+    assert served.popular == tuple(r.article_id for r in top)
+    assert len(served.popular) == 12
+    assert served.segment_names == {int(k): v for k, v in run["segments"]["names"].items()}
+    feats = compute_features(lake, as_of_for(as_of)).where(F.col("last_purchase_date").isNotNull())
+    reassigned = segment_assignments(feats, served.segments_model, served.segment_names)
+    assertDataFrameEqual(reassigned, seg.select("customer_id", "segment_id", "segment_name"))
 
     good = registry.current_version(settings, "churn")
     assert good == churn_meta["version"] and churn_meta["promoted"]
