@@ -31,13 +31,19 @@ HISTORY_DAYS = 90  # enough for every window, including the previous 30 days for
 AT_RISK_MIN_RECENCY = 30  # days; and twice the customer's own rhythm
 ONE_OFF_AT_RISK_RECENCY = 90  # single-purchase-day customers at risk after this
 
+# One day of a customer's history: every ``daily_activity`` column, so the stream can
+# replace a day it has seen before by subtracting the old values (streaming.state).
 DAY_STRUCT = T.StructType(
     [
         T.StructField("day", T.DateType(), True),
         T.StructField("n_events", T.LongType(), True),
+        T.StructField("n_purchases", T.LongType(), True),
         T.StructField("spend", T.DoubleType(), True),
+        T.StructField("n_online", T.LongType(), True),
+        T.StructField("n_with_channel", T.LongType(), True),
     ]
 )
+DAY_COLUMNS = tuple(f.name for f in DAY_STRUCT)
 
 STATE_SCHEMA = T.StructType(
     [
@@ -83,6 +89,11 @@ def daily_aggregations() -> list[Column]:
     ]
 
 
+def day_row(col) -> Column:  # type: ignore[no-untyped-def]
+    """A ``DAY_STRUCT`` value built from ``col(name)`` for each daily column."""
+    return F.struct(*[col(f.name).cast(f.dataType).alias(f.name) for f in DAY_STRUCT])
+
+
 def customer_state(daily: DataFrame, as_of: datetime | date | str) -> DataFrame:
     """Customer-day rows up to ``as_of`` -> one state row per customer (``STATE_SCHEMA``).
 
@@ -91,11 +102,7 @@ def customer_state(daily: DataFrame, as_of: datetime | date | str) -> DataFrame:
     as_of_day = F.to_date(_as_of_ts(as_of))
     upto = daily.where(F.col("day") <= as_of_day)
     recent = F.col("day") > F.date_sub(as_of_day, HISTORY_DAYS)
-    day_struct = F.struct(
-        F.col("day"),
-        F.col("n_events").cast("long").alias("n_events"),
-        F.col("spend").cast("double").alias("spend"),
-    )
+    day_struct = day_row(F.col)
     state = upto.groupBy("customer_id").agg(
         F.min(F.when(F.col("n_purchases") > 0, F.col("day"))).alias("first_purchase_date"),
         F.max(F.when(F.col("n_purchases") > 0, F.col("day"))).alias("last_purchase_date"),

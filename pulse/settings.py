@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     # Streaming
     trigger_interval: str = Field("5 seconds", description="micro-batch trigger interval")
     max_offsets_per_trigger: int = Field(200_000, ge=1, description="Kafka offsets per batch")
-    allowed_lateness_days: int = Field(3, ge=0, description="late events within this update state")
+    allowed_lateness_days: int = Field(
+        3, ge=0, le=60, description="late events within this update state (<= 60 days)"
+    )
 
     # Batch
     churn_horizon_days: int = Field(30, ge=1, description="churn label horizon H (days)")

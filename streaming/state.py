@@ -1,14 +1,23 @@
 """Per-customer state of the speed layer, and the live-feature publish step.
 
-The RocksDB state store holds one aggregate row per (customer_id, UTC day): the
-``features.customer.daily_activity`` columns plus the latest event time of that
-day. The aggregation runs in *update* mode, so each micro-batch emits the new
-absolute values of the customer-days it touched. ``publish_batch`` folds those
-rows into a full customer-day table (Parquet under the checkpoint dir, one
-directory per batch id, so a replayed batch overwrites its own output and never
-double-counts), then builds the state with ``features.customer.customer_state``
-and the live features with ``features.customer.features_as_of`` as of the
-latest event time seen, for every customer, and publishes them atomically.
+Two levels, so that a micro-batch costs what it touches, not the whole history:
+
+1. The RocksDB state store aggregates events per (customer_id, UTC day) in *update*
+   mode: each micro-batch emits the new absolute values of the customer-days it
+   touched (``features.customer.daily_aggregations``, the batch layer's expressions).
+   The day is a 1-day event-time window, so once the watermark passes a day its
+   key is evicted: the store holds only the days that can still change.
+2. ``merge_state`` folds those rows into the per-customer state table
+   (``features.customer.STATE_SCHEMA``: absolute totals, first/last purchase day
+   and the bounded daily history, plus ``max_event_time``). A touched day is
+   always within the history (the watermark lags by at most
+   ``allowed_lateness_days`` < ``HISTORY_DAYS``), so its previous values are known:
+   totals move by (new - old) and the day replaces its old entry.
+
+``publish_batch`` writes the merged table under the checkpoint dir (one
+``batch=<id>`` directory per batch id, so a replayed batch overwrites its own
+output and never double-counts), then publishes ``features_as_of`` for every
+customer as of the latest event time seen, atomically.
 """
 
 from __future__ import annotations
@@ -17,31 +26,117 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.customer import customer_state, daily_aggregations, features_as_of
+from features.customer import (
+    DAY_COLUMNS,
+    HISTORY_DAYS,
+    STATE_SCHEMA,
+    daily_aggregations,
+    day_row,
+    features_as_of,
+)
 from pulse import snapshots
 from pulse.settings import Settings
 
-DAILY_KEYS = ("customer_id", "day")
+DAILY_COLUMNS = [c for c in DAY_COLUMNS if c != "day"] + ["max_event_time"]
 
 
 def daily_aggregates(events: DataFrame) -> DataFrame:
-    """Contract events -> one row per (customer_id, day), as ``daily_activity`` plus max time.
+    """Contract events -> one row per (customer_id, UTC day): daily activity plus max time.
 
-    The aggregate columns are ``features.customer.daily_aggregations`` — the same
-    expressions the batch path's ``daily_activity`` uses;
-    ``max_event_time`` gives the snapshot's ``as_of``.
+    Grouped by a 1-day window on event_time (not ``to_date``) so that, with a
+    watermark, the state store evicts days the watermark has passed.
     """
-    return events.groupBy("customer_id", F.to_date("event_time").alias("day")).agg(
-        *daily_aggregations(), F.max("event_time").alias("max_event_time")
+    aggregates = [*daily_aggregations(), F.max("event_time").alias("max_event_time")]
+    return (
+        events.groupBy("customer_id", F.window("event_time", "1 day").alias("w"))
+        .agg(*aggregates)
+        .select("customer_id", F.to_date("w.start").alias("day"), *DAILY_COLUMNS)
     )
 
 
-def daily_table_dir(settings: Settings) -> Path:
-    """Where the full customer-day table is materialised, one ``batch=<id>`` dir per batch."""
-    return settings.checkpoint_dir / "features-daily"
+def _total(days: Column, field: str) -> Column:
+    zero = F.lit(0.0) if field == "spend" else F.lit(0).cast("long")
+    return F.aggregate(F.transform(days, lambda d: d[field]), zero, lambda acc, x: acc + x)
+
+
+def _purchase_days(days: Column) -> Column:
+    return F.filter(days, lambda d: d["n_purchases"] > 0)
+
+
+def merge_state(previous: DataFrame | None, updates: DataFrame) -> DataFrame:
+    """Previous per-customer state + this batch's absolute customer-day rows -> new state.
+
+    ``updates`` holds the ``daily_aggregates`` columns. The history is trimmed to the
+    ``HISTORY_DAYS`` days ending on the new as_of (the latest event time of all).
+    """
+    spark = updates.sparkSession
+    if previous is None:
+        previous = spark.createDataFrame([], STATE_SCHEMA).withColumn(
+            "max_event_time", F.lit(None).cast("timestamp")
+        )
+    new = updates.groupBy("customer_id").agg(
+        F.collect_list(day_row(F.col)).alias("new_days"),
+        F.max("max_event_time").alias("new_max_time"),
+    )
+    as_of = F.lit(
+        max(
+            t
+            for t in (
+                previous.agg(F.max("max_event_time")).first()[0],
+                updates.agg(F.max("max_event_time")).first()[0],
+            )
+            if t is not None
+        )
+    )
+    old_days = F.coalesce(F.col("history"), F.array())
+    new_days = F.coalesce(F.col("new_days"), F.array())
+
+    def touched(d: Column) -> Column:
+        return F.exists(new_days, lambda n: n["day"] == d["day"])
+
+    replaced = F.filter(old_days, touched)  # the old values of the days seen again
+    kept = F.filter(old_days, lambda d: ~touched(d))
+
+    def moved(name: str, field: str) -> Column:
+        return F.coalesce(F.col(name), F.lit(0)) + _total(new_days, field) - _total(replaced, field)
+
+    new_purchase_days = F.transform(_purchase_days(new_days), lambda d: d["day"])
+    history = F.array_sort(F.concat(kept, new_days))
+    since = F.date_sub(F.to_date(as_of), HISTORY_DAYS)
+    merged = previous.join(new, "customer_id", "full_outer").select(
+        "customer_id",
+        F.least("first_purchase_date", F.array_min(new_purchase_days)).alias("first_purchase_date"),
+        F.greatest("last_purchase_date", F.array_max(new_purchase_days)).alias(
+            "last_purchase_date"
+        ),
+        (
+            F.coalesce(F.col("purchase_days"), F.lit(0))
+            + F.size(_purchase_days(new_days))
+            - F.size(_purchase_days(replaced))
+        ).alias("purchase_days"),
+        moved("n_transactions", "n_events").alias("n_transactions"),
+        moved("monetary", "spend").alias("monetary"),
+        moved("n_online", "n_online").alias("n_online"),
+        moved("n_with_channel", "n_with_channel").alias("n_with_channel"),
+        F.filter(history, lambda d: d["day"] > since).alias("history"),
+        F.greatest("max_event_time", "new_max_time").alias("max_event_time"),
+    )
+    # history is already a DAY_STRUCT array (only its nullability flags differ).
+    return merged.select(
+        *[
+            F.col(f.name) if f.name == "history" else F.col(f.name).cast(f.dataType).alias(f.name)
+            for f in STATE_SCHEMA
+        ],
+        "max_event_time",
+    )
+
+
+def state_table_dir(settings: Settings) -> Path:
+    """Where the per-customer state table is materialised, one ``batch=<id>`` dir per batch."""
+    return settings.checkpoint_dir / "features-state"
 
 
 def _batch_dirs(base: Path) -> list[tuple[int, Path]]:
@@ -52,28 +147,22 @@ def _batch_dirs(base: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def merge_daily(
+def advance_state(
     spark: SparkSession, settings: Settings, updates: DataFrame, batch_id: int
 ) -> DataFrame | None:
-    """Fold this batch's updated customer-day rows into the full table; return it.
+    """Fold this batch's customer-day rows into the state table; return the new table.
 
-    Reads the newest complete table of an *earlier* batch, replaces the rows whose
-    keys were updated (update mode gives absolute values), writes
-    ``batch=<batch_id>`` (overwriting a partial write from a crashed attempt) and
-    keeps only the two newest tables. Returns None when the batch changed nothing.
+    Reads the newest complete table of an *earlier* batch, writes ``batch=<batch_id>``
+    (overwriting a partial write from a crashed attempt) and keeps only the two
+    newest tables. Returns None when the batch changed nothing.
     """
     if updates.isEmpty():
         return None
-    base = daily_table_dir(settings)
+    base = state_table_dir(settings)
     earlier = [p for b, p in _batch_dirs(base) if b < batch_id]
-    merged = updates
-    if earlier:
-        prev = spark.read.parquet(str(earlier[-1]))
-        merged = prev.join(updates.select(*DAILY_KEYS), list(DAILY_KEYS), "left_anti").unionByName(
-            updates
-        )
+    previous = spark.read.parquet(str(earlier[-1])) if earlier else None
     out = base / f"batch={batch_id}"
-    merged.write.mode("overwrite").parquet(str(out))
+    merge_state(previous, updates).write.mode("overwrite").parquet(str(out))
     for b, p in _batch_dirs(base)[:-2]:
         if b < batch_id:
             shutil.rmtree(p, ignore_errors=True)
@@ -94,11 +183,11 @@ def publish_batch(
     replayed batch publishes the same content again under a new version.
     Returns the published directory, or None if the batch changed nothing.
     """
-    daily = merge_daily(spark, settings, updates, batch_id)
-    if daily is None:
+    state = advance_state(spark, settings, updates, batch_id)
+    if state is None:
         return None
-    as_of = daily.agg(F.max("max_event_time")).first()[0]
-    features = features_as_of(customer_state(daily, as_of), as_of).orderBy("customer_id")
+    as_of = state.agg(F.max("max_event_time")).first()[0]
+    features = features_as_of(state, as_of).orderBy("customer_id")
     path = snapshots.publish(
         settings.features_dir,
         lambda tmp: features.write.parquet(str(tmp)),
