@@ -42,9 +42,12 @@ def _py_type_name(variant_type: Column, token: Column | None = None) -> Column:
     expr = F.when(variant_type.isin(*_INT_TYPES), F.lit("int"))
     for prefix, name in _PY_TYPE:
         expr = expr.when(variant_type.startswith(prefix), F.lit(name))
-    # json.loads gives int for digits-only numbers (DECIMAL(p,0)) and float otherwise.
-    digits_only = token.rlike(r"^-?[0-9]+$") if token is not None else F.lit(False)
-    expr = expr.when(variant_type.startswith("DECIMAL") & digits_only, F.lit("int"))
+    # json.loads gives int for digits-only numbers and float otherwise. A DECIMAL with a
+    # non-zero scale had a fraction, so only scale 0 needs the JSON text (a re-parse:
+    # ``And`` short-circuits, so the token is only read for those rows).
+    if token is not None:
+        digits_only = variant_type.rlike(r"^DECIMAL\([0-9]+,0\)$") & token.rlike(r"^-?[0-9]+$")
+        expr = expr.when(digits_only, F.lit("int"))
     expr = expr.when(variant_type.startswith("DECIMAL"), F.lit("float"))
     return expr.otherwise(F.lower(variant_type))
 
@@ -172,11 +175,20 @@ def classify(raw: DataFrame) -> DataFrame:
         reason, value = _field(spec)
         reasons.append(reason)
         typed[spec.name] = value
-    # Extra keys: checked last, and only parsed for rows whose fields all passed.
+    # Extra keys: checked last, and only for rows whose fields all passed. The top-level
+    # schema ("OBJECT<k: T, ...>") usually settles it without re-parsing: a flat object
+    # whose key count equals the number of contract fields present has no extra key
+    # (an odd key name can only raise the ": " count, sending the row to the slow path).
+    present = sum(F.col(f"raw_{n}").isNotNull().cast("int") for n in FIELD_NAMES)
+    flat_and_known = (F.size(F.split(top, "<")) == 2) & (F.size(F.split(top, ": ")) - 1 == present)
     extra = F.array_sort(
         F.array_except(F.json_object_keys(text), F.array(*map(F.lit, FIELD_NAMES)))
     )
-    reasons.append(F.when(F.size(extra) > 0, F.concat(F.lit("unknown field "), extra[0])))
+    reasons.append(
+        F.when(flat_and_known, F.lit(None).cast("string")).when(
+            F.size(extra) > 0, F.concat(F.lit("unknown field "), extra[0])
+        )
+    )
     return staged.select(
         *KAFKA_COLUMNS,
         *[typed[n].alias(n) for n in FIELD_NAMES],

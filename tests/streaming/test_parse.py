@@ -67,6 +67,17 @@ RECORDS: list[bytes] = [
     _with(extra_field=1),
     _with(zzz=1, aaa=2),
     _with(quantity=0, unit_price=-1),
+    # The fast paths of the number-type and extra-key checks:
+    _with(quantity=1.0),
+    _with(quantity=12345678901234567890123),
+    _with(quantity=1e2),
+    _with(unit_price=5),
+    _with(unit_price=5.0),
+    _with(unit_price=12345678901234567890123),
+    _with(nested={"event_id": "x", "b": [1, 2]}),
+    _with(**{"odd: key": 1}),
+    _with(**{"a<b>": 1}),
+    _with(**{"": 1}),
 ]
 
 
