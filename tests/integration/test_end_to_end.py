@@ -153,20 +153,43 @@ def test_end_to_end(spark, kafka_settings, topic, tmp_path: Path):
     batch_features = compute_features(lake, as_of)
     assertDataFrameEqual(view.select(*batch_features.columns), batch_features)
 
-    # 2. Segments and recommendations: the CURRENT tables, joined by customer.
+    # 2. Segments and recommendations: the CURRENT tables for the customers they hold;
+    #    customers first seen after that retrain get the saved KMeans model applied to
+    #    their features, and the popularity list saved with the recommendations.
+    import json
+
     seg_v = registry.current_version(settings, "segments")
     segments = spark.read.parquet(str(registry.output_path(settings, "segments", seg_v)))
-    expected_seg = batch_features.select("customer_id").join(
-        segments.select("customer_id", "segment_name"), "customer_id", "left"
+    table_seg = batch_features.join(segments.select("customer_id", "segment_name"), "customer_id")
+    unseen = batch_features.join(segments.select("customer_id"), "customer_id", "left_anti")
+    assert unseen.count() > 0  # the generator adds customers during the streamed period
+    seg_dir = registry.model_dir(settings, "segments", seg_v)
+    names = json.loads((seg_dir / "names.json").read_text())
+    kmeans = PipelineModel.load(str(registry.model_path(settings, "segments", seg_v)))
+    name_of = F.create_map(*[F.lit(x) for k, v in names.items() for x in (int(k), v)])
+    model_seg = kmeans.transform(unseen).select(
+        "customer_id", name_of[F.col("prediction").cast("int")].alias("segment_name")
     )
+    expected_seg = table_seg.select("customer_id", "segment_name").unionByName(model_seg)
     assertDataFrameEqual(view.select("customer_id", "segment_name"), expected_seg)
+    assert view.where(F.col("segment_name").isNull()).count() == 0
+
     recs_v = registry.current_version(settings, "recommendations")
     recs = spark.read.parquet(str(registry.output_path(settings, "recommendations", recs_v)))
     served = view.select(
         "customer_id", F.posexplode("recommendations").alias("pos", "article_id")
     ).select("customer_id", (F.col("pos") + 1).alias("rank"), "article_id")
     known = recs.join(batch_features.select("customer_id"), "customer_id")
-    assertDataFrameEqual(served, known.select("customer_id", "rank", "article_id"))
+    popular = json.loads(
+        (registry.model_dir(settings, "recommendations", recs_v) / "popular.json").read_text()
+    )["articles"]
+    no_recs = batch_features.select("customer_id").join(recs, "customer_id", "left_anti")
+    fallback = no_recs.crossJoin(
+        spark.createDataFrame(list(enumerate(popular, 1)), "rank int, article_id string")
+    )
+    assertDataFrameEqual(
+        served, known.select("customer_id", "rank", "article_id").unionByName(fallback)
+    )
 
     # 3. Churn: the CURRENT (mid-stream) model applied to the batch features + attributes.
     from batch.churn import with_attributes
