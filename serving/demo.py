@@ -2,13 +2,13 @@
 
 Every step is the `pulse` command a user would type, run as a child process:
 broker start, topics create, data generate, ingest (backfill of all but the last
-``replay_days``), a first retrain, then the stream in the background, a paced
-replay of the last ``replay_days`` into Kafka, periodic retrains while the
-stream runs, a live line per tick showing one customer's churn probability
-moving, and finally the report. Everything is stopped in ``finally``: each child
-runs in its own process group (so a Ctrl-C reaches the demo only, and the demo
-stops the groups in order), and an ``atexit`` hook repeats the kill for exits
-that skip ``finally``.
+``replay_days``), a first retrain, then the stream in the background (its state
+seeded from the backfilled lake), a paced replay of the last ``replay_days`` into
+Kafka, periodic retrains while the stream runs, a live line per tick showing one
+customer's churn probability moving, and finally the report. Everything is
+stopped in ``finally``: each child runs in its own process group (so a Ctrl-C
+reaches the demo only, and the demo stops the groups in order), and an
+``atexit`` hook repeats the kill for exits that skip ``finally``.
 """
 
 from __future__ import annotations
@@ -281,16 +281,11 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         children.run("ingest", [*cli, "ingest", f"{kind}:{backfill}"])
         children.run("retrain", [*cli, "retrain"])
 
-        children.start("stream", [*cli, "stream"])
-        print(f"\n== stream started (logs in {children.log_dir})", flush=True)
-        # The speed layer's state starts from what it reads from Kafka: the history is
-        # replayed first at full speed so the live features cover all of it.
-        history_end = _date_range(backfill)[1]
-        history = children.start("produce-history", [
-            *cli, "produce", f"{kind}:{backfill}", "--end", history_end.isoformat(),
-        ])  # fmt: skip
-        print(f"== history replay {first}..{history_end} at full speed", flush=True)
-        _replay_loop(settings, children, history, history_end, None, None)
+        # The speed layer's state is seeded from the backfilled lake (whole days before
+        # the split), so Kafka carries only the replayed period.
+        children.start("stream", [*cli, "stream", "--seed-from-lake"])
+        print(f"\n== stream started, seeded from the lake (logs in {children.log_dir})")
+        _wait_seeded(settings, children, _date_range(backfill)[1])
         print(f"== paced replay {split}..{last} ({options.speedup:g} simulated s/s)", flush=True)
         live = children.start("produce-live", [
             *cli, "produce", f"{kind}:{source_dir}", "--start", split.isoformat(),
@@ -307,6 +302,24 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         children.stop_all()
         if broker_started:
             broker.stop(settings)
+
+
+def _wait_seeded(settings: Settings, children: Children, last: date) -> None:
+    """Wait until the stream has published the seeded view (as of ``last``)."""
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT
+    while True:
+        stream = children.procs["stream"]
+        if stream.poll() is not None:
+            raise PulseError(
+                f"the stream exited (code {stream.returncode}); see {children.log_dir}/stream.log"
+            )
+        as_of = _view_as_of(settings)
+        if as_of is not None and as_of.date() >= last:
+            print(f"[stream] seeded: live view as of {as_of}", flush=True)
+            return
+        if time.monotonic() > deadline:
+            raise PulseError(f"the stream did not seed its state within {CATCH_UP_TIMEOUT:.0f}s")
+        time.sleep(1)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -35,7 +35,7 @@ from pulse.errors import PulseError
 from pulse.settings import Settings
 from schemas.transaction import FIELD_NAMES
 from streaming.parse import classify, quarantine_rows, valid_events
-from streaming.state import daily_aggregates, publish_batch
+from streaming.state import daily_aggregates, publish_batch, seed_from_lake
 
 LAKE_DEDUP_WINDOW = "1 hour"  # Kafka-time window within which a re-sent event_id is dropped
 QUERIES = ("pulse-quarantine", "pulse-lake", "pulse-features")
@@ -225,8 +225,17 @@ def run(
     console: bool = False,
     log: Callable[[str], None] = print,
     on_publish: Callable[[DataFrame], None] | None = None,
+    seed: bool = False,
 ) -> RunStats:
-    """Read the topic and run the three queries; with ``until_idle`` stop once caught up."""
+    """Read the topic and run the three queries; with ``until_idle`` stop once caught up.
+
+    ``seed``: on the first start, build the live state from the lake first
+    (``streaming.state.seed_from_lake``).
+    """
+    if seed:
+        seeded = seed_from_lake(spark, settings, on_publish)
+        if seeded is not None:
+            log(f"stream state seeded from the lake: {seeded:,} customers")
     queries = start(
         spark,
         settings,

@@ -33,6 +33,7 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
             until_idle=args.until_idle,
             console=args.console,
             on_publish=serving_hook(settings),
+            seed=args.seed_from_lake,
         )
     finally:
         spark.stop()
@@ -55,6 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--until-idle", action="store_true", help="process what is in the topic, then stop"
     )
     p.add_argument("--console", action="store_true", help="also print updated customer-days")
+    p.add_argument(
+        "--seed-from-lake",
+        action="store_true",
+        help="first start only: build the live state from the lake (after `pulse ingest`) "
+        "instead of replaying the history through Kafka",
+    )
     p.set_defaults(handler=_stream)
 
 
