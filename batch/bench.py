@@ -72,8 +72,8 @@ def als_vs_implicit(spark, settings: Settings, rank: int, max_iter: int) -> dict
     from implicit.als import AlternatingLeastSquares
     from pyspark.ml.recommendation import ALS
 
-    from batch.lake import last_event_date, read_lake
     from batch.recommend import RecParams, als_matrix, interactions
+    from pulse.lake import last_event_date, read_lake
 
     p = RecParams(rank=rank, max_iter=max_iter)
     events = read_lake(spark, settings)

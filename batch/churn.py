@@ -28,8 +28,8 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from batch.lake import as_of_for, cutoff_ts
 from features.customer import compute_features
+from pulse.lake import as_of_for, cutoff_ts
 
 NUMERIC = [
     "recency_days",

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from batch.lake import customers_dir, lake_exists, read_lake
+from pulse.lake import customers_dir, lake_exists, read_lake
 from pulse.settings import Settings
 from schemas.tables import CUSTOMER_COLUMNS as KAGGLE_CUSTOMERS
 from schemas.transaction import FIELD_NAMES, spark_schema

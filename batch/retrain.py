@@ -34,10 +34,10 @@ from batch import churn as churn_mod
 from batch import recommend as rec_mod
 from batch import segments as seg_mod
 from batch.evaluate import ranking_metrics
-from batch.lake import as_of_for, cutoff_ts, last_event_date, read_customers, read_lake
 from features.customer import compute_features
 from pulse import registry
 from pulse.errors import PulseError
+from pulse.lake import as_of_for, cutoff_ts, last_event_date, read_customers, read_lake
 from pulse.settings import Settings
 
 # Files next to meta.json in a version directory, read by serving/view.py (which names

@@ -218,7 +218,7 @@ def build_view(features: DataFrame, models: ModelOutputs) -> DataFrame:
 
 
 def customers_path(settings: Settings) -> Path:
-    """The customer attributes `pulse ingest` writes (batch.lake.customers_dir).
+    """The customer attributes `pulse ingest` writes (pulse.lake.customers_dir).
 
     Named here rather than imported: serving reads the batch layer's files, not its code.
     """

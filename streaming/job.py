@@ -250,16 +250,3 @@ def run(
         f"{stats.late_dropped} events beyond the allowed lateness (kept in the lake only)"
     )
     return stats
-
-
-def serving_hook(settings: Settings) -> Callable[[DataFrame], None] | None:
-    """``serving.view.publish_view`` bound to settings, or None if serving isn't installed."""
-    try:
-        from serving.view import publish_view
-    except ImportError:
-        return None
-
-    def hook(features: DataFrame) -> None:
-        publish_view(features.sparkSession, settings, features)
-
-    return hook

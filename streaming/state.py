@@ -227,8 +227,8 @@ def seed_from_lake(
     Returns the number of seeded customers, or None if the stream has state already
     or the lake is empty. Publishes the seeded features.
     """
-    from batch.lake import lake_exists, read_lake
     from features.customer import customer_state, daily_activity
+    from pulse.lake import lake_exists, read_lake
 
     base = state_table_dir(settings)
     started = (settings.checkpoint_dir / "features" / "offsets").is_dir()

@@ -20,9 +20,22 @@ def check_topic(settings: Settings) -> None:
         )
 
 
+def _publish_view(settings: Settings):  # type: ignore[no-untyped-def]
+    """The stream's on_publish hook: rebuild the serving view from each feature snapshot.
+
+    Wired here, not in streaming/, so the speed layer does not depend on serving.
+    """
+    from serving.view import publish_view
+
+    def hook(features) -> None:  # type: ignore[no-untyped-def]
+        publish_view(features.sparkSession, settings, features)
+
+    return hook
+
+
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
     from pulse.spark import build_spark
-    from streaming.job import run, serving_hook
+    from streaming.job import run
 
     check_topic(settings)
     spark = build_spark(settings, app_name="pulse-stream")
@@ -32,7 +45,7 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
             settings,
             until_idle=args.until_idle,
             console=args.console,
-            on_publish=serving_hook(settings),
+            on_publish=_publish_view(settings),
             seed=args.seed_from_lake,
         )
     finally:

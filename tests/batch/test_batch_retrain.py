@@ -11,11 +11,11 @@ from pyspark.testing import assertDataFrameEqual
 
 from batch.churn import ChurnParams
 from batch.ingest import ingest_source
-from batch.lake import as_of_for, read_lake
 from batch.recommend import RecParams, popular
 from batch.retrain import RetrainOptions, retrain
 from features.customer import compute_features
 from pulse import registry
+from pulse.lake import as_of_for, read_lake
 from serving.view import ModelCache, segment_assignments
 
 pytestmark = pytest.mark.spark

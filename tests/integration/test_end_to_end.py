@@ -147,7 +147,7 @@ def test_end_to_end(spark, kafka_settings, topic, tmp_path: Path):
     assert as_of.date() == last
 
     # 1. Live features == batch features over the lake as of the same T.
-    from batch.lake import read_lake
+    from pulse.lake import read_lake
 
     lake = read_lake(spark, settings)  # ingested + streamed events, deduplicated by event_id
     batch_features = compute_features(lake, as_of)
@@ -193,7 +193,7 @@ def test_end_to_end(spark, kafka_settings, topic, tmp_path: Path):
 
     # 3. Churn: the CURRENT (mid-stream) model applied to the batch features + attributes.
     from batch.churn import with_attributes
-    from batch.lake import read_customers
+    from pulse.lake import read_customers
 
     churn_v = registry.current_version(settings, "churn")
     assert churn_v == v2["churn"]

@@ -1,4 +1,4 @@
-"""Reading the lake for the batch layer: deduplicated, strictly before a cutoff.
+"""Reading the lake (both layers: batch retrains, the stream seeds): deduplicated, before a cutoff.
 
 Time semantics: ``cutoff`` is a UTC date; only events with ``event_time < cutoff``
 are read (nothing at or after it), so a later period stays untouched for testing.
