@@ -4,7 +4,7 @@ Every step is the `pulse` command a user would type, run as a child process:
 broker start, topics create, data generate, ingest (backfill of all but the last
 ``replay_days``), a first retrain, then the stream in the background (its state
 seeded from the backfilled lake), a paced replay of the last ``replay_days`` into
-Kafka, periodic retrains while the stream runs, a live line per tick showing one
+Kafka, periodic churn retrains while the stream runs, a live line per tick showing one
 customer's churn probability moving, and finally the report. Everything is
 stopped in ``finally``: each child runs in its own process group (so a Ctrl-C
 reaches the demo only, and the demo stops the groups in order), and an
@@ -36,7 +36,7 @@ class DemoOptions:
     """What `pulse demo` runs on (generated data unless ``source`` is given)."""
 
     source: str | None = None
-    customers: int = 20_000
+    customers: int = 50_000
     articles: int = 5_000
     days: int = 730
     replay_days: int = 90
@@ -201,6 +201,20 @@ def _view_as_of(settings: Settings) -> Any:
     return pc.max(table["as_of"]).as_py()
 
 
+def _customer_to_watch(view: Any) -> str:
+    """A recent buyer whose churn probability is nearest 0.5: the one most likely to move
+    visibly as they buy again or go quiet (the most active buyer if no score yet)."""
+    import pyarrow.compute as pc
+
+    recent = view.filter(pc.less_equal(view["recency_days"], 14))
+    probs = recent["churn_probability"] if recent.num_rows else None
+    if probs is not None and probs.null_count < len(probs):
+        distance = pc.abs(pc.subtract(probs, 0.5))
+        return recent["customer_id"][pc.index(distance, pc.min(distance)).as_py()].as_py()
+    i = pc.index(view["n_transactions_30d"], pc.max(view["n_transactions_30d"])).as_py()
+    return view["customer_id"][i].as_py()
+
+
 class Watcher:
     """Prints one line per tick: simulated time, one customer's churn probability, models."""
 
@@ -217,9 +231,7 @@ class Watcher:
         if view is None or view.num_rows == 0:
             return
         if self.customer is None:
-            # Watch the most active recent buyer: their score moves as they keep buying or stop.
-            i = pc.index(view["n_transactions_30d"], pc.max(view["n_transactions_30d"])).as_py()
-            self.customer = view["customer_id"][i].as_py()
+            self.customer = _customer_to_watch(view)
         rows = view.filter(pc.equal(view["customer_id"], self.customer)).to_pylist()
         if not rows:
             return
@@ -346,7 +358,7 @@ def _replay_loop(
     Returns once the producer has finished and the stream's features have reached ``last``.
     """
     stream = children.procs["stream"]
-    next_retrain = time.monotonic() + (retrain_every or 0)
+    next_retrain = time.monotonic()  # the first one at once, so it lands mid-replay
     caught_up_deadline: float | None = None
     while True:
         if watcher is not None:
@@ -374,8 +386,10 @@ def _replay_loop(
             if time.monotonic() > caught_up_deadline:
                 raise PulseError(f"the stream did not catch up within {CATCH_UP_TIMEOUT:.0f}s")
         elif retrain_every and time.monotonic() >= next_retrain and "retrain" not in children.procs:
-            print("[retrain] started while the stream runs", flush=True)
-            children.start("retrain", [*_cli_of(settings), "retrain"])
+            # Churn only: the model whose output moves in the live view, and quick enough
+            # (about a minute at 50k customers) to land while events still flow.
+            print("[retrain] churn model retrain started while the stream runs", flush=True)
+            children.start("retrain", [*_cli_of(settings), "retrain", "--models", "churn"])
             next_retrain = time.monotonic() + retrain_every
         time.sleep(TICK_SECONDS)
 

@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="the whole loop end to end on generated (or H&M) data")
     p.add_argument("--source", help="run on a real H&M folder instead (hm:PATH)")
     p.add_argument(
-        "--customers", type=_positive, default=20_000, help="generated customers (50000: ~1M rows)"
+        "--customers", type=_positive, default=50_000, help="generated customers (~1.2M rows)"
     )
     p.add_argument("--articles", type=_positive, default=5_000, help="generated articles")
     p.add_argument("--days", type=_positive, default=730, help="generated days of history")
