@@ -170,8 +170,15 @@ def bgnbd_expected(frame: pd.DataFrame, horizon: int, sample: int = 20_000, seed
             continue
     else:
         return np.full(len(frame), np.nan)  # reported as an undefined baseline
-    expected = bgf.conditional_expected_number_of_purchases_up_to_time(horizon / 7, x, rec, t_age)
-    return np.asarray(expected)
+    with np.errstate(all="ignore"):
+        expected = np.asarray(
+            bgf.conditional_expected_number_of_purchases_up_to_time(horizon / 7, x, rec, t_age),
+            dtype=float,
+        )
+    # The hypergeometric term overflows for extreme buyers (hundreds of purchase days):
+    # for them P(alive) ~ 1, so their own purchase-day rate is the expectation.
+    own_rate = np.divide(x, t_age, out=np.zeros_like(x), where=t_age > 0) * (horizon / 7)
+    return np.where(np.isfinite(expected), expected, own_rate)
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:

@@ -63,3 +63,51 @@ def test_registry_pointer(settings):
     assert registry.versions(settings, "churn") == ["v1", "v2"]
     assert registry.model_path(settings, "churn", "v1") == settings.models_dir / "churn/v1/model"
     assert registry.read_meta(settings, "churn", "v2") == {"gate": {"passed": False}}
+
+
+def _rfm_frame(n: int = 3000):  # type: ignore[no-untyped-def]
+    """Customers as the features give them, plus an extreme buyer and a quiet one last."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    tenure = rng.integers(30, 600, n)
+    frequency = 1 + rng.poisson(3, n)
+    # One purchase day: first = last purchase, so recency = tenure (as the features give).
+    recency = np.where(frequency > 1, (tenure * rng.random(n)).astype(int), tenure)
+    rows = {"frequency": frequency, "recency_days": recency, "tenure_days": tenure}
+    extra = {"frequency": [486, 2], "recency_days": [0, 500], "tenure_days": [609, 600]}
+    return pd.concat([pd.DataFrame(rows), pd.DataFrame(extra)], ignore_index=True)
+
+
+def test_bgnbd_scores_every_customer():
+    import numpy as np
+
+    from batch.churn import bgnbd_expected
+
+    expected = bgnbd_expected(_rfm_frame(), 30)
+    assert np.isfinite(expected).all()
+    assert expected[-1] < 0.2 < 10 < expected[-2]  # quiet for 500 days vs buying daily
+
+
+def test_bgnbd_falls_back_to_own_rate_where_the_closed_form_overflows(monkeypatch):
+    """Some fits overflow for extreme buyers (NaN); they get their own purchase-day rate."""
+    import numpy as np
+    from lifetimes import BetaGeoFitter
+
+    from batch.churn import bgnbd_expected
+
+    closed_form = BetaGeoFitter.conditional_expected_number_of_purchases_up_to_time
+
+    def overflowing(self, t, frequency, recency, age):  # type: ignore[no-untyped-def]
+        out = np.array(closed_form(self, t, frequency, recency, age), dtype=float)
+        out[frequency > 400] = np.nan
+        return out
+
+    monkeypatch.setattr(
+        BetaGeoFitter, "conditional_expected_number_of_purchases_up_to_time", overflowing
+    )
+    expected = bgnbd_expected(_rfm_frame(), 30)
+    assert np.isfinite(expected).all()
+    # 485 repeat purchase days over (609 + 1) / 7 weeks, times 30 / 7 weeks.
+    assert expected[-2] == pytest.approx(485 / (610 / 7) * (30 / 7))
