@@ -158,6 +158,13 @@ def run_bench(settings: Settings, sizes: list[int], rank: int = 32, max_iter: in
         report = write_report(s)
         als = als_vs_implicit(spark, s, rank, max_iter)
         results.append((n, ingest.appended, ingest_s, retrain_s, mem.peak, als, report))
+        # Each size's row as soon as it is measured (a 10M run can take most of an hour).
+        _print_table(results[-1:], rank, max_iter)
+    if len(results) > 1:
+        _print_table(results, rank, max_iter)
+
+
+def _print_table(results: list[tuple], rank: int, max_iter: int) -> None:
     print("\n## pulse bench batch")
     print(
         "| transactions | ingest s | retrain s | peak RSS (driver+JVM) | ALS interactions | "
@@ -170,4 +177,4 @@ def run_bench(settings: Settings, sizes: list[int], rank: int = 32, max_iter: in
             f"{als['interactions']:,} | {als['spark_als_s']:.1f} | {als['implicit_s']:.2f} | "
             f"{als['ratio']:.1f}x |"
         )
-    print(f"(ALS rank {rank}, {max_iter} iterations; report: {results[-1][6] if results else '-'})")
+    print(f"(ALS rank {rank}, {max_iter} iterations; report: {results[-1][6]})", flush=True)
