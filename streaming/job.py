@@ -102,7 +102,7 @@ def start(
     ckpt = settings.checkpoint_dir
 
     def features_batch(updates: DataFrame, batch_id: int) -> None:
-        # The batch is used several times (emptiness, anti-join, union); unpersisted,
+        # The batch is used more than once (emptiness, then the merge); unpersisted,
         # each use re-runs the stateful aggregation, and two tasks of one batch then
         # contend for the same RocksDB partition lock (UNRELEASED_THREAD_ERROR).
         updates = updates.persist()

@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 
 from features.customer import (
     DAY_COLUMNS,
+    DAY_STRUCT,
     HISTORY_DAYS,
     STATE_SCHEMA,
     daily_aggregations,
@@ -58,7 +59,7 @@ def daily_aggregates(events: DataFrame) -> DataFrame:
 
 
 def _total(days: Column, field: str) -> Column:
-    zero = F.lit(0.0) if field == "spend" else F.lit(0).cast("long")
+    zero = F.lit(0).cast(DAY_STRUCT[field].dataType)
     return F.aggregate(F.transform(days, lambda d: d[field]), zero, lambda acc, x: acc + x)
 
 
@@ -69,8 +70,10 @@ def _purchase_days(days: Column) -> Column:
 def merge_state(previous: DataFrame | None, updates: DataFrame) -> DataFrame:
     """Previous per-customer state + this batch's absolute customer-day rows -> new state.
 
-    ``updates`` holds the ``daily_aggregates`` columns. The history is trimmed to the
-    ``HISTORY_DAYS`` days ending on the new as_of (the latest event time of all).
+    ``updates`` holds the ``daily_aggregates`` columns. Each history is trimmed to the
+    ``HISTORY_DAYS`` days ending on the customer's own latest event: never later than
+    the snapshot's as_of, so it keeps every day ``features_as_of`` reads and every day
+    the watermark still lets change, with no global max computed per batch.
     """
     spark = updates.sparkSession
     if previous is None:
@@ -80,16 +83,6 @@ def merge_state(previous: DataFrame | None, updates: DataFrame) -> DataFrame:
     new = updates.groupBy("customer_id").agg(
         F.collect_list(day_row(F.col)).alias("new_days"),
         F.max("max_event_time").alias("new_max_time"),
-    )
-    as_of = F.lit(
-        max(
-            t
-            for t in (
-                previous.agg(F.max("max_event_time")).first()[0],
-                updates.agg(F.max("max_event_time")).first()[0],
-            )
-            if t is not None
-        )
     )
     old_days = F.coalesce(F.col("history"), F.array())
     new_days = F.coalesce(F.col("new_days"), F.array())
@@ -105,7 +98,8 @@ def merge_state(previous: DataFrame | None, updates: DataFrame) -> DataFrame:
 
     new_purchase_days = F.transform(_purchase_days(new_days), lambda d: d["day"])
     history = F.array_sort(F.concat(kept, new_days))
-    since = F.date_sub(F.to_date(as_of), HISTORY_DAYS)
+    max_time = F.greatest("max_event_time", "new_max_time")
+    since = F.date_sub(F.to_date(max_time), HISTORY_DAYS)
     merged = previous.join(new, "customer_id", "full_outer").select(
         "customer_id",
         F.least("first_purchase_date", F.array_min(new_purchase_days)).alias("first_purchase_date"),
@@ -122,7 +116,7 @@ def merge_state(previous: DataFrame | None, updates: DataFrame) -> DataFrame:
         moved("n_online", "n_online").alias("n_online"),
         moved("n_with_channel", "n_with_channel").alias("n_with_channel"),
         F.filter(history, lambda d: d["day"] > since).alias("history"),
-        F.greatest("max_event_time", "new_max_time").alias("max_event_time"),
+        max_time.alias("max_event_time"),
     )
     # history is already a DAY_STRUCT array (only its nullability flags differ).
     return merged.select(
