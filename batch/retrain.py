@@ -40,11 +40,6 @@ from pulse.errors import PulseError
 from pulse.lake import as_of_for, cutoff_ts, last_event_date, read_customers, read_lake
 from pulse.settings import Settings
 
-# Files next to meta.json in a version directory, read by serving/view.py (which names
-# them itself: serving reads the batch layer's files, not its code).
-POPULAR_FILE = "popular.json"  # recommendations: the popularity list of the run
-SEGMENT_NAMES_FILE = "names.json"  # segments: prediction id -> segment name
-
 
 @dataclass(frozen=True)
 class RetrainOptions:
@@ -168,7 +163,8 @@ def retrain_recommendations(
         )
         # Serving gives this list to customers first seen after this run (not in the table).
         popular = [r.article_id for r in full["popularity"].orderBy("pos").collect()]
-        popular_path = registry.model_dir(settings, "recommendations", version) / POPULAR_FILE
+        version_dir = registry.model_dir(settings, "recommendations", version)
+        popular_path = version_dir / registry.POPULAR_FILE
         popular_path.parent.mkdir(parents=True, exist_ok=True)
         popular_path.write_text(
             json.dumps(
@@ -322,7 +318,7 @@ def retrain_segments(
         for row in profile:
             row["segment_name"] = names[row["segment_id"]]
         model.write().overwrite().save(str(registry.model_path(settings, "segments", version)))
-        names_path = registry.model_dir(settings, "segments", version) / SEGMENT_NAMES_FILE
+        names_path = registry.model_dir(settings, "segments", version) / registry.SEGMENT_NAMES_FILE
         names_path.write_text(json.dumps({str(k_): v for k_, v in names.items()}, indent=2))
         mapping = spark.createDataFrame(list(names.items()), "segment_id int, segment_name string")
         out = (

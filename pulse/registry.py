@@ -4,6 +4,8 @@ Layout (all under ``settings.models_dir`` / ``settings.outputs_dir``)::
 
     models/<name>/<version>/meta.json   params, metrics, data window, gate verdict
     models/<name>/<version>/model/      the Spark ML PipelineModel (churn, segments)
+    models/segments/<version>/names.json        segment id -> name (SEGMENT_NAMES_FILE)
+    models/recommendations/<version>/popular.json  the run's popularity list (POPULAR_FILE)
     models/<name>/CURRENT               one line: the served version
     outputs/<table>/<version>/          Parquet output tables of that run
 
@@ -24,9 +26,15 @@ from pulse.snapshots import POINTER, new_version, write_pointer
 
 MODELS = ("recommendations", "churn", "segments")
 TABLES = ("recommendations", "churn_scores", "segments")
+# Files kept next to meta.json, written by retrain and read by serving for customers
+# first seen after the run. Older versions may lack them.
+SEGMENT_NAMES_FILE = "names.json"
+POPULAR_FILE = "popular.json"
 
 __all__ = [
     "MODELS",
+    "POPULAR_FILE",
+    "SEGMENT_NAMES_FILE",
     "TABLES",
     "current_version",
     "model_dir",

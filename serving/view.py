@@ -225,12 +225,6 @@ def customers_path(settings: Settings) -> Path:
     return settings.data_root / "lake" / "customers"
 
 
-# Files `pulse retrain` keeps next to meta.json (batch.retrain.SEGMENT_NAMES_FILE and
-# POPULAR_FILE); named here for the same reason. Older versions may lack them.
-SEGMENT_NAMES_FILE = "names.json"
-POPULAR_FILE = "popular.json"
-
-
 def _load_segments(spark: SparkSession, settings: Settings, version: str) -> dict[str, Any]:
     """The segments table, plus the segmentation model and its names when the version has
     them (older versions: the table only)."""
@@ -240,7 +234,7 @@ def _load_segments(spark: SparkSession, settings: Settings, version: str) -> dic
         )
     }
     model_path = registry.model_path(settings, "segments", version)
-    names_file = registry.model_dir(settings, "segments", version) / SEGMENT_NAMES_FILE
+    names_file = registry.model_dir(settings, "segments", version) / registry.SEGMENT_NAMES_FILE
     if model_path.is_dir() and names_file.is_file():
         names = _read_json(names_file)
         try:
@@ -266,7 +260,7 @@ def _load_recommendations(spark: SparkSession, settings: Settings, version: str)
             spark, registry.output_path(settings, "recommendations", version), cache=False
         )
     }
-    popular_file = registry.model_dir(settings, "recommendations", version) / POPULAR_FILE
+    popular_file = registry.model_dir(settings, "recommendations", version) / registry.POPULAR_FILE
     if popular_file.is_file():
         data = _read_json(popular_file)
         articles = data.get("articles") if isinstance(data, dict) else None

@@ -164,7 +164,7 @@ def test_end_to_end(spark, kafka_settings, topic, tmp_path: Path):
     unseen = batch_features.join(segments.select("customer_id"), "customer_id", "left_anti")
     assert unseen.count() > 0  # the generator adds customers during the streamed period
     seg_dir = registry.model_dir(settings, "segments", seg_v)
-    names = json.loads((seg_dir / "names.json").read_text())
+    names = json.loads((seg_dir / registry.SEGMENT_NAMES_FILE).read_text())
     kmeans = PipelineModel.load(str(registry.model_path(settings, "segments", seg_v)))
     name_of = F.create_map(*[F.lit(x) for k, v in names.items() for x in (int(k), v)])
     model_seg = kmeans.transform(unseen).select(
@@ -180,9 +180,8 @@ def test_end_to_end(spark, kafka_settings, topic, tmp_path: Path):
         "customer_id", F.posexplode("recommendations").alias("pos", "article_id")
     ).select("customer_id", (F.col("pos") + 1).alias("rank"), "article_id")
     known = recs.join(batch_features.select("customer_id"), "customer_id")
-    popular = json.loads(
-        (registry.model_dir(settings, "recommendations", recs_v) / "popular.json").read_text()
-    )["articles"]
+    recs_dir = registry.model_dir(settings, "recommendations", recs_v)
+    popular = json.loads((recs_dir / registry.POPULAR_FILE).read_text())["articles"]
     no_recs = batch_features.select("customer_id").join(recs, "customer_id", "left_anti")
     fallback = no_recs.crossJoin(
         spark.createDataFrame(list(enumerate(popular, 1)), "rank int, article_id string")

@@ -16,7 +16,7 @@ from batch.segments import build_pipeline
 from features.customer import compute_features
 from pulse.errors import PulseError
 from schemas.transaction import spark_schema
-from serving.view import POPULAR_FILE, SEGMENT_NAMES_FILE, VIEW_COLUMNS, ModelOutputs, build_view
+from serving.view import VIEW_COLUMNS, ModelOutputs, build_view
 
 pytestmark = pytest.mark.spark
 AS_OF = datetime(2020, 3, 31, 23, 59, 59, tzinfo=UTC)
@@ -290,7 +290,7 @@ def test_publish_picks_up_new_versions_and_reads_back(
     def write_segments_v2() -> None:
         segs.write.parquet(str(registry.output_path(settings, "segments", "s2")))
         model.save(str(registry.model_path(settings, "segments", "s2")))
-        names_file = registry.model_dir(settings, "segments", "s2") / SEGMENT_NAMES_FILE
+        names_file = registry.model_dir(settings, "segments", "s2") / registry.SEGMENT_NAMES_FILE
         names_file.write_text(json.dumps({str(k): v for k, v in names.items()}))
 
     def write_recs_r1() -> None:
@@ -298,7 +298,7 @@ def test_publish_picks_up_new_versions_and_reads_back(
             [("a", 1, "art01", 1.0, "als")],
             "customer_id string, rank int, article_id string, score double, source string",
         ).write.parquet(str(registry.output_path(settings, "recommendations", "r1")))
-        popular_file = registry.model_dir(settings, "recommendations", "r1") / POPULAR_FILE
+        popular_file = registry.model_dir(settings, "recommendations", "r1") / registry.POPULAR_FILE
         popular_file.write_text(json.dumps({"articles": list(POPULAR)}))
 
     _register(settings, "segments", "s2", write_segments_v2)
