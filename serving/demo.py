@@ -320,11 +320,7 @@ def _wait_seeded(settings: Settings, children: Children, last: date) -> None:
     """Wait until the stream has published the seeded view (as of ``last``)."""
     deadline = time.monotonic() + CATCH_UP_TIMEOUT
     while True:
-        stream = children.procs["stream"]
-        if stream.poll() is not None:
-            raise PulseError(
-                f"the stream exited (code {stream.returncode}); see {children.log_dir}/stream.log"
-            )
+        _check_stream(children)
         as_of = _view_as_of(settings)
         if as_of is not None and as_of.date() >= last:
             print(f"[stream] seeded: live view as of {as_of}", flush=True)
@@ -332,6 +328,15 @@ def _wait_seeded(settings: Settings, children: Children, last: date) -> None:
         if time.monotonic() > deadline:
             raise PulseError(f"the stream did not seed its state within {CATCH_UP_TIMEOUT:.0f}s")
         time.sleep(1)
+
+
+def _check_stream(children: Children) -> None:
+    """Raise PulseError (pointing at its log) if the background stream has exited."""
+    stream = children.procs["stream"]
+    if stream.poll() is not None:
+        raise PulseError(
+            f"the stream exited (code {stream.returncode}); see {children.log_dir}/stream.log"
+        )
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -357,16 +362,12 @@ def _replay_loop(
 
     Returns once the producer has finished and the stream's features have reached ``last``.
     """
-    stream = children.procs["stream"]
-    next_retrain = time.monotonic()  # the first one at once, so it lands mid-replay
+    next_retrain = time.monotonic()  # the first one at once, while events still flow
     caught_up_deadline: float | None = None
     while True:
         if watcher is not None:
             watcher.tick()
-        if stream.poll() is not None:
-            raise PulseError(
-                f"the stream exited (code {stream.returncode}); see {children.log_dir}/stream.log"
-            )
+        _check_stream(children)
         retrain = children.procs.get("retrain")
         if retrain is not None and retrain.poll() is not None:
             children.procs.pop("retrain")
