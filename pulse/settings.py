@@ -10,8 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pulse.errors import PulseError
 
 LIBRDKAFKA_LOG = logging.getLogger("pulse.librdkafka")
 LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
@@ -143,8 +145,18 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment, with non-None CLI overrides on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Build settings from the environment, with non-None CLI overrides on top.
+
+    An invalid value is a PulseError naming the setting's environment variable.
+    """
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err.get("loc") else "?"
+        raise PulseError(
+            f"invalid setting PULSE_{name.upper()}={err.get('input')!r}: {err['msg']}"
+        ) from None
 
 
 def describe_settings() -> str:

@@ -32,6 +32,16 @@ def test_settings_read_environment_and_overrides(monkeypatch):
         s.topic_partitions = 1  # frozen
 
 
+def test_invalid_setting_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setenv("PULSE_ALLOWED_LATENESS_DAYS", "90")  # the history holds 90 days
+    assert main(["stream", "--until-idle"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "pulse: error: invalid setting PULSE_ALLOWED_LATENESS_DAYS='90': "
+        "Input should be less than or equal to 60"
+    ]
+
+
 def test_env_example_lists_every_setting():
     listed = {
         line.split("=", 1)[0]
