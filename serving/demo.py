@@ -257,6 +257,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     data_root = settings.data_root.resolve()
     settings = settings.model_copy(update={"data_root": data_root})
     cli = _cli_of(settings)
+    if options.source:
+        _date_range(_source(options.source)[1])  # bad input fails before anything starts
     children = Children(data_root / "demo-logs", prefix_len=len(cli))
     began = time.monotonic()
     # A SIGTERM to the demo must run the same cleanup as Ctrl-C.
@@ -269,12 +271,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         children.run("topics", [*cli, "topics", "create"])
 
         if options.source:
-            kind, _, path = options.source.partition(":")
-            if kind not in ("hm", "synthetic") or not path:
-                raise PulseError(
-                    f"--source must be hm:PATH (an H&M folder), got {options.source!r}"
-                )
-            source_dir = Path(path).resolve()
+            kind, source_dir = _source(options.source)
             first, last = _date_range(source_dir)
         else:
             kind, source_dir = "synthetic", data_root / "generated"
@@ -328,6 +325,17 @@ def _wait_seeded(settings: Settings, children: Children, last: date) -> None:
         if time.monotonic() > deadline:
             raise PulseError(f"the stream did not seed its state within {CATCH_UP_TIMEOUT:.0f}s")
         time.sleep(1)
+
+
+def _source(spec: str) -> tuple[str, Path]:
+    """``hm:PATH`` (or ``synthetic:PATH``) -> (kind, folder); PulseError otherwise."""
+    kind, _, path = spec.partition(":")
+    if kind not in ("hm", "synthetic") or not path:
+        raise PulseError(f"--source must be hm:PATH (an H&M folder), got {spec!r}")
+    folder = Path(path).resolve()
+    if not folder.is_dir():
+        raise PulseError(f"--source {spec}: {folder} is not a folder")
+    return kind, folder
 
 
 def _check_stream(children: Children) -> None:
