@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from features.customer import compute_features
-from pulse.lake import as_of_for, cutoff_ts
+from features.time import as_of_for, cutoff_ts
 
 NUMERIC = [
     "recency_days",

@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pulse.lake import customers_dir, lake_exists, read_lake
-from pulse.settings import Settings
+from runtime.settings import Settings
 from schemas.tables import CUSTOMER_COLUMNS as KAGGLE_CUSTOMERS
 from schemas.transaction import FIELD_NAMES, spark_schema
+from storage.lake import customers_dir, lake_exists, read_lake
 
 # The Kaggle customer columns the models use; postal_code is left out (high-cardinality
 # identifier, not a model input).

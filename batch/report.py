@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from batch.summary import churn_table, gate_line, rec_table, segment_table
-from pulse import registry
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
+from storage import registry
 
 
 def _meta(settings: Settings, name: str) -> dict[str, Any] | None:

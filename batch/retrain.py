@@ -35,10 +35,11 @@ from batch import recommend as rec_mod
 from batch import segments as seg_mod
 from batch.evaluate import ranking_metrics
 from features.customer import compute_features
-from pulse import registry
-from pulse.errors import PulseError
-from pulse.lake import as_of_for, cutoff_ts, last_event_date, read_customers, read_lake
-from pulse.settings import Settings
+from features.time import as_of_for, cutoff_ts
+from runtime.errors import PulseError
+from runtime.settings import Settings
+from storage import registry
+from storage.lake import last_event_date, read_customers, read_lake
 
 
 @dataclass(frozen=True)

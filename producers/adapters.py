@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pulse.errors import PulseError
+from runtime.errors import PulseError
 from schemas.transaction import FIELD_NAMES, INT32, MAX_STRING_LEN
 
 GENERATED_MARKER = "_pulse_generated.json"

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from producers.adapters import GENERATED_MARKER
-from pulse.errors import PulseError
+from runtime.errors import PulseError
 from schemas import tables
 
 PRICE_UNIT = 59_000  # every H&M price is k / 59000

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pulse.errors import PulseError
+from runtime.errors import PulseError
 
 #: The README's facts for ../shared/data/hm_sample (used when no --real folder is given).
 README_FACTS: dict[str, float] = {

@@ -40,8 +40,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
 from schemas.transaction import MAX_STRING_LEN, encode, format_timestamp, now_utc
 
 METADATA_TIMEOUT_S = 5.0  # broker/topic check before producing: fail within seconds

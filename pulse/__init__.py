@@ -1,1 +1,4 @@
-"""Pulse runtime plumbing: settings, CLI, Spark session, local broker, JVM dependencies."""
+"""Pulse, the application: the `pulse` CLI and its commands, the demo, the benchmarks.
+
+Nothing imports this package; it imports every layer below it.
+"""

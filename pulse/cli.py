@@ -13,8 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pulse.errors import PulseError
-from pulse.settings import describe_settings, load_settings
+from runtime.errors import PulseError
+from runtime.settings import describe_settings, load_settings
 
 COMMAND_MODULES = [
     "pulse.commands.infra",  # setup, broker, topics

@@ -12,9 +12,9 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pulse import snapshots
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
+from storage import snapshots
 
 
 def current_snapshot(settings: Settings) -> Path:

@@ -23,7 +23,7 @@ it does not hold get a null segment / null recommendations, as before.
 resolves CURRENT for every model *on every call* (so a retrain is picked up
 without restarting the stream), loads each model version once (cached by
 version), and publishes the view as a whole snapshot under
-``settings.serving_dir`` with ``pulse.snapshots.publish``.
+``settings.serving_dir`` with ``storage.snapshots.publish``.
 
 Time semantics: the view is "as of" the live features' ``as_of`` (the latest
 event time the stream has seen); the model outputs are whatever version was
@@ -44,8 +44,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pulse import registry, snapshots
-from pulse.settings import Settings
+from runtime.settings import Settings
+from storage import registry, snapshots
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +214,11 @@ def build_view(features: DataFrame, models: ModelOutputs) -> DataFrame:
 
 
 # --- Registry access -------------------------------------------------------------------------
-# The registry (pulse/registry.py) is owned by the batch layer; serving only reads it.
+# The registry (storage/registry.py) is owned by the batch layer; serving only reads it.
 
 
 def customers_path(settings: Settings) -> Path:
-    """The customer attributes `pulse ingest` writes (pulse.lake.customers_dir).
+    """The customer attributes `pulse ingest` writes (storage.lake.customers_dir).
 
     Named here rather than imported: serving reads the batch layer's files, not its code.
     """

@@ -31,8 +31,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
 from schemas.transaction import FIELD_NAMES
 from streaming.parse import classify, quarantine_rows, valid_events
 from streaming.state import daily_aggregates, publish_batch, seed_from_lake

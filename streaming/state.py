@@ -38,8 +38,8 @@ from features.customer import (
     day_row,
     features_as_of,
 )
-from pulse import snapshots
-from pulse.settings import Settings
+from runtime.settings import Settings
+from storage import snapshots
 
 DAILY_COLUMNS = [c for c in DAY_COLUMNS if c != "day"] + ["max_event_time"]
 
@@ -130,7 +130,7 @@ def merge_state(previous: DataFrame | None, updates: DataFrame) -> DataFrame:
 
 def state_table_dir(settings: Settings) -> Path:
     """Where the per-customer state table is materialised, one ``batch=<id>`` dir per batch."""
-    return settings.checkpoint_dir / "features-state"
+    return settings.state_dir
 
 
 def _batch_dirs(base: Path) -> list[tuple[int, Path]]:
@@ -222,7 +222,7 @@ def seed_from_lake(
     or the lake is empty. Publishes the seeded features.
     """
     from features.customer import customer_state, daily_activity
-    from pulse.lake import lake_exists, read_lake
+    from storage.lake import lake_exists, read_lake
 
     base = state_table_dir(settings)
     started = (settings.checkpoint_dir / "features" / "offsets").is_dir()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pulse.settings import Settings, load_settings
+from runtime.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def base_settings(session_root: Path) -> Settings:
     """Settings for tests: temp data root, small Spark, JVM deps resolved (idempotent)."""
-    from pulse.jvm import setup
+    from runtime.jvm import setup
 
     settings = load_settings(
         data_root=session_root,
@@ -82,7 +82,7 @@ def kafka_bootstrap(base_settings: Settings, session_root: Path) -> Iterator[str
         with KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from pulse import broker
+    from runtime import broker
 
     local = base_settings.model_copy(
         update={
@@ -108,7 +108,7 @@ def kafka_settings(base_settings: Settings, kafka_bootstrap: str) -> Settings:
 @pytest.fixture
 def topic(kafka_settings: Settings) -> str:
     """A fresh, empty topic per test (3 partitions)."""
-    from pulse.topics import create_topics
+    from runtime.kafka_admin import create_topics
 
     name = f"t-{uuid.uuid4().hex[:10]}"
     create_topics(
@@ -120,7 +120,7 @@ def topic(kafka_settings: Settings) -> str:
 @pytest.fixture(scope="session")
 def spark(base_settings: Settings):  # type: ignore[no-untyped-def]
     """One shared local Spark session (local[2], UTC, UI off, 2 shuffle partitions)."""
-    from pulse.spark import build_spark
+    from runtime.spark import build_spark
 
     session = build_spark(base_settings, app_name="pulse-tests")
     session.sparkContext.setCheckpointDir(str(base_settings.data_root / "spark-checkpoints"))

@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import date
 
-from pulse.settings import Settings
+from runtime.settings import Settings
 
 
 def _parse_date(text: str) -> date:
@@ -29,7 +29,7 @@ def _parse_interval(text: str) -> float:
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from batch.ingest import ingest_source
     from producers.adapters import open_source
-    from pulse.spark import build_spark
+    from runtime.spark import build_spark
 
     source = open_source(args.source)
     spark = build_spark(settings, "pulse-ingest", with_kafka=False)
@@ -51,7 +51,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     from batch.retrain import RetrainOptions, retrain
     from batch.summary import print_summary
-    from pulse.spark import build_spark
+    from runtime.spark import build_spark
 
     opts = RetrainOptions(
         as_of=args.as_of, holdout_days=args.holdout_days, models=tuple(args.models)
@@ -74,7 +74,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from batch.bench import run_bench
+    from pulse.bench.batch import run_bench
 
     run_bench(settings, sizes=args.sizes, rank=args.rank, max_iter=args.max_iter)
     return 0
@@ -82,7 +82,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ingest, retrain and report."""
-    from pulse.registry import MODELS
+    from storage.registry import MODELS
 
     p = sub.add_parser("ingest", help="backfill the lake from files (no Kafka), deduplicated")
     p.add_argument("source", help="hm:DIR | online_retail:FILE | synthetic:DIR | a bare path")

@@ -6,8 +6,8 @@ import argparse
 from datetime import date
 from pathlib import Path
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
 
 
 def _date(text: str) -> date:

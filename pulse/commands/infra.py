@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from pulse.settings import Settings
+from runtime.settings import Settings
 
 
 def _setup(args: argparse.Namespace, settings: Settings) -> int:
-    from pulse.jvm import setup
+    from runtime.jvm import setup
 
     setup(settings)
     return 0
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
-    from pulse import broker
+    from runtime import broker
 
     if args.action == "start":
         broker.start(settings)
@@ -31,7 +31,7 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
-    from pulse.topics import create_topics
+    from runtime.kafka_admin import create_topics
 
     create_topics(settings)
     return 0

@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
-from pulse.settings import Settings
+from runtime.settings import Settings
 
 
 def _date(text: str) -> date:
@@ -54,7 +54,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from producers.bench import bench_producer
+    from pulse.bench.producer import bench_producer
 
     bench_producer(settings, args.events)
     return 0

@@ -7,8 +7,8 @@ import json
 from datetime import date, datetime
 from typing import Any
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
 
 # The fields `pulse view` prints, grouped, in reading order.
 SHOWN = [
@@ -90,7 +90,7 @@ def _view(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from serving.demo import DemoOptions, run_demo
+    from pulse.demo import DemoOptions, run_demo
 
     return run_demo(
         settings,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
 
 
 def check_topic(settings: Settings) -> None:
     """Raise PulseError unless the broker answers and the transactions topic exists."""
-    from pulse.topics import admin_client
+    from runtime.kafka_admin import admin_client
 
     topics = admin_client(settings).list_topics(timeout=10).topics
     if settings.topic_transactions not in topics:
@@ -34,7 +34,7 @@ def _publish_view(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
-    from pulse.spark import build_spark
+    from runtime.spark import build_spark
     from streaming.job import run
 
     check_topic(settings)
@@ -54,7 +54,7 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from streaming.bench import bench_stream
+    from pulse.bench.stream import bench_stream
 
     bench_stream(settings, events=args.events, rate=args.rate, latency_seconds=args.seconds)
     return 0

@@ -8,7 +8,7 @@ import pytest
 
 from batch.evaluate import average_precision, ndcg, ranking_metrics
 from batch.segments import name_segments
-from pulse import registry
+from storage import registry
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from batch.report import write_report
-from pulse import registry
-from pulse.errors import PulseError
+from runtime.errors import PulseError
+from storage import registry
 
 pytestmark = pytest.mark.unit
 

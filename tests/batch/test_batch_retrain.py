@@ -14,9 +14,10 @@ from batch.ingest import ingest_source
 from batch.recommend import RecParams, popular
 from batch.retrain import RetrainOptions, retrain
 from features.customer import compute_features
-from pulse import registry
-from pulse.lake import as_of_for, read_lake
+from features.time import as_of_for
 from serving.view import ModelCache, segment_assignments
+from storage import registry
+from storage.lake import read_lake
 
 pytestmark = pytest.mark.spark
 

@@ -22,9 +22,9 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from features.customer import compute_features
-from pulse import registry, snapshots
 from pulse.cli import main as pulse_main
-from serving.demo import _date_range, write_backfill
+from pulse.demo import _date_range, write_backfill
+from storage import registry, snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +147,7 @@ def test_end_to_end(spark, kafka_settings, topic, tmp_path: Path):
     assert as_of.date() == last
 
     # 1. Live features == batch features over the lake as of the same T.
-    from pulse.lake import read_lake
+    from storage.lake import read_lake
 
     lake = read_lake(spark, settings)  # ingested + streamed events, deduplicated by event_id
     batch_features = compute_features(lake, as_of)
@@ -192,7 +192,7 @@ def test_end_to_end(spark, kafka_settings, topic, tmp_path: Path):
 
     # 3. Churn: the CURRENT (mid-stream) model applied to the batch features + attributes.
     from batch.churn import with_attributes
-    from pulse.lake import read_customers
+    from storage.lake import read_customers
 
     churn_v = registry.current_version(settings, "churn")
     assert churn_v == v2["churn"]

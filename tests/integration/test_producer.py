@@ -21,7 +21,7 @@ import pytest
 from producers.adapters import open_source
 from producers.replay import Pacing, replay
 from pulse.cli import main as pulse_main
-from pulse.errors import PulseError
+from runtime.errors import PulseError
 from schemas.transaction import ContractError, decode
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from pulse import snapshots
-from pulse.settings import Settings
+from runtime.settings import Settings
 from schemas.transaction import encode, make_event_id, now_utc
+from storage import snapshots
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pulse import snapshots
 from pulse.cli import main
-from serving.demo import Children, write_backfill
+from pulse.demo import Children, write_backfill
+from storage import snapshots
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from batch.segments import build_pipeline
 from features.customer import compute_features
-from pulse.errors import PulseError
+from runtime.errors import PulseError
 from schemas.transaction import spark_schema
 from serving.view import VIEW_COLUMNS, ModelOutputs, build_view
 
@@ -218,7 +218,7 @@ def test_missing_models_give_nulls(spark, features):
 
 def _register(settings, name, version, write):
     """Hand-build one accepted registry version (meta.json, artefact, CURRENT)."""
-    from pulse import registry
+    from storage import registry
 
     registry.write_meta(settings, name, version, {"gate": "passed"})
     write()
@@ -228,9 +228,9 @@ def _register(settings, name, version, write):
 def test_publish_picks_up_new_versions_and_reads_back(
     spark, settings, features, churn_model, segmentation
 ):
-    from pulse import registry, snapshots
     from serving import read
     from serving.view import publish_view
+    from storage import registry, snapshots
 
     # No model yet: the view is published with nulls.
     publish_view(spark, settings, features)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pulse.settings import Settings
+from runtime.settings import Settings
 
 
 @pytest.fixture

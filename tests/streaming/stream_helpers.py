@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pulse.settings import Settings
+from runtime.settings import Settings
 from schemas.transaction import encode, make_event_id, now_utc
 
 

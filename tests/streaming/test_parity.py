@@ -8,8 +8,8 @@ from pyspark.testing import assertDataFrameEqual
 from stream_helpers import event, produce
 
 from features.customer import compute_features
-from pulse import snapshots
 from schemas.transaction import FIELD_NAMES, spark_schema
+from storage import snapshots
 from streaming.job import run
 
 pytestmark = pytest.mark.streaming

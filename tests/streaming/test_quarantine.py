@@ -8,8 +8,8 @@ import pytest
 from pyspark.sql import functions as F
 from stream_helpers import event, produce
 
-from pulse import snapshots
 from schemas.transaction import encode
+from storage import snapshots
 from streaming.job import run
 
 pytestmark = pytest.mark.streaming

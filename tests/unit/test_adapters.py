@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from producers.adapters import ARROW_SCHEMA, GENERATED_MARKER, open_source
-from pulse.errors import PulseError
+from runtime.errors import PulseError
 from schemas.transaction import FIELD_NAMES, make_event_id, validate
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from pulse.cli import main
-from pulse.settings import Settings, load_settings
+from runtime.settings import Settings, load_settings
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from producers.bench import parse_producer_performance
 from producers.replay import (
     BAD_KINDS,
     ConfirmedPrefix,
@@ -19,7 +18,8 @@ from producers.replay import (
     position_path,
     save_position,
 )
-from pulse.errors import PulseError
+from pulse.bench.producer import parse_producer_performance
+from runtime.errors import PulseError
 from schemas.transaction import (
     ContractError,
     decode,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulse import snapshots
+from storage import snapshots
 
 pytestmark = pytest.mark.unit
 

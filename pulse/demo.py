@@ -24,8 +24,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
 
 TICK_SECONDS = 5.0
 CATCH_UP_TIMEOUT = 300.0
@@ -167,7 +167,7 @@ def _latest_view(settings: Settings) -> Any:
     """The current view snapshot as a pyarrow Table, or None."""
     import pyarrow.dataset as ds
 
-    from pulse import snapshots
+    from storage import snapshots
 
     path = snapshots.current(settings.serving_dir)
     if path is None:
@@ -187,7 +187,7 @@ def _view_as_of(settings: Settings) -> Any:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from pulse import snapshots
+    from storage import snapshots
 
     path = snapshots.current(settings.serving_dir)
     if path is None:
@@ -252,7 +252,7 @@ class Watcher:
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:
     """Run the demo loop; returns 0 on success. Leaves no child process running."""
-    from pulse import broker
+    from runtime import broker
 
     data_root = settings.data_root.resolve()
     settings = settings.model_copy(update={"data_root": data_root})

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pulse.errors import PulseError
+from runtime.errors import PulseError
 
 LIBRDKAFKA_LOG = logging.getLogger("pulse.librdkafka")
 LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
@@ -50,7 +50,6 @@ class Settings(BaseSettings):
     jvm_cache: Path = Field(
         Path.home() / ".cache" / "pulse" / "jvm", description="cache for Maven-resolved jars"
     )
-    real_data: Path = Field(Path("../shared/data"), description="real datasets (tests, demo)")
 
     # Spark
     spark_master: str = Field("local[2]", description="Spark master URL")
@@ -122,6 +121,11 @@ class Settings(BaseSettings):
     def checkpoint_dir(self) -> Path:
         """Streaming checkpoints (one sub-directory per named query)."""
         return self.data_root / "checkpoints"
+
+    @property
+    def state_dir(self) -> Path:
+        """The speed layer's per-customer state table (derived data, not a checkpoint)."""
+        return self.data_root / "state" / "customers"
 
     @property
     def models_dir(self) -> Path:

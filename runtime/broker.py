@@ -16,9 +16,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pulse.errors import PulseError
-from pulse.jvm import kafka_classpath, require_tool
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.jvm import kafka_classpath, require_tool
+from runtime.settings import Settings
 
 LOG4J2 = """\
 status = warn

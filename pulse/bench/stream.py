@@ -21,8 +21,8 @@ import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
 
 START_DAY = date(2018, 9, 20)
 # H&M density for the bulk run: 2M transactions are ~84.5k customers over two years
@@ -90,7 +90,7 @@ def produce_bulk(settings: Settings, n: int) -> float:
 
 
 def _fresh(settings: Settings, tag: str) -> Settings:
-    from pulse.topics import create_topics
+    from runtime.kafka_admin import create_topics
 
     topic = f"bench-{tag}-{uuid.uuid4().hex[:8]}"
     derived = settings.model_copy(
@@ -139,7 +139,7 @@ def _latency(spark, settings: Settings, rate: int, seconds: int) -> list[float]:
     """Run the job live while producing ``rate`` events/s; per-event visibility latencies."""
     import pyarrow.parquet as pq
 
-    from pulse import snapshots
+    from storage import snapshots
     from streaming.job import kafka_source, monitor, start
 
     produced: dict[str, float] = {}
@@ -192,7 +192,7 @@ def _latency(spark, settings: Settings, rate: int, seconds: int) -> list[float]:
 
 def bench_stream(settings: Settings, events: int, rate: int, latency_seconds: int) -> None:
     """Print events/s of the full job vs a pass-through over ``events``, and latency p50/p95."""
-    from pulse.spark import build_spark
+    from runtime.spark import build_spark
 
     spark = build_spark(settings, app_name="pulse-bench-stream")
     try:

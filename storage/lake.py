@@ -8,25 +8,16 @@ before the cutoff.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from features.time import cutoff_ts
+from runtime.errors import PulseError
+from runtime.settings import Settings
 from schemas.transaction import FIELD_NAMES, spark_schema
-
-
-def as_of_for(cutoff: date) -> datetime:
-    """The features' ``as_of`` for a window ending before ``cutoff``: its last microsecond."""
-    return datetime.combine(cutoff, time(), tzinfo=UTC) - timedelta(microseconds=1)
-
-
-def cutoff_ts(cutoff: date) -> datetime:
-    """``cutoff`` as a UTC timestamp at 00:00."""
-    return datetime.combine(cutoff, time(), tzinfo=UTC)
 
 
 def lake_exists(settings: Settings) -> bool:

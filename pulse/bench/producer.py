@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
 from schemas.transaction import make_event_id
 
 # "1000000 records sent, 412371.1 records/sec (39.33 MB/sec), 571.2 ms avg latency, ..."
@@ -74,7 +74,7 @@ def run_producer_performance(
     settings: Settings, topic: str, records: int, record_size: int
 ) -> PerfResult:
     """Run Kafka's ProducerPerformance from the broker jars; acks=all, idempotent."""
-    from pulse.jvm import kafka_classpath, require_tool
+    from runtime.jvm import kafka_classpath, require_tool
 
     java = require_tool("java", "Java 17+")
     cmd = [
@@ -106,7 +106,7 @@ def run_producer_performance(
 def bench_producer(settings: Settings, events: int, log=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Produce ``events`` with ``replay`` and with ProducerPerformance; print and return both."""
     from producers.replay import position_path, replay
-    from pulse.topics import admin_client, create_topics
+    from runtime.kafka_admin import admin_client, create_topics
 
     run_id = uuid.uuid4().hex[:8]
     ours_topic, theirs_topic = f"bench-pulse-{run_id}", f"bench-kafka-{run_id}"
@@ -162,7 +162,7 @@ def bench_producer(settings: Settings, events: int, log=print) -> dict[str, Any]
 
 def _wait_for_leaders(settings: Settings, topics: list[str], timeout_s: float = 60) -> None:
     """Block until every partition of ``topics`` has a leader, so no timer includes that wait."""
-    from pulse.topics import admin_client
+    from runtime.kafka_admin import admin_client
 
     admin = admin_client(settings)
     deadline = time.monotonic() + timeout_s

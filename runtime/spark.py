@@ -11,8 +11,8 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from pulse.jvm import spark_kafka_jars
-from pulse.settings import Settings
+from runtime.jvm import spark_kafka_jars
+from runtime.settings import Settings
 
 
 def build_spark(

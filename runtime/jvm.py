@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pyspark
 
-from pulse.errors import PulseError
-from pulse.settings import Settings
+from runtime.errors import PulseError
+from runtime.settings import Settings
 
 KAFKA_VERSION = "4.3.1"
 MARKER = ".complete"
@@ -42,7 +42,7 @@ def spark_kafka_jars_dir(settings: Settings) -> Path:
 
 
 def _pom(name: str) -> Path:
-    return Path(__file__).parent / "jvm" / name
+    return Path(__file__).parent / "poms" / name
 
 
 def _resolve(pom: Path, out: Path, extra: list[str]) -> None:
@@ -134,7 +134,7 @@ def spark_kafka_jars(settings: Settings) -> list[Path]:
 
 
 if __name__ == "__main__":  # pragma: no cover - used by scripts/setup.sh
-    from pulse.settings import load_settings
+    from runtime.settings import load_settings
 
     try:
         setup(load_settings())

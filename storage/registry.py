@@ -10,7 +10,7 @@ Layout (all under ``settings.models_dir`` / ``settings.outputs_dir``)::
     outputs/<table>/<version>/          Parquet output tables of that run
 
 ``name`` is one of ``recommendations``, ``churn``, ``segments``. ``CURRENT`` is
-replaced with ``os.replace`` (via ``pulse.snapshots.write_pointer``), and only
+replaced with ``os.replace`` (via ``storage.snapshots.write_pointer``), and only
 when a version passes its quality gate, so a reader always resolves a complete,
 accepted version. This module has no Spark import: streaming and serving read it.
 """
@@ -21,8 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pulse.settings import Settings
-from pulse.snapshots import POINTER, new_version, write_pointer
+from runtime.settings import Settings
+from storage.snapshots import POINTER, new_version, write_pointer
 
 MODELS = ("recommendations", "churn", "segments")
 TABLES = ("recommendations", "churn_scores", "segments")

@@ -15,7 +15,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from pulse.settings import Settings
+from runtime.settings import Settings
 
 TX_PER_CUSTOMER_YEAR = 13.6  # what the generator produced here: 1.09M rows / 80k customers / 365 d
 
@@ -73,7 +73,7 @@ def als_vs_implicit(spark, settings: Settings, rank: int, max_iter: int) -> dict
     from pyspark.ml.recommendation import ALS
 
     from batch.recommend import RecParams, als_matrix, interactions
-    from pulse.lake import last_event_date, read_lake
+    from storage.lake import last_event_date, read_lake
 
     p = RecParams(rank=rank, max_iter=max_iter)
     events = read_lake(spark, settings)
@@ -129,7 +129,7 @@ def run_bench(settings: Settings, sizes: list[int], rank: int = 32, max_iter: in
     from batch.summary import print_summary
     from producers.adapters import open_source
     from producers.generator import generate
-    from pulse.spark import build_spark
+    from runtime.spark import build_spark
 
     results = []
     for n in sizes:

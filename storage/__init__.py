@@ -1,0 +1,1 @@
+"""Stores every layer reads or writes: the lake, atomic snapshots, the model registry."""
