@@ -12,6 +12,11 @@ Three steps, each a pure DataFrame function:
    windows, overdue, trend, at_risk) computed as of ``as_of`` for every
    customer, so a customer who stops buying still ages.
 
+Counts say what they count: ``n_events`` (and ``n_events_7d`` ...) counts contract
+events, returns included (an H&M row is one unit; an Online Retail row is an invoice
+line); ``frequency`` counts purchase days; ``spend_per_purchase_day`` is monetary /
+frequency (there is no basket id in H&M, so a day's purchases stand in for a basket).
+
 Time semantics: ``as_of`` is a UTC timestamp; events with ``event_time <= as_of``
 count. Days are UTC calendar days; "the trailing 7 days" are the 7 days ending
 on ``as_of``'s day, inclusive. A purchase is an event with quantity > 0; returns
@@ -51,7 +56,7 @@ STATE_SCHEMA = T.StructType(
         T.StructField("first_purchase_date", T.DateType(), True),
         T.StructField("last_purchase_date", T.DateType(), True),
         T.StructField("purchase_days", T.LongType(), False),
-        T.StructField("n_transactions", T.LongType(), False),
+        T.StructField("n_events", T.LongType(), False),
         T.StructField("monetary", T.DoubleType(), False),
         T.StructField("n_online", T.LongType(), False),
         T.StructField("n_with_channel", T.LongType(), False),
@@ -107,7 +112,7 @@ def customer_state(daily: DataFrame, as_of: datetime | date | str) -> DataFrame:
         F.min(F.when(F.col("n_purchases") > 0, F.col("day"))).alias("first_purchase_date"),
         F.max(F.when(F.col("n_purchases") > 0, F.col("day"))).alias("last_purchase_date"),
         F.count(F.when(F.col("n_purchases") > 0, True)).cast("long").alias("purchase_days"),
-        F.sum("n_events").cast("long").alias("n_transactions"),
+        F.sum("n_events").cast("long").alias("n_events"),
         F.sum("spend").cast("double").alias("monetary"),
         F.sum("n_online").cast("long").alias("n_online"),
         F.sum("n_with_channel").cast("long").alias("n_with_channel"),
@@ -140,7 +145,7 @@ def features_as_of(state: DataFrame, as_of: datetime | date | str) -> DataFrame:
     for w in WINDOWS:
         windows[f"n_transactions_{w}d"] = _window_sum("n_events", 0, w, as_of_day)
         windows[f"spend_{w}d"] = _window_sum("spend", 0, w, as_of_day)
-    n_30 = windows["n_transactions_30d"]
+    n_30 = windows["n_events_30d"]
     n_prev_30 = _window_sum("n_events", 30, 60, as_of_day)
     overdue = recency - mean_gap
     at_risk = F.coalesce(
@@ -158,10 +163,10 @@ def features_as_of(state: DataFrame, as_of: datetime | date | str) -> DataFrame:
         recency.alias("recency_days"),
         tenure.alias("tenure_days"),
         F.col("purchase_days").alias("frequency"),
-        "n_transactions",
+        "n_events",
         "monetary",
         F.when(F.col("purchase_days") > 0, F.col("monetary") / F.col("purchase_days")).alias(
-            "avg_basket_value"
+            "spend_per_purchase_day"
         ),
         *[c.alias(name) for name, c in windows.items()],
         mean_gap.cast("double").alias("mean_days_between"),

@@ -211,7 +211,7 @@ def _customer_to_watch(view: Any) -> str:
     if probs is not None and probs.null_count < len(probs):
         distance = pc.abs(pc.subtract(probs, 0.5))
         return recent["customer_id"][pc.index(distance, pc.min(distance)).as_py()].as_py()
-    i = pc.index(view["n_transactions_30d"], pc.max(view["n_transactions_30d"])).as_py()
+    i = pc.index(view["n_events_30d"], pc.max(view["n_events_30d"])).as_py()
     return view["customer_id"][i].as_py()
 
 
@@ -242,7 +242,7 @@ class Watcher:
         line = (
             f"[view] as_of {row['as_of']:%Y-%m-%d} | customer {self.customer[:12]}... "
             f"churn_p={'-' if p is None else f'{p:.3f}'} recency={row['recency_days']}d "
-            f"tx30d={row['n_transactions_30d']} | {view.num_rows:,} customers, "
+            f"events30d={row['n_events_30d']} | {view.num_rows:,} customers, "
             f"{at_risk:,} with churn_p>0.5 | churn model {row['churn_model_version'] or '-'}"
         )
         if line != self.last_line:

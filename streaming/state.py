@@ -111,7 +111,7 @@ def merge_state(previous: DataFrame | None, updates: DataFrame) -> DataFrame:
             + F.size(_purchase_days(new_days))
             - F.size(_purchase_days(replaced))
         ).alias("purchase_days"),
-        moved("n_transactions", "n_events").alias("n_transactions"),
+        moved("n_events", "n_events").alias("n_events"),
         moved("monetary", "spend").alias("monetary"),
         moved("n_online", "n_online").alias("n_online"),
         moved("n_with_channel", "n_with_channel").alias("n_with_channel"),

@@ -94,9 +94,9 @@ def test_features_by_hand(spark):
             ),
         ],
         "customer_id string, first_purchase_date date, last_purchase_date date, "
-        "recency_days int, tenure_days int, frequency long, n_transactions long, "
-        "monetary double, avg_basket_value double, n_transactions_7d long, spend_7d double, "
-        "n_transactions_30d long, spend_30d double, n_transactions_90d long, "
+        "recency_days int, tenure_days int, frequency long, n_events long, "
+        "monetary double, spend_per_purchase_day double, n_events_7d long, spend_7d double, "
+        "n_events_30d long, spend_30d double, n_events_90d long, "
         "spend_90d double, mean_days_between double, online_share double, "
         "days_overdue double, activity_trend_30d double, at_risk boolean",
     )

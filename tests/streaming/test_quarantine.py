@@ -50,4 +50,4 @@ def test_one_percent_bad_records_are_quarantined(spark, stream_settings) -> None
     assert quarantine.select("partition", "offset").distinct().count() == len(bad)
     # The valid events after the bad ones reached the features too.
     features = spark.read.parquet(str(snapshots.current(settings.features_dir)))
-    assert features.agg(F.sum("n_transactions")).first()[0] == len(good)
+    assert features.agg(F.sum("n_events")).first()[0] == len(good)
