@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 
 from features.customer import compute_features
 from features.time import as_of_for, cutoff_ts
+from schemas.tables import CUSTOMER_ATTRIBUTES
 
 NUMERIC = [
     "recency_days",
@@ -54,9 +55,6 @@ NUMERIC = [
     "Active",
 ]
 CATEGORICAL = ["club_member_status", "fashion_news_frequency"]
-ATTRIBUTES = {"age": "double", "FN": "double", "Active": "double"} | {
-    c: "string" for c in CATEGORICAL
-}
 
 
 @dataclass(frozen=True)
@@ -73,8 +71,12 @@ class ChurnParams:
 def with_attributes(features: DataFrame, customers: DataFrame | None) -> DataFrame:
     """Left-join customer attributes (null columns when there is no customer table)."""
     if customers is None:
-        return features.select("*", *[F.lit(None).cast(t).alias(c) for c, t in ATTRIBUTES.items()])
-    attrs = customers.select("customer_id", *[F.col(c).cast(t) for c, t in ATTRIBUTES.items()])
+        return features.select(
+            "*", *[F.lit(None).cast(t).alias(c) for c, t in CUSTOMER_ATTRIBUTES.items()]
+        )
+    attrs = customers.select(
+        "customer_id", *[F.col(c).cast(t) for c, t in CUSTOMER_ATTRIBUTES.items()]
+    )
     return features.join(attrs, "customer_id", "left")
 
 

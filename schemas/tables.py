@@ -24,6 +24,14 @@ CUSTOMER_COLUMNS: dict[str, str] = {
     "postal_code": "string",
 }
 
+#: The customer attributes the churn model takes, with their types (a subset of
+#: ``CUSTOMER_COLUMNS``). The batch layer trains on them and serving scores live customers
+#: with them, so both must join the same ones; all nullable, imputed inside the pipeline.
+CUSTOMER_ATTRIBUTES: dict[str, str] = {
+    name: CUSTOMER_COLUMNS[name]
+    for name in ("FN", "Active", "club_member_status", "fashion_news_frequency", "age")
+}
+
 #: Kaggle ``articles.csv`` columns, in file order. ``article_id`` stays a 10-char
 #: string (leading zero); codes are ints, names and descriptions strings.
 ARTICLE_COLUMNS: dict[str, str] = {

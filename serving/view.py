@@ -45,21 +45,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from runtime.settings import Settings
+from schemas.tables import CUSTOMER_ATTRIBUTES
 from storage import registry, snapshots
 
 log = logging.getLogger(__name__)
 
 N_RECOMMENDATIONS = 12
-
-# Customer attributes the churn pipeline expects (customers.csv columns); nullable,
-# imputed inside the pipeline. Missing ones are added as typed nulls.
-CUSTOMER_ATTRIBUTES: dict[str, T.DataType] = {
-    "age": T.DoubleType(),
-    "club_member_status": T.StringType(),
-    "fashion_news_frequency": T.StringType(),
-    "FN": T.DoubleType(),
-    "Active": T.DoubleType(),
-}
 
 # Columns the view adds to the live features, in order.
 VIEW_COLUMNS: dict[str, T.DataType] = {
