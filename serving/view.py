@@ -45,22 +45,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from runtime.settings import Settings
-from schemas.tables import CUSTOMER_ATTRIBUTES
+from schemas.tables import CUSTOMER_ATTRIBUTES, VIEW_EXTRA_COLUMNS, serving_view_schema
 from storage import registry, snapshots
 
 log = logging.getLogger(__name__)
 
 N_RECOMMENDATIONS = 12
 
-# Columns the view adds to the live features, in order.
+# Columns the view adds to the live features, in order, as Spark types: derived from
+# their one definition, schemas.tables.VIEW_EXTRA_COLUMNS.
 VIEW_COLUMNS: dict[str, T.DataType] = {
-    "segment_id": T.IntegerType(),
-    "segment_name": T.StringType(),
-    "segments_model_version": T.StringType(),
-    "churn_probability": T.DoubleType(),
-    "churn_model_version": T.StringType(),
-    "recommendations": T.ArrayType(T.StringType()),
-    "recs_model_version": T.StringType(),
+    f.name: f.dataType for f in serving_view_schema().fields if f.name in VIEW_EXTRA_COLUMNS
 }
 
 

@@ -10,13 +10,14 @@ from pyspark.ml import Pipeline
 from pyspark.ml.classification import GBTClassifier
 from pyspark.ml.feature import Imputer, VectorAssembler
 from pyspark.ml.linalg import Vectors
-from pyspark.testing import assertDataFrameEqual
+from pyspark.testing import assertDataFrameEqual, assertSchemaEqual
 
 from batch.segments import build_pipeline
 from features.customer import compute_features
 from runtime.errors import PulseError
+from schemas.tables import VIEW_EXTRA_COLUMNS, serving_view_schema
 from schemas.transaction import spark_schema
-from serving.view import VIEW_COLUMNS, ModelOutputs, build_view
+from serving.view import ModelOutputs, build_view
 
 pytestmark = pytest.mark.spark
 AS_OF = datetime(2020, 3, 31, 23, 59, 59, tzinfo=UTC)
@@ -130,7 +131,8 @@ def test_view_joins_current_outputs(spark, features, churn_model):
     )
     view = build_view(features, models)
 
-    assert view.columns == features.columns + list(VIEW_COLUMNS)
+    # exactly the table contract: live feature columns, then the view's, with their types
+    assertSchemaEqual(view.schema, serving_view_schema(), ignoreNullable=True)
     a_recs = [f"art{r:02d}" for r in range(1, 13)]
     expected = spark.createDataFrame(
         [
@@ -183,7 +185,7 @@ def test_unseen_customers_get_model_segment_and_popular_list(spark, features, se
     )
     view = build_view(features, models)
 
-    assert view.columns == features.columns + list(VIEW_COLUMNS)
+    assertSchemaEqual(view.schema, serving_view_schema(), ignoreNullable=True)
     d = view.where("customer_id = 'd'").first()
     assert (d["recency_days"], d["frequency"], d["monetary"]) == (0, 1, 10.0)
     new = cluster["new"]
@@ -210,7 +212,9 @@ def test_unseen_customers_get_model_segment_and_popular_list(spark, features, se
 def test_missing_models_give_nulls(spark, features):
     view = build_view(features, ModelOutputs())
     assert view.count() == 4
-    nulls = view.where(" AND ".join(f"{c} IS NULL" for c in VIEW_COLUMNS)).select("customer_id")
+    nulls = view.where(" AND ".join(f"{c} IS NULL" for c in VIEW_EXTRA_COLUMNS)).select(
+        "customer_id"
+    )
     assertDataFrameEqual(
         nulls, spark.createDataFrame([("a",), ("b",), ("c",), ("d",)], "customer_id string")
     )
