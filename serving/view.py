@@ -47,6 +47,7 @@ from pyspark.sql import types as T
 from runtime.settings import Settings
 from schemas.tables import CUSTOMER_ATTRIBUTES, VIEW_EXTRA_COLUMNS, serving_view_schema
 from storage import registry, snapshots
+from storage.lake import customers_dir
 
 log = logging.getLogger(__name__)
 
@@ -203,14 +204,6 @@ def build_view(features: DataFrame, models: ModelOutputs) -> DataFrame:
 # The registry (storage/registry.py) is owned by the batch layer; serving only reads it.
 
 
-def customers_path(settings: Settings) -> Path:
-    """The customer attributes `pulse ingest` writes (storage.lake.customers_dir).
-
-    Named here rather than imported: serving reads the batch layer's files, not its code.
-    """
-    return settings.data_root / "lake" / "customers"
-
-
 def _load_segments(spark: SparkSession, settings: Settings, version: str) -> dict[str, Any]:
     """The segments table, plus the segmentation model and its names when the version has
     them (older versions: the table only)."""
@@ -300,7 +293,7 @@ class ModelCache:
             parts.update(loaded)
             if any(v is not None for v in loaded.values()):
                 parts[version_field] = version
-        cust = customers_path(settings)
+        cust = customers_dir(settings)
         if cust.exists():
             parts["customers"] = _read_parquet(spark, cust, cache=False)
         return ModelOutputs(**parts)
