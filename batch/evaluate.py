@@ -1,13 +1,14 @@
-"""Ranking metrics at K = 12, in plain Python so a reader can check them by hand.
+"""Ranking metrics at K (``schemas.tables.N_RECOMMENDATIONS``, 12), in plain Python so a
+reader can check them by hand.
 
 ``recs``: customer -> ordered list of recommended article ids (best first).
 ``actual``: customer -> set of articles the customer bought in the hold-out.
 Every metric averages over the customers in ``actual`` (those who bought in the
 hold-out); a customer with no list scores 0.
 
-- MAP@12 as Kaggle defines it: AP@12 = sum_k P(k) * rel(k) / min(12, |actual|).
-- precision@12 = hits / 12; recall@12 = hits / |actual|.
-- NDCG@12 with binary relevance: DCG / ideal DCG of min(12, |actual|) hits.
+- MAP@K as Kaggle defines it: AP@K = sum_k P(k) * rel(k) / min(K, |actual|).
+- precision@K = hits / K; recall@K = hits / |actual|.
+- NDCG@K with binary relevance: DCG / ideal DCG of min(K, |actual|) hits.
 - coverage = distinct recommended articles / catalogue size.
 """
 
@@ -16,10 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-K = 12
+from schemas.tables import N_RECOMMENDATIONS
 
 
-def average_precision(rec: Sequence[str], actual: set[str], k: int = K) -> float:
+def average_precision(rec: Sequence[str], actual: set[str], k: int = N_RECOMMENDATIONS) -> float:
     """Kaggle AP@k of one ranked list against the set of relevant items."""
     if not actual:
         return 0.0
@@ -32,7 +33,7 @@ def average_precision(rec: Sequence[str], actual: set[str], k: int = K) -> float
     return score / min(k, len(actual))
 
 
-def ndcg(rec: Sequence[str], actual: set[str], k: int = K) -> float:
+def ndcg(rec: Sequence[str], actual: set[str], k: int = N_RECOMMENDATIONS) -> float:
     """Binary-relevance NDCG@k."""
     if not actual:
         return 0.0
@@ -45,7 +46,7 @@ def ranking_metrics(
     recs: Mapping[str, Sequence[str]],
     actual: Mapping[str, set[str]],
     catalogue: Iterable[str] | int,
-    k: int = K,
+    k: int = N_RECOMMENDATIONS,
 ) -> dict[str, float]:
     """MAP@k, precision@k, recall@k, NDCG@k over ``actual``'s customers, and coverage."""
     n = len(actual)

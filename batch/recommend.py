@@ -1,10 +1,11 @@
-"""Recommendations: candidate generators, Spark MLlib ALS, and the served top-12 lists.
+"""Recommendations: candidate generators, Spark MLlib ALS, and the served top-K lists
+(K = ``schemas.tables.N_RECOMMENDATIONS``, 12).
 
 Time semantics: every function takes events already restricted to the training
 window (``event_time < cutoff``); recency weights are ages in days relative to
 ``cutoff``. Purchases are events with quantity > 0.
 
-Candidates (each filled up to 12 from popularity, so cold-start customers get a list):
+Candidates (each filled up to K from popularity, so cold-start customers get a list):
 
 - ``popularity``: the most bought articles in the last ``popular_days`` days;
 - ``repurchase``: the customer's own articles, most recency-weighted first;
@@ -23,7 +24,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-K = 12
+from schemas.tables import N_RECOMMENDATIONS
+
 STRATEGIES = {
     "popularity": ("popularity",),
     "repurchase": ("repurchase", "popularity"),
@@ -56,7 +58,7 @@ def interactions(events: DataFrame, cutoff: date, half_life_days: float) -> Data
     )
 
 
-def popular(events: DataFrame, cutoff: date, days: int, k: int = K) -> DataFrame:
+def popular(events: DataFrame, cutoff: date, days: int, k: int = N_RECOMMENDATIONS) -> DataFrame:
     """The top ``k`` articles by purchases in the ``days`` days before ``cutoff``.
 
     Falls back to all-time counts when that window is empty. Columns: article_id, score, pos.
@@ -78,7 +80,7 @@ def popular(events: DataFrame, cutoff: date, days: int, k: int = K) -> DataFrame
     return events.sparkSession.createDataFrame(rows, schema)
 
 
-def repurchase_candidates(inter: DataFrame, k: int = K) -> DataFrame:
+def repurchase_candidates(inter: DataFrame, k: int = N_RECOMMENDATIONS) -> DataFrame:
     """Each customer's own articles ranked by recency-weighted count: customer_id, article_id,
     score, pos."""
     w = Window.partitionBy("customer_id").orderBy(F.desc("weight"), "article_id")
@@ -135,7 +137,7 @@ def fit_als(spark: SparkSession, inter: DataFrame, params: RecParams, checkpoint
     return AlsFit(model=als.fit(ratings), users=users, items=items)
 
 
-def als_candidates(fit: AlsFit, customers: DataFrame, k: int = K) -> DataFrame:
+def als_candidates(fit: AlsFit, customers: DataFrame, k: int = N_RECOMMENDATIONS) -> DataFrame:
     """ALS top ``k`` for the given customers (those ALS knows): customer_id, article_id, score,
     pos."""
     subset = customers.join(fit.users, "customer_id").select("user")
@@ -154,7 +156,10 @@ def als_candidates(fit: AlsFit, customers: DataFrame, k: int = K) -> DataFrame:
 
 
 def assemble(
-    customers: DataFrame, sources: dict[str, DataFrame], order: tuple[str, ...], k: int = K
+    customers: DataFrame,
+    sources: dict[str, DataFrame],
+    order: tuple[str, ...],
+    k: int = N_RECOMMENDATIONS,
 ) -> DataFrame:
     """Merge candidate sources in priority ``order`` into one top-``k`` list per customer.
 

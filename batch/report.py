@@ -14,6 +14,7 @@ from typing import Any
 from batch.summary import churn_table, gate_line, rec_table, segment_table
 from runtime.errors import PulseError
 from runtime.settings import Settings
+from schemas.tables import N_RECOMMENDATIONS
 from storage import registry
 
 
@@ -32,7 +33,7 @@ def _plot_recs(meta: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     names = list(meta["metrics"])
-    keys = ["map@12", "precision@12", "recall@12", "ndcg@12"]
+    keys = [f"{m}@{N_RECOMMENDATIONS}" for m in ("map", "precision", "recall", "ndcg")]
     x = np.arange(len(keys))
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(names)

@@ -38,8 +38,12 @@ from features.customer import compute_features
 from features.time import as_of_for, cutoff_ts
 from runtime.errors import PulseError
 from runtime.settings import Settings
+from schemas.tables import N_RECOMMENDATIONS
 from storage import registry
 from storage.lake import last_event_date, read_customers, read_lake
+
+# The recommendations' quality gate: Kaggle MAP@K (a key of ``ranking_metrics``).
+MAP_AT_K = f"map@{N_RECOMMENDATIONS}"
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,11 @@ def retrain_recommendations(
             ranked = {c: [a for _, a in sorted(v)] for c, v in recs.items()}
             metrics[name] = ranking_metrics(ranked, actual, catalogue)
             if opts.progress:
-                print(f"  {name:<11} MAP@12 {metrics[name]['map@12']:.4f}", file=sys.stderr)
-    best = max(metrics, key=lambda n: metrics[n]["map@12"])
+                print(f"  {name:<11} {MAP_AT_K} {metrics[name][MAP_AT_K]:.4f}", file=sys.stderr)
+    best = max(metrics, key=lambda n: metrics[n][MAP_AT_K])
     with stage(
-        f"recommendations: refit '{best}' on all data, top 12 for every customer", opts.progress
+        f"recommendations: refit '{best}' on all data, top {N_RECOMMENDATIONS} for every customer",
+        opts.progress,
     ):
         everyone = events.select("customer_id").distinct()
         customers = read_customers(spark, settings)
@@ -173,7 +178,7 @@ def retrain_recommendations(
                 indent=2,
             )
         )
-    value = metrics[best]["map@12"]
+    value = metrics[best][MAP_AT_K]
     meta = {
         "model": "recommendations",
         "version": version,
@@ -186,9 +191,9 @@ def retrain_recommendations(
         "gate": gate(
             settings,
             "recommendations",
-            "map@12",
+            MAP_AT_K,
             value,
-            metrics["popularity"]["map@12"],
+            metrics["popularity"][MAP_AT_K],
             opts.regression_tolerance,
         ),
     }

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas.tables import N_RECOMMENDATIONS
+
 
 def rec_table(meta: dict[str, Any]) -> list[str]:
     """Markdown rows: one per recommendation candidate."""
+    k = N_RECOMMENDATIONS
     lines = [
-        "| candidate | MAP@12 | precision@12 | recall@12 | NDCG@12 | coverage | customers |",
+        f"| candidate | MAP@{k} | precision@{k} | recall@{k} | NDCG@{k} | coverage | customers |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, m in meta["metrics"].items():
         mark = " (served)" if name == meta["served"] else ""
         lines.append(
-            f"| {name}{mark} | {m['map@12']:.4f} | {m['precision@12']:.4f} | "
-            f"{m['recall@12']:.4f} | {m['ndcg@12']:.4f} | {m['coverage']:.4f} | {m['customers']} |"
+            f"| {name}{mark} | {m[f'map@{k}']:.4f} | {m[f'precision@{k}']:.4f} | "
+            f"{m[f'recall@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m['coverage']:.4f} | "
+            f"{m['customers']} |"
         )
     return lines
 

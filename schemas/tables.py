@@ -90,11 +90,14 @@ LIVE_FEATURE_COLUMNS: dict[str, str] = {
     "at_risk": "boolean",
 }
 
+#: Recommendations served per customer (the K of MAP@K and the other ranking metrics).
+N_RECOMMENDATIONS = 12
+
 #: Model output tables at ``outputs/<table>/<version>/`` (interface 4).
 OUTPUT_COLUMNS: dict[str, dict[str, str]] = {
     "recommendations": {
         "customer_id": "string",
-        "rank": "int",  # 1..12
+        "rank": "int",  # 1..N_RECOMMENDATIONS
         "article_id": "string",
         "score": "double",
         "source": "string",  # which recommender filled the slot (als, popularity, ...)

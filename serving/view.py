@@ -10,8 +10,8 @@
 - ``churn_probability``: the CURRENT churn PipelineModel applied to the *live*
   features (joined with the customer attributes), so the score moves as the
   customer buys or goes quiet;
-- ``recommendations``: the 12 article ids of the CURRENT recommendations table,
-  in rank order; a customer the table does not hold gets that version's
+- ``recommendations``: the ``N_RECOMMENDATIONS`` (12) article ids of the CURRENT
+  recommendations table, in rank order; a customer the table does not hold gets that version's
   popularity list (``popular.json``), as cold-start customers do at training time,
 
 and the version of each model used. A model with no CURRENT version yet gives
@@ -45,13 +45,16 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from runtime.settings import Settings
-from schemas.tables import CUSTOMER_ATTRIBUTES, VIEW_EXTRA_COLUMNS, serving_view_schema
+from schemas.tables import (
+    CUSTOMER_ATTRIBUTES,
+    N_RECOMMENDATIONS,
+    VIEW_EXTRA_COLUMNS,
+    serving_view_schema,
+)
 from storage import registry, snapshots
 from storage.lake import customers_dir
 
 log = logging.getLogger(__name__)
-
-N_RECOMMENDATIONS = 12
 
 # Columns the view adds to the live features, in order, as Spark types: derived from
 # their one definition, schemas.tables.VIEW_EXTRA_COLUMNS.
@@ -89,7 +92,7 @@ class ModelOutputs:
 def recommendation_lists(recommendations: DataFrame) -> DataFrame:
     """Registry rows (customer_id, rank, article_id) -> customer_id, recommendations.
 
-    ``recommendations`` is the article ids ordered by rank, at most 12.
+    ``recommendations`` is the article ids ordered by rank, at most ``N_RECOMMENDATIONS``.
     """
     ranked = F.array_sort(F.collect_list(F.struct("rank", "article_id")))
     return recommendations.groupBy("customer_id").agg(
