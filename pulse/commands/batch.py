@@ -6,16 +6,9 @@ import argparse
 import re
 import sys
 import time
-from datetime import date
 
+from pulse.commands.args import iso_date
 from runtime.settings import Settings
-
-
-def _parse_date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _parse_interval(text: str) -> float:
@@ -91,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("retrain", help="train, evaluate and register the three batch models")
     p.add_argument(
         "--as-of",
-        type=_parse_date,
+        type=iso_date,
         default=None,
         help="retrain as if it were DATE: nothing at or after it is read",
     )

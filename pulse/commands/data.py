@@ -6,15 +6,9 @@ import argparse
 from datetime import date
 from pathlib import Path
 
+from pulse.commands.args import iso_date
 from runtime.errors import PulseError
 from runtime.settings import Settings
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -135,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="number of articles, and/or a real articles.csv[.gz] to draw them from "
         "(all its rows when no number is given); may be given twice",
     )
-    p.add_argument("--start", type=_date, default=date(2018, 9, 20), help="first day (UTC)")
+    p.add_argument("--start", type=iso_date, default=date(2018, 9, 20), help="first day (UTC)")
     p.add_argument("--days", type=int, default=734, help="number of days")
     p.add_argument("--seed", type=int, default=42, help="same seed -> identical files")
     p.add_argument("--out", required=True, help="output folder")
@@ -162,6 +156,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "inspect", help="read a source through its adapter: rows read = accepted + rejected"
     )
     p.add_argument("source", help="hm:DIR, online_retail:FILE, synthetic:DIR or a bare path")
-    p.add_argument("--start", type=_date, default=None, help="first event date (inclusive)")
-    p.add_argument("--end", type=_date, default=None, help="last event date (inclusive)")
+    p.add_argument("--start", type=iso_date, default=None, help="first event date (inclusive)")
+    p.add_argument("--end", type=iso_date, default=None, help="last event date (inclusive)")
     p.set_defaults(handler=_inspect)
