@@ -143,25 +143,10 @@ def _spark_type(kind: str) -> Any:
     return simple[kind]
 
 
-def _struct(columns: dict[str, str], not_null: tuple[str, ...] = ()) -> Any:
+def _struct(columns: dict[str, str]) -> Any:
     from pyspark.sql import types as T
 
-    return T.StructType(
-        [
-            T.StructField(name, _spark_type(kind), name not in not_null)
-            for name, kind in columns.items()
-        ]
-    )
-
-
-def customers_schema() -> Any:
-    """Spark schema to read Kaggle ``customers.csv`` (all attributes nullable)."""
-    return _struct(CUSTOMER_COLUMNS, not_null=("customer_id",))
-
-
-def articles_schema() -> Any:
-    """Spark schema to read Kaggle ``articles.csv`` (article_id as a string)."""
-    return _struct(ARTICLE_COLUMNS, not_null=("article_id",))
+    return T.StructType([T.StructField(name, _spark_type(kind)) for name, kind in columns.items()])
 
 
 def lake_schema() -> Any:
