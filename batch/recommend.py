@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import date
 
 from pyspark.ml.recommendation import ALS, ALSModel
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from runtime.errors import PulseError
 from schemas.tables import N_RECOMMENDATIONS
 
 STRATEGIES = {
@@ -117,9 +118,19 @@ def als_matrix(inter: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
     return ratings, users, items
 
 
-def fit_als(spark: SparkSession, inter: DataFrame, params: RecParams, checkpoint: str) -> AlsFit:
-    """Fit implicit ALS on the interactions (checkpointing, or long lineages overflow the stack)."""
-    spark.sparkContext.setCheckpointDir(checkpoint)
+def fit_als(inter: DataFrame, params: RecParams) -> AlsFit:
+    """Fit implicit ALS on the interactions.
+
+    Uses the session's checkpoint directory, which whoever owns the session sets
+    (``batch.retrain.retrain`` does for a run): ALS checkpoints its factors every 5
+    iterations, without which the lineage grows until the JVM dies with
+    ``StackOverflowError`` after ~15 iterations. PulseError when the session has none.
+    """
+    if inter.sparkSession.sparkContext.getCheckpointDir() is None:
+        raise PulseError(
+            "ALS needs a Spark checkpoint directory: call "
+            "spark.sparkContext.setCheckpointDir(...) where the session is built"
+        )
     ratings, users, items = als_matrix(inter)
     als = ALS(
         rank=params.rank,
@@ -199,11 +210,9 @@ def assemble(
 
 
 def candidate_sources(
-    spark: SparkSession,
     events: DataFrame,
     cutoff: date,
     params: RecParams,
-    checkpoint: str,
     customers: DataFrame,
     need_als: bool = True,
 ) -> dict[str, DataFrame]:
@@ -214,6 +223,6 @@ def candidate_sources(
         "repurchase": repurchase_candidates(inter),
     }
     if need_als:
-        fit = fit_als(spark, inter, params, checkpoint)
+        fit = fit_als(inter, params)
         sources["als"] = als_candidates(fit, customers).cache()
     return sources

@@ -127,7 +127,6 @@ def retrain_recommendations(
     """Evaluate every candidate on the hold-out, serve the best one refit on all data."""
     p = opts.rec
     train_end = cutoff - timedelta(days=opts.holdout_days)
-    ckpt = str((settings.checkpoint_dir / "als").resolve())
     train = events.where(F.col("event_time") < F.lit(cutoff_ts(train_end)))
     holdout = events.where(F.col("event_time") >= F.lit(cutoff_ts(train_end))).where(
         F.col("quantity") > 0
@@ -139,7 +138,7 @@ def retrain_recommendations(
             raise PulseError(f"no purchases in the hold-out [{train_end}, {cutoff})")
         hold_customers = holdout.select("customer_id").distinct().cache()
         catalogue = train.select("article_id").distinct().count()
-        sources = rec_mod.candidate_sources(spark, train, train_end, p, ckpt, hold_customers)
+        sources = rec_mod.candidate_sources(train, train_end, p, hold_customers)
         metrics = {}
         for name, order in rec_mod.STRATEGIES.items():
             recs_df = rec_mod.assemble(hold_customers, sources, order)
@@ -162,7 +161,7 @@ def retrain_recommendations(
             everyone = everyone.unionByName(customers.select("customer_id")).distinct()
         everyone = everyone.cache()
         order = rec_mod.STRATEGIES[best]
-        full = rec_mod.candidate_sources(spark, events, cutoff, p, ckpt, everyone, "als" in order)
+        full = rec_mod.candidate_sources(events, cutoff, p, everyone, "als" in order)
         _write(
             rec_mod.assemble(everyone, full, order),
             registry.output_path(settings, "recommendations", version),
@@ -359,7 +358,12 @@ def retrain_segments(
 
 
 def retrain(spark: SparkSession, settings: Settings, opts: RetrainOptions) -> dict[str, dict]:
-    """One retrain run: returns {model name: meta} for the models trained."""
+    """One retrain run: returns {model name: meta} for the models trained.
+
+    The one session setting it makes: ALS needs a Spark checkpoint directory, so when
+    recommendations are trained on a session that has none, it gets
+    ``settings.checkpoint_dir/retrain``; a directory the caller set is kept.
+    """
     start = time.perf_counter()
     with stage("reading the lake", opts.progress):
         if opts.as_of is None:
@@ -383,6 +387,10 @@ def retrain(spark: SparkSession, settings: Settings, opts: RetrainOptions) -> di
     version = registry.new_version()
     out: dict[str, dict] = {}
     if "recommendations" in opts.models:
+        if spark.sparkContext.getCheckpointDir() is None:
+            spark.sparkContext.setCheckpointDir(
+                str((settings.checkpoint_dir / "retrain").resolve())
+            )
         out["recommendations"] = retrain_recommendations(
             spark, settings, events, cutoff, version, opts, window
         )

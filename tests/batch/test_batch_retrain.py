@@ -50,7 +50,11 @@ def test_retrain_outputs_and_gate_keeps_current(spark, settings):
     settings = settings.model_copy(update={"churn_horizon_days": 14})
     ingest_source(spark, settings, TableSource([events_table(shop_rows())]), progress=False)
     as_of = date(2020, 4, 20)  # day 110: the last 10 days are never read
+    checkpoint_dir = spark.sparkContext.getCheckpointDir()
     run = retrain(spark, settings, RetrainOptions(as_of=as_of, **SMALL))
+    # ALS ran on the checkpoint directory the session's owner set: kept, not replaced
+    assert checkpoint_dir is not None
+    assert spark.sparkContext.getCheckpointDir() == checkpoint_dir
 
     recs_meta = run["recommendations"]
     assert recs_meta["window"]["cutoff_exclusive"] == "2020-04-20"
