@@ -21,9 +21,9 @@ it does not hold get a null segment / null recommendations, as before.
 
 ``publish_view`` is what the streaming job calls after each feature publish: it
 resolves CURRENT for every model *on every call* (so a retrain is picked up
-without restarting the stream), loads each model version once (cached by
-version), and publishes the view as a whole snapshot under
-``settings.serving_dir`` with ``storage.snapshots.publish``.
+without restarting the stream), loads each model version once into the caller's
+``ModelCache`` (one per stream run), and publishes the view as a whole snapshot
+under ``settings.serving_dir`` with ``storage.snapshots.publish``.
 
 Time semantics: the view is "as of" the live features' ``as_of`` (the latest
 event time the stream has seen); the model outputs are whatever version was
@@ -338,17 +338,18 @@ def _load_pipeline(path: Path, name: str) -> Any:
         return None
 
 
-_CACHE = ModelCache()
-
-
-def publish_view(spark: SparkSession, settings: Settings, features_df: DataFrame) -> Path:
+def publish_view(
+    spark: SparkSession, settings: Settings, features_df: DataFrame, models: ModelCache
+) -> Path:
     """Build the view from ``features_df`` and the CURRENT models; publish a snapshot.
 
-    Reads: the registry's CURRENT pointers, model dirs and output tables. Writes: a new
-    snapshot ``settings.serving_dir/v=<version>/`` (Parquet) and moves CURRENT to it.
+    Reads: the registry's CURRENT pointers, model dirs and output tables, through
+    ``models``, the caller's cache (keep one for a stream run, so each model version is
+    loaded once, and released when CURRENT moves on). Writes: a new snapshot
+    ``settings.serving_dir/v=<version>/`` (Parquet) and moves CURRENT to it.
     Returns the published directory.
     """
-    view = build_view(features_df, _CACHE.current(spark, settings))
+    view = build_view(features_df, models.current(spark, settings))
     return snapshots.publish(
         settings.serving_dir, lambda tmp: view.write.mode("overwrite").parquet(str(tmp))
     )

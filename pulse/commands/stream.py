@@ -23,12 +23,15 @@ def check_topic(settings: Settings) -> None:
 def _publish_view(settings: Settings):  # type: ignore[no-untyped-def]
     """The stream's on_publish hook: rebuild the serving view from each feature snapshot.
 
-    Wired here, not in streaming/, so the speed layer does not depend on serving.
+    Wired here, not in streaming/, so the speed layer does not depend on serving. The
+    hook owns one model cache for the stream run: each model version is loaded once.
     """
-    from serving.view import publish_view
+    from serving.view import ModelCache, publish_view
+
+    models = ModelCache()
 
     def hook(features) -> None:  # type: ignore[no-untyped-def]
-        publish_view(features.sparkSession, settings, features)
+        publish_view(features.sparkSession, settings, features, models)
 
     return hook
 

@@ -233,11 +233,12 @@ def test_publish_picks_up_new_versions_and_reads_back(
     spark, settings, features, churn_model, segmentation
 ):
     from serving import read
-    from serving.view import publish_view
+    from serving.view import ModelCache, publish_view
     from storage import registry, snapshots
 
+    models = ModelCache()  # one per stream run, as `pulse stream` keeps it
     # No model yet: the view is published with nulls.
-    publish_view(spark, settings, features)
+    publish_view(spark, settings, features, models)
     assert read.customer(settings, "a")["churn_probability"] is None
 
     segs = spark.createDataFrame(
@@ -255,7 +256,7 @@ def test_publish_picks_up_new_versions_and_reads_back(
         "c1",
         lambda: churn_model.save(str(registry.model_path(settings, "churn", "c1"))),
     )
-    first = publish_view(spark, settings, features)
+    first = publish_view(spark, settings, features, models)
     assert snapshots.current(settings.serving_dir) == first
     row = read.customer(settings, "b")
     assert (row["churn_model_version"], row["recency_days"]) == ("c1", 100)
@@ -277,7 +278,7 @@ def test_publish_picks_up_new_versions_and_reads_back(
     _register(
         settings, "churn", "c2", lambda: c2.save(str(registry.model_path(settings, "churn", "c2")))
     )
-    publish_view(spark, settings, features)
+    publish_view(spark, settings, features, models)
     row = read.customer(settings, "b")
     assert row["churn_model_version"] == "c2"
     assert row["churn_probability"] < 0.5
@@ -307,7 +308,7 @@ def test_publish_picks_up_new_versions_and_reads_back(
 
     _register(settings, "segments", "s2", write_segments_v2)
     _register(settings, "recommendations", "r1", write_recs_r1)
-    publish_view(spark, settings, features)
+    publish_view(spark, settings, features, models)
     a, d = read.customer(settings, "a"), read.customer(settings, "d")
     assert (a["segment_name"], a["recommendations"]) == ("Champions", ["art01"])
     assert (d["segment_id"], d["segment_name"]) == (cluster["new"], "model new")
