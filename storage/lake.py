@@ -2,7 +2,7 @@
 
 Time semantics: ``cutoff`` is a UTC date; only events with ``event_time < cutoff``
 are read (nothing at or after it), so a later period stays untouched for testing.
-Features of that window are computed as of :func:`as_of_for`, the last instant
+Features of that window are computed as of ``features.time.as_of_for(cutoff)``, the last instant
 before the cutoff.
 """
 
@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 from features.time import cutoff_ts
 from runtime.errors import PulseError
 from runtime.settings import Settings
-from schemas.transaction import FIELD_NAMES, spark_schema
+from schemas.tables import lake_schema
+from schemas.transaction import FIELD_NAMES
 
 
 def lake_exists(settings: Settings) -> bool:
@@ -26,16 +27,24 @@ def lake_exists(settings: Settings) -> bool:
 
 
 def read_lake(spark: SparkSession, settings: Settings, cutoff: date | None = None) -> DataFrame:
-    """The lake's events (contract columns + event_date), deduplicated by event_id.
+    """The lake's events (contract columns + event_date), one row per event_id.
 
-    Reads the partition directories (listed) rather than the lake root, so files
-    appended by ``pulse ingest`` are seen even if the stream's file sink keeps a
-    ``_spark_metadata`` log there; any duplicate that lets in is removed by the
-    event_id deduplication every reader must do anyway.
+    What it does: lists the ``event_date=*`` directories, reads every Parquet file in
+    them, and keeps one row per ``event_id``. Why:
+
+    - the directories, not the lake root: two writers append to the lake, ``pulse
+      ingest`` and the stream. Given the root, Spark reads only the files listed in a
+      ``_spark_metadata`` log when one is there (a Structured Streaming file sink keeps
+      one), so it would miss every file ingest wrote. Given the partition directories,
+      it reads all the files.
+    - deduplicated: the lake may hold an event more than once (a day both ingested and
+      streamed, an event re-sent to Kafka, a micro-batch's files written again when it
+      is retried), and the files are read without any log saying which copy counts.
+      ``event_id`` is deterministic per source row, so one row per id is each event once.
     """
     if not lake_exists(settings):
         raise PulseError(f"the lake at {settings.lake_dir} is empty: run `pulse ingest SOURCE`")
-    schema = spark_schema().add("event_date", "date")
+    schema = lake_schema()
     parts = sorted(str(p) for p in Path(settings.lake_dir).glob("event_date=*") if p.is_dir())
     df = spark.read.schema(schema).option("basePath", str(settings.lake_dir)).parquet(*parts)
     if cutoff is not None:
