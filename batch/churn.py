@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
 from pyspark.ml.classification import GBTClassifier
 from pyspark.ml.feature import SQLTransformer, StringIndexer, VectorAssembler
 from pyspark.ml.functions import vector_to_array
@@ -110,7 +111,9 @@ def build_pipeline(params: ChurnParams) -> Pipeline:
         [f"CAST(coalesce(CAST({c} AS DOUBLE), -1.0) AS DOUBLE) AS {c}__x" for c in NUMERIC]
         + [f"coalesce({c}, 'NA') AS {c}__s" for c in CATEGORICAL]
     )
-    stages = [SQLTransformer(statement=f"SELECT *, {imputed} FROM __THIS__")]
+    stages: list[Estimator[Any] | Transformer] = [
+        SQLTransformer(statement=f"SELECT *, {imputed} FROM __THIS__")
+    ]
     stages += [
         StringIndexer(inputCol=f"{c}__s", outputCol=f"{c}__i", handleInvalid="keep")
         for c in CATEGORICAL
@@ -145,7 +148,9 @@ def fit(train: DataFrame, params: ChurnParams) -> PipelineModel:
 
 def churn_probability(model: PipelineModel, df: DataFrame) -> DataFrame:
     """Apply the pipeline; adds ``churn_probability`` = P(label = 1)."""
-    return model.transform(df).withColumn("churn_probability", vector_to_array("probability")[1])
+    return model.transform(df).withColumn(
+        "churn_probability", vector_to_array(F.col("probability"))[1]
+    )
 
 
 def bgnbd_expected(frame: pd.DataFrame, horizon: int, sample: int = 20_000, seed: int = 0):

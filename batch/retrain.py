@@ -24,9 +24,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import pandas as pd
+from pyspark.ml.classification import GBTClassificationModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -229,8 +231,10 @@ def retrain_churn(
             "frequency",
             "tenure_days",
         ]
-        scored = churn_mod.churn_probability(model, test).select(*cols).toPandas()
-        train_pd = train.select("label", "recency_days").toPandas()
+        scored = cast(
+            pd.DataFrame, churn_mod.churn_probability(model, test).select(*cols).toPandas()
+        )
+        train_pd = cast(pd.DataFrame, train.select("label", "recency_days").toPandas())
         y = scored["label"].to_numpy()
         p_gbt = scored["churn_probability"].to_numpy()
         p_rec = churn_mod.recency_baseline(train_pd, scored)
@@ -244,7 +248,7 @@ def retrain_churn(
             n: churn_mod.roc_points(y, s)
             for n, s in (("gbt", p_gbt), ("recency", p_rec), ("bgnbd", p_bg))
         }
-        gbt_stage = model.stages[-1]
+        gbt_stage = cast(GBTClassificationModel, model.stages[-1])
         importances = dict(
             zip(
                 churn_mod.feature_names(),

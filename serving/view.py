@@ -126,7 +126,8 @@ def churn_scores(features: DataFrame, model: Any, customers: DataFrame | None) -
 
     scored = model.transform(with_customer_attributes(features, customers))
     return scored.select(
-        "customer_id", vector_to_array("probability")[1].cast("double").alias("churn_probability")
+        "customer_id",
+        vector_to_array(F.col("probability"))[1].cast("double").alias("churn_probability"),
     )
 
 
