@@ -143,7 +143,7 @@ def features_as_of(state: DataFrame, as_of: datetime | date | str) -> DataFrame:
     )
     windows = {}
     for w in WINDOWS:
-        windows[f"n_transactions_{w}d"] = _window_sum("n_events", 0, w, as_of_day)
+        windows[f"n_events_{w}d"] = _window_sum("n_events", 0, w, as_of_day)
         windows[f"spend_{w}d"] = _window_sum("spend", 0, w, as_of_day)
     n_30 = windows["n_events_30d"]
     n_prev_30 = _window_sum("n_events", 30, 60, as_of_day)
