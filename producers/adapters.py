@@ -12,6 +12,11 @@ index among identical rows>)``. Identical rows always share an event time, and t
 input is in event-time order, so a batch is only cut between two distinct event
 times: all copies of a row are numbered inside one batch.
 
+Validation applies the contract itself (``schemas.transaction.RULES``, read as pandas by
+``Rule.broken_series``), so a rejected row carries the very reason ``validate`` would
+give its event. The adapters only add checks of their *source* text (a date or a number
+that does not parse), whose reasons name the source column, e.g. ``UnitPrice: not a number``.
+
 Supported sources (``spec``):
 
 - ``hm:DIR`` — the H&M Kaggle folder (``transactions_train.csv[.gz]`` or ``.parquet``);
@@ -19,7 +24,8 @@ Supported sources (``spec``):
 - ``synthetic:DIR`` — the generator's output (same layout, marker ``_pulse_generated.json``).
 - ``online_retail:FILE`` — UCI Online Retail (I or II column names). ``InvoiceDate`` is
   UK time without zone and is taken as UTC. Cancellations (``C`` invoices, negative
-  quantity) are kept as returns; a missing customer id or a non-positive price is rejected.
+  quantity) are kept as returns, and a price of 0 is a valid event (the contract asks
+  ``unit_price >= 0``); a missing customer id or a negative price is rejected.
 - a bare path: a folder is H&M (or synthetic when the marker is present), a file is
   Online Retail.
 """
@@ -39,7 +45,7 @@ import pandas as pd
 import pyarrow as pa
 
 from runtime.errors import PulseError
-from schemas.transaction import FIELD_NAMES, INT32, MAX_STRING_LEN
+from schemas.transaction import FIELD_NAMES, FIELDS, NULL, rules_for
 
 GENERATED_MARKER = "_pulse_generated.json"
 SEP = "\x1f"  # joins the parts of an event id, as schemas.transaction.make_event_id does
@@ -336,23 +342,37 @@ def _to_arrow(good: pd.DataFrame, source: str) -> pa.Table:
     )
 
 
+# Per contract field, the adapter's checks of the source text that field comes from:
+# (reason, failed mask) pairs, the reason naming the source column.
+SourceChecks = dict[str, list[tuple[str, pd.Series]]]
+
+
 def _first_reason(checks: list[tuple[str, pd.Series]], index: pd.Index) -> pd.Series:
     """Per row, the first failing check's reason (None when all pass)."""
     reason = pd.Series(pd.NA, index=index, dtype="string[pyarrow]")
     for text, failed in reversed(checks):  # earlier checks overwrite later ones
-        reason = reason.mask(failed.to_numpy(), text)
+        reason = reason.mask(failed.to_numpy(dtype=bool, na_value=False), text)
     return reason
 
 
-def _common_checks(out: pd.DataFrame) -> list[tuple[str, pd.Series]]:
-    """The contract's own rules, vectorised (same reasons as schemas.transaction)."""
-    return [
-        ("event_time: unparseable timestamp", out["event_time"].isna()),
-        ("customer_id: missing", out["customer_id"].str.strip() == ""),
-        ("customer_id: too long", out["customer_id"].str.len() > MAX_STRING_LEN),
-        ("article_id: missing", out["article_id"].str.strip() == ""),
-        ("article_id: too long", out["article_id"].str.len() > MAX_STRING_LEN),
-    ]
+def _reasons(out: pd.DataFrame, source_checks: SourceChecks) -> pd.Series:
+    """Per row, why it is rejected (None when it is a valid event).
+
+    Per contract field in contract order: the adapter's source checks for that field,
+    then the contract's own checks, derived from ``schemas.transaction``: a null in a
+    non-nullable field, then the field's ``RULES``, with the reasons ``validate`` gives.
+    Fields the adapters fill themselves (event_id, source, produced_at) are not in ``out``.
+    """
+    checks: list[tuple[str, pd.Series]] = []
+    for spec in FIELDS:
+        if spec.name not in out.columns:
+            continue
+        value = out[spec.name]
+        checks += source_checks.get(spec.name, [])
+        if not spec.nullable:
+            checks.append((f"{spec.name}: {NULL}", value.isna()))
+        checks += [(rule.message, rule.broken_series(value)) for rule in rules_for(spec.name)]
+    return _first_reason(checks, out.index)
 
 
 def _normalise_hm(raw: pd.DataFrame) -> pd.DataFrame:
@@ -364,17 +384,20 @@ def _normalise_hm(raw: pd.DataFrame) -> pd.DataFrame:
     out["quantity"] = 1
     price = pd.to_numeric(raw["price"], errors="coerce")
     out["unit_price"] = price
-    channel = pd.to_numeric(raw["sales_channel_id"], errors="coerce")
+    channel_text = raw["sales_channel_id"].str.strip()
+    channel = pd.to_numeric(channel_text, errors="coerce")  # empty: null, which is allowed
+    out["sales_channel_id"] = channel
+    out["reason"] = _reasons(
+        out,
+        {
+            "event_time": [("t_dat: not a date", out["event_time"].isna())],
+            "unit_price": [("price: not a number", price.isna())],
+            "sales_channel_id": [
+                ("sales_channel_id: not a number", (channel_text != "") & channel.isna())
+            ],
+        },
+    )
     out["sales_channel_id"] = channel.where(channel.isin([1, 2])).astype("Int32")
-    checks = _common_checks(out) + [
-        ("unit_price: not a number", price.isna() | ~np.isfinite(price.fillna(0))),
-        ("unit_price: is negative", price < 0),
-        (
-            "sales_channel_id: is not 1 or 2",
-            (raw["sales_channel_id"].str.strip() != "") & ~channel.isin([1, 2]),
-        ),
-    ]
-    out["reason"] = _first_reason(checks, out.index)
     out["key"] = (
         raw["t_dat"]
         + "\x1f"
@@ -408,17 +431,23 @@ def _normalise_retail(raw: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
     out["article_id"] = col["stock_code"]
     quantity = pd.to_numeric(col["quantity"], errors="coerce")
     price = pd.to_numeric(col["price"], errors="coerce")
-    q_ok = quantity.notna() & (quantity == quantity.round()) & quantity.between(*INT32)
-    out["quantity"] = quantity.where(q_ok, 0).astype("int64")
+    out["quantity"] = quantity
     out["unit_price"] = price
-    out["sales_channel_id"] = None  # Online Retail has no channel
-    checks = _common_checks(out) + [
-        ("quantity: not an int32", ~q_ok),
-        ("quantity: is zero", quantity == 0),
-        ("unit_price: not a number", price.isna() | ~np.isfinite(price.fillna(0))),
-        ("unit_price: not positive", price <= 0),
-    ]
-    out["reason"] = _first_reason(checks, out.index)
+    out["sales_channel_id"] = pd.Series(pd.NA, index=raw.index, dtype="Int32")  # no channel
+    out["reason"] = _reasons(
+        out,
+        {
+            "event_time": [(f"{names['invoice_date']}: not a date", out["event_time"].isna())],
+            "quantity": [
+                (
+                    f"{names['quantity']}: not an integer",
+                    quantity.isna() | (quantity != quantity.round()),
+                )
+            ],
+            "unit_price": [(f"{names['price']}: not a number", price.isna())],
+        },
+    )
+    out["quantity"] = quantity.where(out["reason"].isna(), 0).astype("int64")
     key = col["invoice"]
     for name in ("stock_code", "quantity", "invoice_date", "price", "customer_id"):
         key = key + "\x1f" + col[name]

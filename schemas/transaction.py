@@ -1,13 +1,19 @@
 """The `transaction` event, v1 — defined once.
 
-``FIELDS`` is the single definition. From it derive:
+``FIELDS`` (names, kinds, nullability) and ``RULES`` (every rule on a field's value,
+each with its one reason string; see ``schemas.rules``) are the single definition.
+From them derive:
 
 - ``validate(obj)``: the producer-side check, returning the first precise reason
   a record breaks the contract (or None);
 - ``spark_schema()``: the typed ``StructType`` Spark uses for the lake;
-- ``spark_raw_schema()``: every field as string, so the stream can parse
-  leniently and then name the exact reason in Spark (see
-  ``streaming`` — a test proves both validators agree field by field).
+- ``streaming.parse.classify``: the same checks as Spark Columns, with the same
+  reasons (tests/streaming/test_parse.py proves both validators agree record by record);
+- the dataset adapters' vectorised checks (``producers.adapters``).
+
+Validators check, per field in contract order: present and not null, the JSON type,
+then the field's ``RULES`` in order; then unknown extra fields. The first failure is
+the reason, always ``"<field>: <what>"`` with the wording kept here.
 
 Wire format: compact JSON, one object per Kafka record, key = customer_id.
 Timestamps are ISO-8601 UTC strings (``2020-09-22T00:00:00Z``).
@@ -18,60 +24,83 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from schemas.rules import BLANK_CHARS, Rule
+
 SCHEMA_VERSION = 1
 SOURCES = ("hm", "online_retail", "synthetic")
 MAX_STRING_LEN = 256  # oversized values are rejected, not truncated
+INT32 = (-(2**31), 2**31 - 1)
+
+#: What a wrong-type reason says each kind expects: "wrong type int, expected string".
+EXPECTED = {"string": "string", "timestamp": "ISO-8601", "int": "int", "double": "number"}
+
+# The structural reasons (the value rules' reasons are in RULES).
+MISSING = "missing"
+NULL = "null"
+UNPARSEABLE_TIMESTAMP = "unparseable timestamp"  # followed by the value's repr (40 chars)
+UNKNOWN_FIELD = "unknown field"  # followed by the first unknown key, sorted
+NOT_AN_OBJECT = "not a JSON object"  # followed by the Python type name in parentheses
+MALFORMED_JSON = "malformed JSON"  # followed by the decoder's exception name
 
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One field of the contract: its JSON/Python kind, Spark type name and rule."""
+    """One field of the contract: its JSON/Python kind (also the Spark type) and nullability."""
 
     name: str
     kind: str  # "string" | "timestamp" | "int" | "double"
     nullable: bool = False
-    check: Callable[[Any], str | None] | None = None  # extra rule on the parsed value
     doc: str = ""
 
 
-def _non_empty(v: str) -> str | None:
-    return "is empty" if not v.strip() else None
-
-
-def _non_negative(v: float) -> str | None:
-    return "is negative" if v < 0 else None
-
-
-def _known_source(v: str) -> str | None:
-    return None if v in SOURCES else f"is not one of {', '.join(SOURCES)}"
-
-
-def _channel(v: int | None) -> str | None:
-    return None if v is None or v in (1, 2) else "is not 1 or 2"
-
-
-def _non_zero(v: int) -> str | None:
-    return "is zero" if v == 0 else None
-
-
 FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec("event_id", "string", check=_non_empty, doc="deterministic per source row"),
+    FieldSpec("event_id", "string", doc="deterministic per source row"),
     FieldSpec("event_time", "timestamp", doc="UTC; H&M t_dat at 00:00, Online Retail InvoiceDate"),
-    FieldSpec("customer_id", "string", check=_non_empty, doc="non-empty"),
-    FieldSpec("article_id", "string", check=_non_empty, doc="string (H&M ids keep a leading 0)"),
-    FieldSpec("quantity", "int", check=_non_zero, doc="1 for H&M; negative = return"),
-    FieldSpec("unit_price", "double", check=_non_negative, doc=">= 0"),
-    FieldSpec("sales_channel_id", "int", nullable=True, check=_channel, doc="H&M 1 or 2"),
-    FieldSpec("source", "string", check=_known_source, doc="hm | online_retail | synthetic"),
+    FieldSpec("customer_id", "string", doc="non-empty"),
+    FieldSpec("article_id", "string", doc="string (H&M ids keep a leading 0)"),
+    FieldSpec("quantity", "int", doc="1 for H&M; negative = return"),
+    FieldSpec("unit_price", "double", doc=">= 0"),
+    FieldSpec("sales_channel_id", "int", nullable=True, doc="H&M 1 or 2"),
+    FieldSpec("source", "string", doc="hm | online_retail | synthetic"),
     FieldSpec("produced_at", "timestamp", doc="set by the producer; end-to-end latency"),
 )
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
-INT32 = (-(2**31), 2**31 - 1)
+
+_TOO_LONG = f"longer than {MAX_STRING_LEN} characters"
+
+#: Every rule on a field's value, in checking order: first the rule every value of the
+#: field's kind obeys (string length, int32 range, a finite double), then the field's own.
+RULES: tuple[Rule, ...] = (
+    Rule("event_id", "max_length", "longer_than", MAX_STRING_LEN, _TOO_LONG),
+    Rule("event_id", "non_empty", "blank", BLANK_CHARS, "is empty"),
+    Rule("customer_id", "max_length", "longer_than", MAX_STRING_LEN, _TOO_LONG),
+    Rule("customer_id", "non_empty", "blank", BLANK_CHARS, "is empty"),
+    Rule("article_id", "max_length", "longer_than", MAX_STRING_LEN, _TOO_LONG),
+    Rule("article_id", "non_empty", "blank", BLANK_CHARS, "is empty"),
+    Rule("quantity", "int32", "outside", INT32, "out of int range"),
+    Rule("quantity", "non_zero", "equals", 0, "is zero"),
+    Rule("unit_price", "finite", "not_finite", None, "not a finite number"),
+    Rule("unit_price", "non_negative", "below", 0, "is negative"),
+    Rule("sales_channel_id", "int32", "outside", INT32, "out of int range"),
+    Rule("sales_channel_id", "known_channel", "not_in", (1, 2), "is not 1 or 2"),
+    Rule("source", "max_length", "longer_than", MAX_STRING_LEN, _TOO_LONG),
+    Rule("source", "known_source", "not_in", SOURCES, f"is not one of {', '.join(SOURCES)}"),
+)
+
+
+def rules_for(field: str) -> tuple[Rule, ...]:
+    """The rules on one field's value, in checking order."""
+    return _RULES_BY_FIELD[field]
+
+
+_RULES_BY_FIELD = {name: tuple(r for r in RULES if r.field == name) for name in FIELD_NAMES}
+if sum(map(len, _RULES_BY_FIELD.values())) != len(RULES):
+    raise ValueError("a rule in RULES names a field that is not in FIELDS")
 
 
 class ContractError(ValueError):
@@ -98,43 +127,38 @@ def format_timestamp(ts: datetime) -> str:
 
 
 def _parse(spec: FieldSpec, value: Any) -> Any:
-    """Coerce one JSON value to the field's kind, or raise ContractError."""
-    name = spec.name
-    if spec.kind == "string":
-        if not isinstance(value, str):
-            raise ContractError(f"{name}: wrong type {type(value).__name__}, expected string")
-        if len(value) > MAX_STRING_LEN:
-            raise ContractError(f"{name}: longer than {MAX_STRING_LEN} characters")
-        return value
-    if spec.kind == "timestamp":
-        if not isinstance(value, str):
-            raise ContractError(f"{name}: wrong type {type(value).__name__}, expected ISO-8601")
+    """Coerce one non-null JSON value to the field's kind, or raise ContractError."""
+    name, kind = spec.name, spec.kind
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "double":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:  # string, timestamp
+        ok = isinstance(value, str)
+    if not ok:
+        got = type(value).__name__
+        raise ContractError(f"{name}: wrong type {got}, expected {EXPECTED[kind]}")
+    if kind == "timestamp":
         try:
             return parse_timestamp(value)
         except ValueError:
-            raise ContractError(f"{name}: unparseable timestamp {value[:40]!r}") from None
-    if spec.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ContractError(f"{name}: wrong type {type(value).__name__}, expected int")
-        if not INT32[0] <= value <= INT32[1]:
-            raise ContractError(f"{name}: out of int range")
-        return value
-    # double
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ContractError(f"{name}: wrong type {type(value).__name__}, expected number")
-    if not math.isfinite(value):
-        raise ContractError(f"{name}: not a finite number")
-    return float(value)
+            raise ContractError(f"{name}: {UNPARSEABLE_TIMESTAMP} {value[:40]!r}") from None
+    if kind == "double":
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float range: infinite, so the finite rule says so
+            return math.inf if value > 0 else -math.inf
+    return value
 
 
 def check_event(obj: Any) -> dict[str, Any]:
     """Return the typed event (datetimes for timestamps), or raise ContractError.
 
-    Checks, per field in contract order: present, type, then the field's rule.
-    Unknown extra fields are rejected too, so a typo never passes silently.
+    Checks, per field in contract order: present, not null, type, then the field's
+    ``RULES``. Unknown extra fields are rejected too, so a typo never passes silently.
     """
     if not isinstance(obj, Mapping):
-        raise ContractError(f"not a JSON object ({type(obj).__name__})")
+        raise ContractError(f"{NOT_AN_OBJECT} ({type(obj).__name__})")
     typed: dict[str, Any] = {}
     for spec in FIELDS:
         value = obj.get(spec.name)
@@ -142,15 +166,15 @@ def check_event(obj: Any) -> dict[str, Any]:
             if spec.nullable:
                 typed[spec.name] = None
                 continue
-            missing = spec.name not in obj
-            raise ContractError(f"{spec.name}: {'missing' if missing else 'null'}")
+            raise ContractError(f"{spec.name}: {MISSING if spec.name not in obj else NULL}")
         parsed = _parse(spec, value)
-        if spec.check is not None and (problem := spec.check(parsed)) is not None:
-            raise ContractError(f"{spec.name}: {problem}")
+        for rule in rules_for(spec.name):
+            if rule.broken(parsed):
+                raise ContractError(rule.message)
         typed[spec.name] = parsed
     extra = sorted(set(obj) - set(FIELD_NAMES))
     if extra:
-        raise ContractError(f"unknown field {extra[0]}")
+        raise ContractError(f"{UNKNOWN_FIELD} {extra[0]}")
     return typed
 
 
@@ -168,7 +192,7 @@ def decode(raw: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(f"malformed JSON: {exc.__class__.__name__}") from None
+        raise ContractError(f"{MALFORMED_JSON}: {exc.__class__.__name__}") from None
     return check_event(obj)
 
 
@@ -203,13 +227,6 @@ def spark_schema():  # type: ignore[no-untyped-def]
         "double": T.DoubleType(),
     }
     return T.StructType([T.StructField(f.name, spark_types[f.kind], f.nullable) for f in FIELDS])
-
-
-def spark_raw_schema():  # type: ignore[no-untyped-def]
-    """Every contract field as a nullable string, for lenient parsing before validation."""
-    from pyspark.sql.types import StringType, StructField, StructType
-
-    return StructType([StructField(f.name, StringType(), True) for f in FIELDS])
 
 
 def now_utc() -> datetime:

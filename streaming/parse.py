@@ -1,11 +1,13 @@
-"""Contract validation in Spark, derived from ``schemas.transaction.FIELDS``.
+"""Contract validation in Spark, derived from ``schemas.transaction.FIELDS`` and ``RULES``.
 
 The Kafka value is parsed into a VARIANT (``try_parse_json``), which keeps the
-JSON type of every value, so each field rule of ``schemas.transaction`` can be
-checked with the *same reason string* the producer-side ``validate`` returns
-(tests/streaming/test_parse.py proves they agree record by record). Checks run in
-the contract's order: top-level object, then per field (present, type, rule),
-then unknown extra fields; the first failing check is the reason.
+JSON type of every value, so the checks of ``schemas.transaction`` can be made
+with the *same reason string* the producer-side ``validate`` returns: the type
+checks here mirror ``_parse`` there, and every value rule is the Spark reading of
+a ``schemas.rules.Rule`` (``Rule.broken_column``), so no rule is restated here.
+tests/streaming/test_parse.py proves both validators agree record by record. Checks
+run in the contract's order: top-level object, then per field (present, type, then
+its rules), then unknown extra fields; the first failing check is the reason.
 
 ``classify(raw)`` is a pure transform: Kafka rows (value, topic, partition,
 offset, timestamp) -> the same rows plus the typed contract columns and
@@ -18,7 +20,19 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from schemas.transaction import FIELD_NAMES, FIELDS, INT32, MAX_STRING_LEN, SOURCES, FieldSpec
+from schemas.transaction import (
+    EXPECTED,
+    FIELD_NAMES,
+    FIELDS,
+    MALFORMED_JSON,
+    MISSING,
+    NOT_AN_OBJECT,
+    NULL,
+    UNKNOWN_FIELD,
+    UNPARSEABLE_TIMESTAMP,
+    FieldSpec,
+    rules_for,
+)
 
 # Python type names (what ``type(value).__name__`` gives after json.loads) per variant type.
 _PY_TYPE = (
@@ -57,27 +71,6 @@ def _py_repr(text: Column) -> Column:
     return F.concat(F.lit("'"), text, F.lit("'"))
 
 
-def _rule(spec: FieldSpec, value: Column) -> Column | None:
-    """The field's extra rule as a Spark expression giving the problem or null.
-
-    Mirrors the check functions attached to the FieldSpecs in schemas.transaction.
-    """
-    name = spec.check.__name__ if spec.check else None
-    if name is None:
-        return None
-    if name == "_non_empty":
-        return F.when(value.rlike(r"^\s*$"), F.lit("is empty"))
-    if name == "_non_negative":
-        return F.when(value < 0, F.lit("is negative"))
-    if name == "_known_source":
-        return F.when(~value.isin(*SOURCES), F.lit(f"is not one of {', '.join(SOURCES)}"))
-    if name == "_channel":
-        return F.when(~value.isin(1, 2), F.lit("is not 1 or 2"))
-    if name == "_non_zero":
-        return F.when(value == 0, F.lit("is zero"))
-    raise ValueError(f"no Spark translation for rule {name} of field {spec.name}")
-
-
 def _field(spec: FieldSpec) -> tuple[Column, Column]:
     """(reason or null, typed value) for one field, from the staged columns of ``classify``.
 
@@ -90,44 +83,41 @@ def _field(spec: FieldSpec) -> tuple[Column, Column]:
     pytype = _py_type_name(F.col(f"type_{name}"), token)
     text = F.try_variant_get(raw, "$", "string")
 
-    if spec.kind == "string":
-        typed = text
-        type_problem = F.when(
-            pytype != "str", F.concat(F.lit("wrong type "), pytype, F.lit(", expected string"))
-        ).when(F.length(text) > MAX_STRING_LEN, F.lit(f"longer than {MAX_STRING_LEN} characters"))
-    elif spec.kind == "timestamp":
-        typed = F.try_to_timestamp(text)
-        type_problem = F.when(
-            pytype != "str",
-            F.concat(F.lit("wrong type "), pytype, F.lit(", expected ISO-8601")),
-        ).when(
-            typed.isNull(),
-            F.concat(F.lit("unparseable timestamp "), _py_repr(F.substring(text, 1, 40))),
-        )
-    elif spec.kind == "int":
-        as_long = F.try_variant_get(raw, "$", "bigint")
+    kind = spec.kind
+    wrong_type = F.concat(F.lit("wrong type "), pytype, F.lit(f", expected {EXPECTED[kind]}"))
+    if kind == "string":
+        typed = checked = text
+        type_ok = pytype == "str"
+    elif kind == "timestamp":
+        typed = checked = F.try_to_timestamp(text)
+        type_ok = pytype == "str"
+    elif kind == "int":
+        # The rules read the value as a bigint (so "out of int range" can be told);
+        # the typed column is the int, which is null exactly when that rule fails.
+        checked = F.try_variant_get(raw, "$", "bigint")
         typed = F.try_variant_get(raw, "$", "int")  # ANSI mode: no overflowing casts
-        type_problem = F.when(
-            pytype != "int", F.concat(F.lit("wrong type "), pytype, F.lit(", expected int"))
-        ).when(
-            as_long.isNull() | (as_long < INT32[0]) | (as_long > INT32[1]),
-            F.lit("out of int range"),
-        )
+        type_ok = pytype == "int"
     else:  # double
-        typed = F.try_variant_get(raw, "$", "double")
-        type_problem = F.when(
-            ~pytype.isin("int", "float"),
-            F.concat(F.lit("wrong type "), pytype, F.lit(", expected number")),
-        ).when(typed.isNull() | F.isnan(typed), F.lit("not a finite number"))
+        typed = checked = F.try_variant_get(raw, "$", "double")
+        type_ok = pytype.isin("int", "float")
+    problem = F.when(~type_ok, wrong_type)
+    if kind == "timestamp":
+        unparseable = F.concat(
+            F.lit(f"{UNPARSEABLE_TIMESTAMP} "), _py_repr(F.substring(text, 1, 40))
+        )
+        problem = problem.when(typed.isNull(), unparseable)
+    # A value of the right JSON type that Spark cannot even convert (a number beyond
+    # bigint or double) breaks the first rule of its kind: hence null counts as broken.
+    for rule in rules_for(name):
+        broken = F.coalesce(rule.broken_column(checked), F.lit(True))
+        problem = problem.when(broken, F.lit(rule.reason))
 
     is_none = raw.isNull() | F.is_variant_null(raw)
-    rule = _rule(spec, typed)
-    problem = type_problem if rule is None else F.coalesce(type_problem, rule)
     if spec.nullable:
         reason = F.when(is_none, F.lit(None).cast("string")).otherwise(problem)
         typed = F.when(~is_none, typed)
     else:
-        reason = F.when(raw.isNull(), F.lit("missing")).when(is_none, F.lit("null"))
+        reason = F.when(raw.isNull(), F.lit(MISSING)).when(is_none, F.lit(NULL))
         reason = reason.otherwise(problem)
     return F.concat(F.lit(f"{name}: "), reason), typed
 
@@ -162,12 +152,12 @@ def classify(raw: DataFrame) -> DataFrame:
     top_reason = (
         F.when(
             F.col("value").isNull() | ~F.is_valid_utf8(text),
-            F.lit("malformed JSON: UnicodeDecodeError"),
+            F.lit(f"{MALFORMED_JSON}: UnicodeDecodeError"),
         )
-        .when(F.col("obj").isNull(), F.lit("malformed JSON: JSONDecodeError"))
+        .when(F.col("obj").isNull(), F.lit(f"{MALFORMED_JSON}: JSONDecodeError"))
         .when(
             ~top.startswith("OBJECT"),
-            F.concat(F.lit("not a JSON object ("), _py_type_name(top), F.lit(")")),
+            F.concat(F.lit(f"{NOT_AN_OBJECT} ("), _py_type_name(top), F.lit(")")),
         )
     )
     reasons, typed = [top_reason], {}
@@ -186,7 +176,7 @@ def classify(raw: DataFrame) -> DataFrame:
     )
     reasons.append(
         F.when(flat_and_known, F.lit(None).cast("string")).when(
-            F.size(extra) > 0, F.concat(F.lit("unknown field "), extra[0])
+            F.size(extra) > 0, F.concat(F.lit(f"{UNKNOWN_FIELD} "), extra[0])
         )
     )
     return staged.select(

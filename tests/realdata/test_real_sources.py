@@ -59,12 +59,16 @@ def test_online_retail_rejections_reconcile_with_the_readme(real_data: Path) -> 
     assert int(cancelled.sum()) == 9_288
     assert int((quantity <= 0).sum()) == 10_624
     assert int((price <= 0).sum()) == 2_517
-    # Rejections take the first failing rule: no customer id, then price <= 0.
-    # 2,477 of the 2,517 non-positive prices are on lines without a customer id.
-    assert int((no_customer & (price <= 0)).sum()) == 2_477
-    returns_kept = int((~no_customer & (price > 0) & (quantity < 0)).sum())
+    # The contract asks unit_price >= 0: the 2,515 zero prices are valid, and only a
+    # negative price is rejected. Both negative prices are on lines without a customer id,
+    # which is checked first (contract field order), so no line is rejected for its price.
+    assert int((price == 0).sum()) == 2_515
+    assert int((price < 0).sum()) == 2 == int((no_customer & (price < 0)).sum())
+    returns_kept = int((~no_customer & (price >= 0) & (quantity < 0)).sum())
     assert returns_kept == 8_905  # every such line is a 'C' cancellation
     assert int((~no_customer & (quantity < 0) & ~cancelled).sum()) == 0
+    assert int((quantity == 0).sum()) == 0
+    valid = ~no_customer & (price >= 0) & (quantity != 0)
 
     source = open_source(str(path))
     n_returns = 0
@@ -76,17 +80,14 @@ def test_online_retail_rejections_reconcile_with_the_readme(real_data: Path) -> 
         ids.update(batch["event_id"].to_pylist())
     stats = source.stats
     assert stats.rows_read == 541_909
-    assert dict(stats.rejected) == {
-        "customer_id: missing": 135_080,
-        "unit_price: not positive": 2_517 - 2_477,
-    }
-    assert stats.accepted == 541_909 - 135_080 - 40 == 406_789
+    assert dict(stats.rejected) == {"customer_id: is empty": 135_080}
+    assert stats.accepted == int(valid.sum()) == 541_909 - 135_080 == 406_829
     assert stats.accepted + stats.n_rejected == stats.rows_read
     assert n_returns == returns_kept
     assert len(ids) == stats.accepted
-    # 4,372 customers in the README; one of them only has zero-price lines.
-    assert len(customers) == 4_371
-    assert raw.loc[~no_customer, "CustomerID"].nunique() == 4_372
+    # All 4,372 customers of the README (one of them only has zero-price lines).
+    assert len(customers) == 4_372 == raw.loc[valid, "CustomerID"].nunique()
+    assert raw.loc[~no_customer & (price > 0), "CustomerID"].nunique() == 4_371
 
 
 def test_dimension_columns_match_the_real_kaggle_files(real_data: Path) -> None:

@@ -1,4 +1,8 @@
-"""The Spark validator gives the same reason as schemas.transaction.validate, record by record."""
+"""The Spark validator gives the same reason as schemas.transaction.validate, record by record.
+
+Both derive their rules from ``schemas.transaction.RULES``; this differential test is what
+proves the two readings agree (type checks, structure, and every rule at its boundary).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import pytest
 from pyspark.sql import types as T
 
-from schemas.transaction import decode, encode, parse_timestamp, validate
+from schemas.transaction import RULES, decode, encode, parse_timestamp, validate
 from streaming.parse import classify
 
 pytestmark = pytest.mark.spark
@@ -80,6 +84,12 @@ RECORDS: list[bytes] = [
     _with(**{"": 1}),
 ]
 
+# Every rule of the contract, probed on both sides of its boundary (schemas.rules.Rule.probes):
+# a rule added to RULES, or a change to how a test reads in Python or Spark, is covered here.
+PROBES: list[tuple[str, bytes]] = [
+    (rule.message, _with(**{rule.field: value})) for rule in RULES for value in rule.probes()
+]
+
 
 def _kafka_rows(spark, values: list[bytes]):  # type: ignore[no-untyped-def]
     schema = T.StructType(
@@ -115,6 +125,27 @@ def test_spark_reasons_equal_python_reasons(spark) -> None:  # type: ignore[no-u
     # The set exercises both valid and many distinct invalid reasons.
     assert expected[:4] == [None, None, None, None]
     assert len({e for e in expected if e}) >= 25
+
+
+def test_every_rule_is_probed_on_both_sides_in_spark_and_python(spark) -> None:  # type: ignore[no-untyped-def]
+    records = [raw for _, raw in PROBES]
+    got = classify(_kafka_rows(spark, records)).orderBy("offset").collect()
+    expected = [_python_reason(raw) for raw in records]
+    mismatches = [
+        (raw, row["reason"], want)
+        for raw, row, want in zip(records, got, expected, strict=True)
+        if row["reason"] != want
+    ]
+    assert mismatches == []
+    # The probes reach each rule: some break it, and some are on its passing side.
+    for rule in RULES:
+        reasons = [
+            want
+            for (message, _), want in zip(PROBES, expected, strict=True)
+            if message == rule.message
+        ]
+        assert rule.message in reasons, rule
+        assert any(r != rule.message for r in reasons), rule
 
 
 def test_valid_rows_are_typed_like_decode(spark) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def test_hm_folder_gives_contract_rows_with_distinct_ids_for_duplicates(tmp_path
     assert events[1]["event_id"] == make_event_id("hm", key, 1)
     assert source.stats.rows_read == 5
     assert source.stats.accepted == 4
-    assert dict(source.stats.rejected) == {"customer_id: missing": 1}
+    assert dict(source.stats.rejected) == {"customer_id: is empty": 1}
     assert "rows read 5 = accepted 4 + rejected 1" in source.stats.summary()
     # Every accepted event passes the contract once given a producer timestamp.
     for e in events:
@@ -106,14 +107,84 @@ def test_online_retail_returns_rejections_and_float_like_ids(tmp_path: Path) -> 
     assert [(e["customer_id"], e["article_id"], e["quantity"]) for e in events] == [
         ("17850", "85123A", 6),
         ("14527", "D", -1),  # a cancellation is kept, as a return
+        ("17850", "22961", 2),  # a price of 0 is valid: the contract asks unit_price >= 0
     ]
     assert events[0]["event_time"] == datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
     assert events[1]["sales_channel_id"] is None
-    assert dict(source.stats.rejected) == {
-        "customer_id: missing": 1,
-        "unit_price: not positive": 1,
-    }
+    assert events[2]["unit_price"] == 0.0
+    assert dict(source.stats.rejected) == {"customer_id: is empty": 1}
     assert source.stats.rows_read == 4
+    for e in events:
+        assert validate({**_wire(e), "produced_at": "2020-01-01T00:00:00Z"}) is None
+
+
+# Each row breaks one rule. The contract's rules give validate()'s reason for the same event;
+# source text that is no date or number gets a reason naming the source column.
+RETAIL_BAD = [
+    ("536400,A1,X,-2,12/1/2010 10:00,-1.5,17850,UK", {"unit_price": -1.5}),
+    ("536401,A1,X,0,12/1/2010 10:00,1.5,17850,UK", {"quantity": 0}),
+    ("536402,A1,X,3000000000,12/1/2010 10:00,1.5,17850,UK", {"quantity": 3_000_000_000}),
+    ("536403,A1,X,1,12/1/2010 10:00,1.5,  ,UK", {"customer_id": "  "}),
+    (f"536404,{'A' * 300},X,1,12/1/2010 10:00,1.5,17850,UK", {"article_id": "A" * 300}),
+    ("536405,A1,X,1,12/1/2010 10:00,inf,17850,UK", {"unit_price": float("inf")}),
+    ("536406,A1,X,0,12/1/2010 10:00,-1,,UK", {"customer_id": "", "quantity": 0}),
+    ("536407,A1,X,1.5,12/1/2010 10:00,1.5,17850,UK", "Quantity: not an integer"),
+    ("536408,A1,X,1,12/1/2010 10:00,cheap,17850,UK", "UnitPrice: not a number"),
+    ("536409,A1,X,1,soon,1.5,17850,UK", "InvoiceDate: not a date"),
+]
+
+
+def _contract_reason(changes: dict) -> str | None:
+    event = {
+        "event_id": "online_retail-x",
+        "event_time": "2010-12-01T10:00:00Z",
+        "customer_id": "17850",
+        "article_id": "A1",
+        "quantity": 1,
+        "unit_price": 1.5,
+        "sales_channel_id": None,
+        "source": "online_retail",
+        "produced_at": "2020-01-01T00:00:00Z",
+    }
+    return validate({**event, **changes})
+
+
+def test_adapters_reject_with_the_contracts_reasons(tmp_path: Path) -> None:
+    header = RETAIL_CSV.splitlines()[0]
+    path = write(tmp_path / "bad.csv", "\n".join([header, *(row for row, _ in RETAIL_BAD)]) + "\n")
+    source = open_source(str(path))
+    assert list(source.events()) == []
+    expected = Counter(
+        want if isinstance(want, str) else _contract_reason(want) for _, want in RETAIL_BAD
+    )
+    assert None not in expected
+    assert source.stats.rejected == expected
+    assert expected["unit_price: is negative"] == 1  # not "not positive": the contract's words
+    assert expected["customer_id: is empty"] == 2  # the first failing field, in contract order
+
+
+def test_hm_rejections_use_the_contracts_reasons(tmp_path: Path) -> None:
+    lines = [
+        "t_dat,customer_id,article_id,price,sales_channel_id",
+        "2020-02-30,c1,0108775015,0.01,2",
+        "2020-09-20,c1,0108775015,-0.01,2",
+        "2020-09-20,c1,0108775015,0,1",
+        "2020-09-20,c1,0108775015,0.01,3",
+        "2020-09-20,c1,0108775015,0.01,web",
+        "2020-09-20,c1,0108775015,0.01,",
+    ]
+    write(tmp_path / "hm" / "transactions_train.csv", "\n".join(lines) + "\n")
+    source = open_source(str(tmp_path / "hm"))
+    events = list(source.events())
+    assert [(e["unit_price"], e["sales_channel_id"]) for e in events] == [(0.0, 1), (0.01, None)]
+    assert source.stats.rejected == Counter(
+        {
+            "t_dat: not a date": 1,
+            _contract_reason({"unit_price": -0.01}): 1,
+            _contract_reason({"sales_channel_id": 3}): 1,
+            "sales_channel_id: not a number": 1,
+        }
+    )
 
 
 def test_online_retail_ii_column_names(tmp_path: Path) -> None:
@@ -189,7 +260,7 @@ def test_cli_inspect_prints_the_reconciliation(
     write(tmp_path / "hm" / "transactions_train.csv", HM_CSV)
     assert main(["data", "inspect", f"hm:{tmp_path / 'hm'}"]) == 0
     out = capsys.readouterr().out
-    assert "rows read 5 = accepted 4 + rejected 1 (customer_id: missing: 1)" in out
+    assert "rows read 5 = accepted 4 + rejected 1 (customer_id: is empty: 1)" in out
     assert "2 customers; event time 2020-09-20 00:00:00+00:00 .. 2020-09-22" in out
     assert main(["data", "inspect", str(tmp_path / "nope")]) != 0
     assert "source not found" in capsys.readouterr().err

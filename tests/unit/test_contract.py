@@ -8,15 +8,18 @@ from typing import Any
 
 import pytest
 
+from schemas.rules import TESTS, Rule
 from schemas.transaction import (
     FIELD_NAMES,
     FIELDS,
     MAX_STRING_LEN,
+    RULES,
     ContractError,
     check_event,
     decode,
     encode,
     make_event_id,
+    rules_for,
     validate,
 )
 
@@ -105,10 +108,18 @@ def test_rule_violations(changes: dict[str, Any], reason: str) -> None:
     assert got is not None and got.startswith(reason)
 
 
-def test_returns_are_valid_and_a_naive_time_is_utc() -> None:
+def test_returns_and_free_items_are_valid_and_a_naive_time_is_utc() -> None:
     assert validate(with_(quantity=-3)) is None
+    assert validate(with_(unit_price=0)) is None  # unit_price >= 0: a free item is an event
+    assert validate(with_(unit_price=0.0)) is None
     event = check_event(with_(event_time="2010-12-01T08:26:00"))
     assert event["event_time"] == datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
+
+
+def test_blank_means_ascii_whitespace_only() -> None:
+    # One character set for Python, pandas and Spark (Java's whitespace is not Python's).
+    assert validate(with_(customer_id=" \t\n\r\f\v")) == "customer_id: is empty"
+    assert validate(with_(customer_id="\u00a0")) is None
 
 
 def test_unknown_field_and_non_objects() -> None:
@@ -143,7 +154,7 @@ def test_spark_schema_agrees_with_fields() -> None:
     pytest.importorskip("pyspark")
     from pyspark.sql import types as T
 
-    from schemas.transaction import spark_raw_schema, spark_schema
+    from schemas.transaction import spark_schema
 
     expected = {
         "string": T.StringType(),
@@ -156,9 +167,6 @@ def test_spark_schema_agrees_with_fields() -> None:
     for spec, struct_field in zip(FIELDS, schema.fields, strict=True):
         assert struct_field.dataType == expected[spec.kind], spec.name
         assert struct_field.nullable == spec.nullable, spec.name
-    raw = spark_raw_schema()
-    assert tuple(raw.fieldNames()) == FIELD_NAMES
-    assert all(f.dataType == T.StringType() and f.nullable for f in raw.fields)
 
 
 def test_arrow_schema_of_the_adapters_agrees_with_fields() -> None:
@@ -174,3 +182,55 @@ def test_arrow_schema_of_the_adapters_agrees_with_fields() -> None:
     }
     for spec in FIELDS:
         assert ARROW_SCHEMA.field(spec.name).type == expected[spec.kind], spec.name
+
+
+# -- the rules: one definition, read the same way in Python and pandas ------------------
+
+KIND_RULE = {"string": "max_length", "int": "int32", "double": "finite"}
+
+
+def test_rules_are_named_once_and_each_kind_rule_comes_first() -> None:
+    assert len({(r.field, r.name) for r in RULES}) == len(RULES)
+    assert len({r.message for r in RULES}) == len(RULES)
+    assert {r.field for r in RULES} <= set(FIELD_NAMES)
+    for spec in FIELDS:
+        names = [r.name for r in rules_for(spec.name)]
+        if spec.kind in KIND_RULE:
+            assert names[0] == KIND_RULE[spec.kind], spec.name
+        else:
+            assert names == [], spec.name  # timestamps: parsing is their only check
+
+
+def test_a_rule_with_an_unknown_test_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown test"):
+        Rule("quantity", "odd", "is_odd", None, "is odd")
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.field}.{r.name}")
+def test_each_rule_breaks_with_its_reason_and_its_probes_reach_both_sides(rule: Rule) -> None:
+    reasons = [validate(with_(**{rule.field: value})) for value in rule.probes()]
+    assert rule.message in reasons
+    assert any(r != rule.message for r in reasons)
+
+
+def _as_adapters_read(rule: Rule, value: Any):  # type: ignore[no-untyped-def]
+    """A one-value Series typed as the adapters hold it: Arrow strings, or to_numeric of text."""
+    import pandas as pd
+
+    text = pd.Series([str(value)], dtype="string[pyarrow]")
+    kind = next(f.kind for f in FIELDS if f.name == rule.field)
+    return text if kind == "string" else pd.to_numeric(text, errors="coerce")
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.field}.{r.name}")
+def test_pandas_reading_of_each_rule_agrees_with_python(rule: Rule) -> None:
+    assert {r.test for r in RULES} <= set(TESTS)
+    for value in rule.probes():
+        series = _as_adapters_read(rule, value)
+        got = bool(rule.broken_series(series).iloc[0])
+        held = series.iloc[0]
+        if series.isna().iloc[0]:
+            assert not got  # nulls never break a rule: the adapter reports them itself
+        else:
+            held = held.item() if hasattr(held, "item") else held
+            assert got == rule.broken(held), (rule.name, value, held)
