@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -73,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO chatter is not ours
     if args.verbose:
         logging.getLogger("pulse.librdkafka").setLevel(logging.DEBUG)
+        # runtime.spark.VERBOSE_ENV (not imported: that would load pyspark for every
+        # command): Spark's default JVM logging; inherited by the demo's child commands.
+        os.environ["PULSE_JVM_VERBOSE"] = "1"
     try:
         settings = load_settings(**{f: getattr(args, f) for f in GLOBAL_FLAGS.values()})
         return int(args.handler(args, settings) or 0)

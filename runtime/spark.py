@@ -2,54 +2,131 @@
 
 Spark's own Kafka connector (resolved by `pulse setup`) goes on the classpath via
 ``spark.jars``, which also ships it to executors on a cluster.
+
+The driver JVM starts quiet: ``log4j2.properties`` next to this file keeps Spark's
+WARN/ERROR lines and drops its start-up notices, ``SPARK_LOCAL_IP`` (local masters
+only, unless set) avoids the loopback-hostname warning, and the JDK's "Using incubator
+modules" line, which no JVM switch turns off, is filtered from the JVM's stderr.
+``pulse -v`` sets ``PULSE_JVM_VERBOSE=1``, which brings Spark's default logging back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
 
+from pyspark import SparkConf, SparkContext
+from pyspark.java_gateway import launch_gateway
 from pyspark.sql import SparkSession
 
 from runtime.jvm import spark_kafka_jars
 from runtime.settings import Settings
 
+VERBOSE_ENV = "PULSE_JVM_VERBOSE"
+LOG4J2 = Path(__file__).resolve().with_name("log4j2.properties")
+# Printed by the JDK itself for Spark's unconditional --add-modules=jdk.incubator.vector.
+JVM_NOISE = (b"WARNING: Using incubator modules:",)
+
+
+def jvm_verbose() -> bool:
+    """True when the JVM should log as Spark does by default (``pulse -v``)."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _user_log4j() -> bool:
+    """True when the user's SPARK_CONF_DIR has its own log4j2 configuration."""
+    conf_dir = os.environ.get("SPARK_CONF_DIR")
+    return bool(conf_dir) and (Path(str(conf_dir)) / "log4j2.properties").is_file()
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """Set ``name`` for the duration, unless it is already set or ``value`` is None."""
+    if value is None or name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def _forward_stderr(pipe: IO[bytes], out: IO[bytes]) -> None:
+    """Copy the JVM's stderr lines to ours, without the known noise; drain to the end."""
+    with pipe, out:
+        for line in pipe:
+            if line.startswith(JVM_NOISE):
+                continue
+            try:
+                out.write(line)
+                out.flush()
+            except (OSError, ValueError):
+                pass  # our stderr is gone; keep draining so the JVM never blocks
+
+
+def _launch_quiet_jvm(options: dict[str, str], local: bool) -> None:
+    """Start the driver JVM as pyspark would, but with its stderr filtered."""
+    if SparkContext._gateway is not None:  # a JVM is already up; reuse it as pyspark does
+        return
+    conf = SparkConf().setAll(list(options.items()))
+    with _env("SPARK_LOCAL_IP", "127.0.0.1" if local else None):
+        gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
+    out = os.fdopen(os.dup(2), "wb")  # where the JVM would have written
+    threading.Thread(
+        target=_forward_stderr, args=(gateway.proc.stderr, out), name="jvm-stderr", daemon=True
+    ).start()
+    SparkContext._ensure_initialized(gateway=gateway)
+
 
 def build_spark(
     settings: Settings, app_name: str = "pulse", with_kafka: bool = True
 ) -> SparkSession:
-    """Create (or reuse) the session. UTC, few shuffle partitions, UI off locally."""
+    """Create (or reuse) the session. UTC, few shuffle partitions, UI off locally, quiet JVM."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     # Under spark-submit (which starts the JVM and passes its gateway port) the master
     # and jars come from spark-submit's command line; keep them.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     local = not submitted and settings.spark_master.startswith("local")
-    builder = SparkSession.builder.appName(app_name)
+    quiet = not submitted and not jvm_verbose()
+    driver_java = "-Duser.timezone=UTC"
+    if quiet and not _user_log4j():
+        driver_java += f" -Dlog4j2.configurationFile={LOG4J2.as_uri()}"
+    options = {"spark.app.name": app_name}
     if not submitted:
-        builder = builder.master(settings.spark_master)
-    builder = (
-        builder.config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
-        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
-        .config("spark.driver.memory", settings.spark_driver_memory)
-        .config("spark.executor.memory", settings.spark_executor_memory)
-        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
-        .config("spark.sql.adaptive.enabled", "true")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config(
-            "spark.sql.streaming.stateStore.providerClass",
-            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
-        )
-        .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
-        .config("spark.ui.showConsoleProgress", "false")
-    )
+        options["spark.master"] = settings.spark_master
+    options |= {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.extraJavaOptions": driver_java,
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.executor.memory": settings.spark_executor_memory,
+        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.streaming.stateStore.providerClass": (
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+        ),
+        "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+        "spark.ui.showConsoleProgress": "false",
+    }
     if local:
-        builder = builder.config("spark.ui.enabled", "false").config(
-            "spark.sql.warehouse.dir", str((settings.data_root / "spark-warehouse").resolve())
-        )
+        options["spark.ui.enabled"] = "false"
+        options["spark.sql.warehouse.dir"] = str((settings.data_root / "spark-warehouse").resolve())
     if with_kafka and not submitted:
-        builder = builder.config("spark.jars", ",".join(str(p) for p in spark_kafka_jars(settings)))
+        options["spark.jars"] = ",".join(str(p) for p in spark_kafka_jars(settings))
+    if quiet:
+        _launch_quiet_jvm(options, local)
+    builder = SparkSession.builder
+    for key, value in options.items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
