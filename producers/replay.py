@@ -33,21 +33,27 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
-from schemas.transaction import MAX_STRING_LEN, encode, format_timestamp, now_utc
+from schemas.transaction import FIELD_NAMES, MAX_STRING_LEN, encode, format_timestamp, now_utc
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
 
 METADATA_TIMEOUT_S = 5.0  # broker/topic check before producing: fail within seconds
 DELIVERY_TIMEOUT_MS = 30_000  # a record not acknowledged by then is a failed delivery
 SAVE_EVERY_S = 0.5  # how often the resume position is made durable while running
 HOUSEKEEPING_EVERY = 1000  # rows between progress/position updates at full speed
+EVENTS_PER_CHUNK = 1000  # mapping events gathered into one chunk before sending
 BAD_KINDS = ("broken_json", "wrong_type", "missing_field", "negative_price", "oversized")
 
 log_kafka = logging.getLogger("pulse.kafka")
@@ -72,8 +78,12 @@ class Pacing:
 
     def due(self, sent: int, event_time: datetime, first_event_time: datetime) -> float:
         """Wall seconds after the start at which the ``sent``-th event (0-based) is due."""
+        return self.due_after(sent, (event_time - first_event_time).total_seconds())
+
+    def due_after(self, sent: int, simulated_s: float) -> float:
+        """``due`` for an event ``simulated_s`` event-time seconds after the first one."""
         if self.speedup is not None:
-            return (event_time - first_event_time).total_seconds() / self.speedup
+            return simulated_s / self.speedup
         if self.rate is not None:
             return sent / self.rate
         return 0.0
@@ -208,6 +218,7 @@ class TimestampText:
     def __init__(self) -> None:
         self._event: tuple[datetime | None, str] = (None, "")
         self._produced: tuple[int, str] = (-1, "")
+        self._closing: tuple[int, bytes] = (-1, b"")
 
     def event_time(self, ts: datetime) -> str:
         """The wire text of an event time."""
@@ -219,10 +230,226 @@ class TimestampText:
         """The wire text of the producer's clock now (``now_utc``), to the millisecond."""
         now = now_utc()
         ms = now.microsecond // 1000
-        key = int(now.timestamp()) * 1000 + ms
-        if key != self._produced[0]:
-            self._produced = (key, format_timestamp(now.replace(microsecond=ms * 1000)))
+        return self.produced_at_ms(int(now.timestamp()) * 1000 + ms)
+
+    def produced_at_ms(self, ms: int) -> str:
+        """The wire text of ``ms`` milliseconds since the Unix epoch (UTC)."""
+        if ms != self._produced[0]:
+            ts = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+            self._produced = (ms, format_timestamp(ts))
         return self._produced[1]
+
+    def closing(self, ms: int) -> bytes:
+        """What ends an open body (``encode_bodies``) sent at ``ms``: produced_at and ``}``."""
+        if ms != self._closing[0]:
+            self._closing = (ms, close_body(b"", self.produced_at_ms(ms)))
+        return self._closing[1]
+
+
+# ------------------------------------------------------------------ batch encoding
+#
+# A record's value is ``encode`` of the event with ``produced_at`` set at send time.
+# ``produced_at`` is the contract's last field, so the value splits into an *open
+# body* (every other field, known before sending, encoded for a whole Arrow batch at
+# once) and a closing ``,"produced_at":"...Z"}`` (one per millisecond). Each column
+# becomes its JSON text in Arrow: strings are quoted (Python escapes the rare value
+# that needs it), other columns are encoded by Python once per distinct value (a day,
+# a price, a channel) and spread with ``take``. A row whose text would differ from
+# ``encode``'s (a null field, which ``encode`` leaves out) is encoded by ``encode``.
+
+if FIELD_NAMES[-1] != "produced_at":  # the split above relies on it
+    raise RuntimeError("the contract's last field must be produced_at")
+BODY_FIELDS = FIELD_NAMES[:-1]
+_JSON_ESCAPED = r"[\x00-\x1f\"\\]"  # what json.dumps(ensure_ascii=False) escapes in a string
+
+
+def close_body(body: bytes, produced_at: str) -> bytes:
+    """An open body (``encode_bodies``) completed with ``produced_at``: ``encode``'s bytes."""
+    return body + b',"produced_at":' + json.dumps(produced_at).encode() + b"}"
+
+
+def _json_value(value: Any) -> str:
+    """One value's JSON text exactly as ``encode`` writes it."""
+    if isinstance(value, datetime):
+        value = format_timestamp(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_strings(column: pa.Array) -> pa.Array:
+    """JSON string literals of a string column (nulls stay null)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    quoted = pc.binary_join_element_wise('"', column, '"', "")
+    data = column.buffers()[2]
+    if data is None or not len(data):
+        return quoted
+    raw = np.frombuffer(data, dtype=np.uint8)  # may hold bytes outside a slice: only a hint
+    if not bool(((raw < 0x20) | (raw == 0x22) | (raw == 0x5C)).any()):
+        return quoted
+    mask = pc.fill_null(pc.match_substring_regex(column, _JSON_ESCAPED), False)
+    if not pc.any(mask).as_py():
+        return quoted
+    texts = [_json_value(v) for v in column.filter(mask).to_pylist()]
+    return pc.replace_with_mask(quoted, mask, pa.array(texts, quoted.type))
+
+
+def _json_texts(column: pa.Array) -> pa.Array:
+    """Each value's JSON text as ``encode`` writes it (nulls stay null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return _json_strings(column)
+    try:  # few distinct values (days, prices, channels): encode each once
+        coded = pc.dictionary_encode(column)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return pa.array([None if v is None else _json_value(v) for v in column.to_pylist()])
+    texts = pa.array([_json_value(v) for v in coded.dictionary.to_pylist()], pa.string())
+    return texts.take(coded.indices)
+
+
+def encode_bodies(table: pa.Table) -> list[bytes]:
+    """Every row's open body: ``encode(row)`` without ``produced_at`` and the closing ``}``.
+
+    ``close_body(body, text)`` is then byte for byte ``encode({**row, "produced_at": ts})``
+    with ``text = format_timestamp(ts)``. Columns other than the contract's are ignored;
+    a missing column counts as null, as a missing key does for ``encode``.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if n == 0:
+        return []
+    table = table.combine_chunks()
+    parts: list[Any] = []
+    for name in BODY_FIELDS:
+        parts.append(("{" if not parts else ",") + json.dumps(name) + ":")
+        if name in table.column_names:
+            column = table.column(name).chunk(0) if table.column(name).num_chunks else None
+            texts = _json_texts(column) if column is not None else pa.nulls(n, pa.string())
+        else:
+            texts = pa.nulls(n, pa.string())
+        if name == "sales_channel_id":  # the one field encode writes as null
+            texts = pc.fill_null(texts, "null")
+        parts.append(texts)
+    joined = pc.binary_join_element_wise(*parts, "")
+    bodies: list[bytes] = _pylist(joined.cast(pa.binary()))
+    if joined.null_count:  # a null field: encode leaves it out
+        for i in pc.indices_nonzero(joined.is_null()).to_pylist():
+            event = table.slice(i, 1).to_pylist()[0]
+            bodies[i] = encode({**event, "produced_at": None})[:-1]
+    return bodies
+
+
+def event_keys(table: pa.Table) -> list[bytes]:
+    """Every row's record key: ``str(customer_id)`` in UTF-8."""
+    import pyarrow as pa
+
+    column = table.column("customer_id")
+    if pa.types.is_string(column.type) and not column.null_count:
+        return _pylist(column.cast(pa.binary()))
+    return [str(v).encode() for v in column.to_pylist()]
+
+
+def _pylist(column: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """``column.to_pylist()`` of a binary column, several times faster (no scalar per row)."""
+    return column.to_numpy(zero_copy_only=False).tolist()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def _micros(ts: datetime) -> int:
+    """Microseconds since the Unix epoch of an event time (naive means UTC)."""
+    return ((ts if ts.tzinfo else ts.replace(tzinfo=UTC)) - _EPOCH) // _ONE_US
+
+
+def _from_micros(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+class _TableRows:
+    """A chunk of source rows given as an Arrow table: encoded for all its rows at once."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def times(self, row: int) -> np.ndarray:
+        """Event times in µs since the epoch (``row``: the first row's index, for errors)."""
+        import pyarrow as pa
+
+        column = self.table.column("event_time")
+        if not pa.types.is_timestamp(column.type):
+            raise PulseError(f"event_time is {column.type}, not a timestamp (rows from {row:,})")
+        if column.null_count:
+            raise PulseError(f"event_time is null in the rows from {row:,}")
+        tz = column.type.tz or "UTC"
+        micros = column.cast(pa.timestamp("us", tz=tz), safe=False).cast(pa.int64())
+        return micros.to_numpy()
+
+    def encode(self, lo: int, hi: int) -> tuple[list[bytes], list[bytes]]:
+        """Keys and open bodies of rows ``lo .. hi-1``."""
+        part = self.table.slice(lo, hi - lo)
+        return event_keys(part), encode_bodies(part)
+
+    def event(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as a contract event."""
+        return self.table.slice(i, 1).to_pylist()[0]
+
+
+class _EventRows:
+    """A chunk of source rows given as mappings: encoded one by one with ``encode``."""
+
+    def __init__(self, events: Sequence[Mapping[str, Any]]) -> None:
+        self.events = events
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def times(self, row: int) -> np.ndarray:
+        """Event times in µs since the epoch."""
+        import numpy as np
+
+        return np.array([_micros(e["event_time"]) for e in self.events], dtype=np.int64)
+
+    def encode(self, lo: int, hi: int) -> tuple[list[bytes], list[bytes]]:
+        """Keys and open bodies of rows ``lo .. hi-1``."""
+        part = self.events[lo:hi]
+        keys = [str(e["customer_id"]).encode() for e in part]
+        return keys, [encode({**e, "produced_at": None})[:-1] for e in part]
+
+    def event(self, i: int) -> Mapping[str, Any]:
+        """Row ``i`` as given."""
+        return self.events[i]
+
+
+def _chunks(events: Iterable[Any]) -> Iterator[_TableRows | _EventRows]:
+    """The source as chunks: each Arrow table or batch is one, mappings are grouped."""
+    import pyarrow as pa
+
+    pending: list[Mapping[str, Any]] = []
+    for item in events:
+        if isinstance(item, pa.Table | pa.RecordBatch):
+            if pending:
+                yield _EventRows(pending)
+                pending = []
+            table = item if isinstance(item, pa.Table) else pa.Table.from_batches([item])
+            if table.num_rows:
+                yield _TableRows(table)
+            continue
+        pending.append(item)
+        if len(pending) >= EVENTS_PER_CHUNK:
+            yield _EventRows(pending)
+            pending = []
+    if pending:
+        yield _EventRows(pending)
 
 
 # ------------------------------------------------------------------------ summary
@@ -352,7 +579,7 @@ def _clock(event_time: datetime, until: datetime | None, pacing: Pacing) -> str:
 
 
 def replay(
-    events: Iterable[Mapping[str, Any]],
+    events: Iterable[Mapping[str, Any]] | Iterable[pa.Table],
     settings: Settings,
     *,
     pacing: Pacing = Pacing(),
@@ -368,14 +595,16 @@ def replay(
 ) -> ReplayStats:
     """Send ``events`` (contract events in event-time order) to the transactions topic.
 
-    Reads: ``events``; the saved position when ``resume``. Writes: Kafka records
-    and ``position_path(settings, identity)``. ``limit`` bounds the source rows
-    (rows ``0 .. limit-1``, counted from the start of the source even when
-    resuming). Time semantics: pacing follows ``event_time``; ``produced_at`` is
-    the wall clock at send; ``until`` (the window's end) only feeds the progress
-    bar's time left under ``--speedup``. Returns the stats; the caller decides
-    the exit code. SIGINT/SIGTERM (or ``stop.set()``) end the loop; deliveries
-    are flushed and the position saved either way.
+    ``events`` yields Arrow tables of contract rows (``Source.iter_batches``: each
+    table is encoded at once, the fast path) or single event mappings (encoded one
+    by one with ``encode``). Reads: ``events``; the saved position when ``resume``.
+    Writes: Kafka records and ``position_path(settings, identity)``. ``limit``
+    bounds the source rows (rows ``0 .. limit-1``, counted from the start of the
+    source even when resuming). Time semantics: pacing follows ``event_time``;
+    ``produced_at`` is the wall clock at send; ``until`` (the window's end) only
+    feeds the progress bar's time left under ``--speedup``. Returns the stats; the
+    caller decides the exit code. SIGINT/SIGTERM (or ``stop.set()``) end the loop;
+    deliveries are flushed and the position saved either way.
     """
     from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -392,28 +621,24 @@ def replay(
 
     producer = Producer(producer_config(settings))
     check_topic(producer, settings)
+    produce, poll = producer.produce, producer.poll
 
-    def on_delivery(err: KafkaError | None, msg: Any, row: int) -> None:
+    def on_delivery(row: int, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             stats.failed += 1
             stats.first_error = stats.first_error or err.str()
             return
         stats.delivered += 1
-        stats.bytes += len(msg.value())
+        stats.bytes += len(msg)  # the value's length
         prefix.delivered(row)
 
     def send(row: int, key: bytes, value: bytes) -> None:
         while True:
             try:
-                producer.produce(
-                    topic,
-                    key=key,
-                    value=value,
-                    on_delivery=lambda err, msg: on_delivery(err, msg, row),
-                )
+                produce(topic, value, key, on_delivery=partial(on_delivery, row))
                 return
             except BufferError:  # local queue full: let deliveries drain it
-                producer.poll(0.05)
+                poll(0.05)
             except KafkaException as exc:  # refused before sending (e.g. too large): a failure
                 stats.failed += 1
                 stats.first_error = stats.first_error or exc.args[0].str()
@@ -424,65 +649,105 @@ def replay(
     bar = _progress(progress, None if limit is None else max(limit - start_row, 0))
     started = time.monotonic()
     last_save = started
-    first_time: datetime | None = None
-    previous_time: datetime | None = None
+    first_us: int | None = None  # event time of the first row sent (µs since the epoch)
+    previous_us: int | None = None  # event time of the last row read
     sent_rows = shown = 0  # rows sent; rows already counted on the progress bar
     paced = pacing.speedup is not None or pacing.rate is not None
     stamps = TimestampText()
+    time_ns = time.time_ns
     with stop_on_signals(stop):
         try:
-            for row, event in enumerate(events):
-                event_time = event["event_time"]
-                if previous_time is not None and event_time < previous_time:
-                    raise PulseError(
-                        f"source is not in event-time order at row {row:,} "
-                        f"({format_timestamp(event_time)} after {format_timestamp(previous_time)})"
-                        ": sort it by time first"
+            base = 0  # source row index of the chunk's first row
+            for chunk in _chunks(events):
+                n = len(chunk)
+                # rows of this chunk to check (the old loop also read row `limit`) and to send
+                checked = n if limit is None else min(n, max(limit - base + 1, 0))
+                times = chunk.times(base)[:checked]
+                disorder = _first_disorder(times, previous_us)
+                end = checked if disorder is None else disorder
+                if limit is not None:
+                    end = min(end, max(limit - base, 0))
+                lo = min(max(start_row - base, 0), end)
+                if end > lo:
+                    keys, bodies = chunk.encode(lo, end)
+                    kinds = (
+                        [bad_kind_for_row(base + i, inject_bad, seed) for i in range(lo, end)]
+                        if inject_bad > 0
+                        else None
                     )
-                previous_time = event_time
-                if row < start_row:
-                    continue
-                if limit is not None and row >= limit:
+                    micros = times[lo:end].tolist() if paced or progress else None
+                    stamp_ms, closing = -1, b""
+                    for j in range(end - lo):
+                        row = base + lo + j
+                        if (paced or not sent_rows & 63) and stop.is_set():
+                            stats.interrupted = True
+                            break
+                        if paced:
+                            assert micros is not None
+                            if first_us is None:
+                                first_us = micros[0]
+                            # wait until the event is due, serving delivery reports meanwhile
+                            offset_s = (micros[j] - first_us) / 1e6
+                            due = started + pacing.due_after(sent_rows, offset_s)
+                            while (wait := due - time.monotonic()) > 0 and not stop.is_set():
+                                poll(min(wait, 0.1))
+                                if time.monotonic() - last_save >= SAVE_EVERY_S:  # long gaps
+                                    save_position(pos_file, prefix.rows, identity)
+                                    last_save = time.monotonic()
+                            if stop.is_set():
+                                stats.interrupted = True
+                                break
+                        key = keys[j]
+                        if kinds is not None and (kind := kinds[j]) is not None:
+                            prefix.expect(row, 2)
+                            send(row, key, bad_record(chunk.event(lo + j), kind))
+                            stats.bad += 1
+                            stats.bad_by_kind[kind] = stats.bad_by_kind.get(kind, 0) + 1
+                        ms = time_ns() // 1_000_000
+                        if ms != stamp_ms:
+                            stamp_ms, closing = ms, stamps.closing(ms)
+                        try:  # the common case inline; send() handles a full queue or a refusal
+                            produce(
+                                topic,
+                                bodies[j] + closing,
+                                key,
+                                on_delivery=partial(on_delivery, row),
+                            )
+                        except (BufferError, KafkaException):
+                            send(row, key, bodies[j] + closing)
+                        sent_rows += 1
+                        if paced or not sent_rows & 63:  # serve reports without a call per row
+                            poll(0)
+                        # housekeeping every HOUSEKEEPING_EVERY rows, or every row when paced
+                        if paced or sent_rows - shown >= HOUSEKEEPING_EVERY:
+                            stats.good = sent_rows
+                            bar.update(sent_rows - shown)
+                            shown = sent_rows
+                            if micros is not None:
+                                clock = _clock(_from_micros(micros[j]), until, pacing)
+                                bar.set_postfix_str(clock, refresh=False)
+                            now = time.monotonic()
+                            if now - last_save >= SAVE_EVERY_S:
+                                save_position(pos_file, prefix.rows, identity)
+                                last_save = now
+                    stats.good = sent_rows
+                if stats.interrupted:
                     break
-                if stop.is_set():
-                    stats.interrupted = True
+                if disorder is not None and (limit is None or base + disorder <= limit):
+                    at = base + disorder
+                    before = previous_us if disorder == 0 else int(times[disorder - 1])
+                    raise PulseError(
+                        f"source is not in event-time order at row {at:,} "
+                        f"({format_timestamp(_from_micros(int(times[disorder])))} after "
+                        f"{format_timestamp(_from_micros(before))}): sort it by time first"
+                    )
+                if checked:
+                    previous_us = int(times[checked - 1])
+                base += n
+                if limit is not None and base > limit:
                     break
-                if first_time is None:
-                    first_time = event_time
-                # wait until the event is due, serving delivery reports meanwhile
-                due = started + pacing.due(sent_rows, event_time, first_time)
-                while (wait := due - time.monotonic()) > 0 and not stop.is_set():
-                    producer.poll(min(wait, 0.1))
-                    if time.monotonic() - last_save >= SAVE_EVERY_S:  # long gaps in paced time
-                        save_position(pos_file, prefix.rows, identity)
-                        last_save = time.monotonic()
-                if stop.is_set():
-                    stats.interrupted = True
-                    break
-                key = str(event["customer_id"]).encode()
-                kind = bad_kind_for_row(row, inject_bad, seed)
-                prefix.expect(row, 1 if kind is None else 2)
-                if kind is not None:
-                    send(row, key, bad_record(event, kind))
-                    stats.bad += 1
-                    stats.bad_by_kind[kind] = stats.bad_by_kind.get(kind, 0) + 1
-                wire = {**event, "event_time": stamps.event_time(event_time)}
-                wire["produced_at"] = stamps.produced_at()
-                send(row, key, encode(wire))
-                stats.good += 1
-                sent_rows += 1
-                if sent_rows % 64 == 0 or paced:  # serve delivery reports without a call per row
-                    producer.poll(0)
-                # housekeeping every HOUSEKEEPING_EVERY rows, or every row when paced (slow)
-                if sent_rows - shown >= HOUSEKEEPING_EVERY or paced:
-                    bar.update(sent_rows - shown)
-                    shown = sent_rows
-                    bar.set_postfix_str(_clock(event_time, until, pacing), refresh=False)
-                    now = time.monotonic()
-                    if now - last_save >= SAVE_EVERY_S:
-                        save_position(pos_file, prefix.rows, identity)
-                        last_save = now
         finally:
+            stats.good = sent_rows
             bar.update(sent_rows - shown)
             bar.close()
             # flush in short slices so a second Ctrl-C is not needed and deliveries keep counting
@@ -495,3 +760,15 @@ def replay(
             stats.confirmed_rows = prefix.rows
             save_position(pos_file, prefix.rows, identity)
     return stats
+
+
+def _first_disorder(times: np.ndarray, previous: int | None) -> int | None:
+    """Index of the first time earlier than the one before it (``previous`` before index 0)."""
+    import numpy as np
+
+    if not len(times):
+        return None
+    if previous is not None and times[0] < previous:
+        return 0
+    later = np.flatnonzero(times[1:] < times[:-1])
+    return int(later[0]) + 1 if len(later) else None

@@ -37,7 +37,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     # --end is an inclusive date: the simulated clock runs to its midnight
     until = datetime.combine(args.end + timedelta(days=1), time(), UTC) if args.end else None
     stats = replay(
-        source.events(),
+        source.iter_batches(),  # Arrow tables: the producer encodes each one at once
         settings,
         pacing=pacing,
         limit=args.limit,
@@ -56,7 +56,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from pulse.bench.producer import bench_producer
 
-    bench_producer(settings, args.events)
+    bench_producer(settings, args.events, as_json=args.json)
     return 0
 
 
@@ -98,4 +98,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
         "producer", help="replay producer vs Kafka's ProducerPerformance (events/s, MB/s)"
     )
     p.add_argument("--events", type=int, default=1_000_000, help="records per producer")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object of the figures on stdout (the table goes to stderr)",
+    )
     p.set_defaults(handler=_bench)
