@@ -7,18 +7,24 @@ with the same record count, acks=all and idempotence, and the same record size
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.transaction import make_event_id
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # "1000000 records sent, 412371.1 records/sec (39.33 MB/sec), 571.2 ms avg latency, ..."
 _FINAL_LINE = re.compile(
@@ -36,24 +42,35 @@ class PerfResult:
     mb_per_s: float
 
 
-def bench_events(n: int, customers: int = 50_000) -> Iterator[dict[str, Any]]:
+def bench_events(n: int, customers: int = 50_000, chunk: int = 100_000) -> Iterator[pa.Table]:
     """``n`` valid contract events, H&M-like, in event-time order (about 2,000 per day).
 
-    Built in memory so the benchmark measures the producer, not a CSV reader.
+    Arrow tables of ``chunk`` rows in the adapters' schema, as ``Source.iter_batches``
+    yields them, so the benchmark measures the producer, not a CSV reader.
     """
-    day0 = datetime(2020, 1, 1, tzinfo=UTC)
-    for i in range(n):
-        yield {
-            "event_id": make_event_id("synthetic", "bench", i),
-            "event_time": day0 + timedelta(days=i // 2000),
-            "customer_id": f"{(i * 7919) % customers:064x}",  # H&M ids are 64 hex chars
-            "article_id": f"{700000000 + (i * 104729) % 100000:010d}",
-            "quantity": 1,
-            "unit_price": round(0.0169 + (i % 97) / 5900.0, 6),
-            "sales_channel_id": 2 if i % 10 < 7 else 1,
-            "source": "synthetic",
-            "produced_at": None,
+    import numpy as np
+    import pyarrow as pa
+
+    from producers.adapters import ARROW_SCHEMA
+
+    day0_us = int(datetime(2020, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
+    for lo in range(0, n, chunk):
+        i = np.arange(lo, min(lo + chunk, n), dtype=np.int64)
+        columns = {
+            "event_id": [make_event_id("synthetic", "bench", k) for k in i.tolist()],
+            "event_time": pa.array(day0_us + (i // 2000) * 86_400_000_000).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            # H&M customer ids are 64 hex characters
+            "customer_id": [f"{c:064x}" for c in ((i * 7919) % customers).tolist()],
+            "article_id": [f"{a:010d}" for a in (700000000 + (i * 104729) % 100000).tolist()],
+            "quantity": np.ones(len(i), dtype=np.int32),
+            "unit_price": np.round(0.0169 + (i % 97) / 5900.0, 6),
+            "sales_channel_id": np.where(i % 10 < 7, 2, 1).astype(np.int32),
+            "source": ["synthetic"] * len(i),
+            "produced_at": pa.nulls(len(i), pa.timestamp("us", tz="UTC")),
         }
+        yield pa.table(columns, schema=ARROW_SCHEMA)
 
 
 def parse_producer_performance(output: str) -> PerfResult:
@@ -103,11 +120,23 @@ def run_producer_performance(
     return parse_producer_performance(proc.stdout)
 
 
-def bench_producer(settings: Settings, events: int, log=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Produce ``events`` with ``replay`` and with ProducerPerformance; print and return both."""
+def bench_producer(
+    settings: Settings,
+    events: int,
+    log: Callable[[str], None] = print,
+    *,
+    as_json: bool = False,
+) -> dict[str, Any]:
+    """Produce ``events`` with ``replay`` and with ProducerPerformance; print and return both.
+
+    Prints a table, or with ``as_json`` one JSON object of the same figures on stdout
+    (the table and progress lines then go to stderr). Returns that object.
+    """
     from producers.replay import position_path, replay
     from runtime.kafka_admin import admin_client, create_topics
 
+    if as_json:
+        log = partial(print, file=sys.stderr)
     run_id = uuid.uuid4().hex[:8]
     ours_topic, theirs_topic = f"bench-pulse-{run_id}", f"bench-kafka-{run_id}"
     for name in (ours_topic, theirs_topic):
@@ -115,15 +144,10 @@ def bench_producer(settings: Settings, events: int, log=print) -> dict[str, Any]
     ours_settings = settings.model_copy(update={"topic_transactions": ours_topic})
     identity = {"source": "bench", "run": run_id, "topic": ours_topic}
     _wait_for_leaders(settings, [ours_topic, theirs_topic])
+    tables = list(bench_events(events))  # built before the clock starts
 
     try:
-        stats = replay(
-            bench_events(events),
-            ours_settings,
-            identity=identity,
-            progress=False,
-            log=log,
-        )
+        stats = replay(tables, ours_settings, identity=identity, progress=False, log=log)
         if stats.failed or stats.delivered != events:
             raise PulseError(f"bench replay lost records: {stats.summary()}")
         record_size = round(stats.bytes / stats.delivered)
@@ -143,21 +167,27 @@ def bench_producer(settings: Settings, events: int, log=print) -> dict[str, Any]
             except Exception as exc:  # cleanup is best effort; the figures still stand
                 log(f"could not confirm deletion of bench topic {name}: {exc!r}")
         position_path(ours_settings, identity).unlink(missing_ok=True)
-    python_only = _python_ceiling(events)
+    python_only = _python_ceiling(tables)
+    ratio = ours.records_per_s / theirs.records_per_s
     log(f"producer benchmark: {events:,} records of {record_size} B, acks=all, idempotent")
     log(f"{'':28}{'events/s':>12}{'MB/s':>10}")
     log(f"{'pulse replay (confluent)':28}{ours.records_per_s:>12,.0f}{ours.mb_per_s:>10.2f}")
     log(f"{'kafka ProducerPerformance':28}{theirs.records_per_s:>12,.0f}{theirs.mb_per_s:>10.2f}")
-    log(f"{'python only (build+encode)':28}{python_only:>12,.0f}{'':>10}")
-    ratio = ours.records_per_s / theirs.records_per_s
+    log(f"{'python only (encode)':28}{python_only:>12,.0f}{'':>10}")
     log(f"ratio pulse / kafka: {ratio:.2f}")
-    return {
+    result = {
+        "events": events,
         "record_size": record_size,
-        "ours": ours,
-        "theirs": theirs,
-        "python_only_per_s": python_only,
-        "ratio": ratio,
+        "acks": "all",
+        "idempotent": True,
+        "ours": asdict(ours),
+        "theirs": asdict(theirs),
+        "python_only_per_s": round(python_only, 1),
+        "ratio": round(ratio, 4),
     }
+    if as_json:
+        print(json.dumps(result), flush=True)
+    return result
 
 
 def _wait_for_leaders(settings: Settings, topics: list[str], timeout_s: float = 60) -> None:
@@ -177,15 +207,19 @@ def _wait_for_leaders(settings: Settings, topics: list[str], timeout_s: float = 
     raise PulseError(f"bench topics {topics} have no leader after {timeout_s:.0f} s")
 
 
-def _python_ceiling(events: int) -> float:
-    """Events/s of building and encoding the events alone: the bound Kafka cannot beat."""
-    from producers.replay import TimestampText
-    from schemas.transaction import encode
+def _python_ceiling(tables: list[pa.Table]) -> float:
+    """Events/s of the producer's own encoding alone (keys, bodies, produced_at), no Kafka.
+
+    The bound the replay cannot beat, whatever the broker does.
+    """
+    from producers.replay import TimestampText, encode_bodies, event_keys
 
     stamps = TimestampText()
+    rows = size = 0
     started = time.perf_counter()
-    for event in bench_events(events):
-        wire = {**event, "event_time": stamps.event_time(event["event_time"])}
-        wire["produced_at"] = stamps.produced_at()
-        encode(wire)
-    return events / (time.perf_counter() - started)
+    for table in tables:
+        keys, bodies = event_keys(table), encode_bodies(table)
+        for key, body in zip(keys, bodies, strict=True):
+            size += len(key) + len(body + stamps.closing(time.time_ns() // 1_000_000))
+        rows += len(bodies)
+    return rows / (time.perf_counter() - started)
