@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
+from producers.adapters import ARROW_SCHEMA
 from producers.replay import (
     BAD_KINDS,
     ConfirmedPrefix,
@@ -14,6 +17,9 @@ from producers.replay import (
     TimestampText,
     bad_kind_for_row,
     bad_record,
+    close_body,
+    encode_bodies,
+    event_keys,
     load_position,
     position_path,
     save_position,
@@ -142,3 +148,94 @@ def test_remembered_timestamp_text_matches_the_contract_format():
     produced = parse_timestamp(stamps.produced_at())
     after = now_utc()
     assert before - timedelta(milliseconds=1) < produced <= after
+
+
+def test_the_closing_of_a_body_is_produced_at_to_the_millisecond():
+    stamps = TimestampText()
+    ms = int(T0.timestamp()) * 1000 + 1250  # 1.25 s after T0
+    assert stamps.produced_at_ms(ms) == "2020-09-20T00:00:01.250Z"
+    assert stamps.produced_at_ms(ms - 250) == "2020-09-20T00:00:01Z"
+    assert stamps.closing(ms) == b',"produced_at":"2020-09-20T00:00:01.250Z"}'
+    assert close_body(b'{"a":1', "x") == b'{"a":1,"produced_at":"x"}'
+
+
+# Rows a reader can check by hand: every column kind, the values the contract cares
+# about and the ones JSON escapes. Some rows break the contract on purpose (a null
+# customer_id, a NaN price): the batch encoder must write them exactly as encode does.
+ROWS = [
+    EVENT,
+    {
+        **EVENT,
+        "event_id": make_event_id("hm", "row", 1),
+        "event_time": T0 + timedelta(hours=13, milliseconds=250),
+        "customer_id": "Zoë 日本 ✓",  # non-ASCII stays as UTF-8, not \u escapes
+        "article_id": "0000000001",  # leading zeros kept: a string
+        "quantity": -3,  # a return
+        "unit_price": 1e-05,  # Python writes 1e-05
+        "sales_channel_id": None,  # the one nullable field: written as null
+        "source": "online_retail",
+        "produced_at": None,
+    },
+    {
+        **EVENT,
+        "event_id": 'quote " backslash \\ newline \n tab \t bell \x07',
+        "customer_id": None,  # null: encode leaves the field out
+        "unit_price": 100.0,
+        "sales_channel_id": 1,
+    },
+    {**EVENT, "event_id": "e4", "unit_price": 0.1 + 0.2, "quantity": 2**31 - 1},
+    {**EVENT, "event_id": "e5", "unit_price": float("nan"), "source": None},
+    {**EVENT, "event_id": "e6", "unit_price": -0.0, "article_id": ""},
+    {**EVENT, "event_id": "e7", "unit_price": 1e16, "customer_id": "c1"},
+]
+
+
+def per_row(event: dict, produced_at: datetime) -> bytes:
+    """The old path: one event, one dict, one json.dumps."""
+    wire = {**event, "event_time": format_timestamp(event["event_time"])}
+    wire["produced_at"] = format_timestamp(produced_at)
+    return encode(wire)
+
+
+def decoded_or_reason(raw: bytes):
+    try:
+        return decode(raw)
+    except ContractError as exc:
+        return exc.reason
+
+
+def test_batch_encoder_writes_the_same_bytes_and_events_as_the_per_row_path():
+    table = pa.Table.from_pylist(ROWS, schema=ARROW_SCHEMA)
+    produced = T0 + timedelta(days=3, milliseconds=7)
+    closing = TimestampText().closing(int(produced.timestamp() * 1000))
+    batch = [body + closing for body in encode_bodies(table)]
+    old = [per_row(row, produced) for row in table.to_pylist()]
+    assert batch == old
+    decoded = [decoded_or_reason(raw) for raw in batch]
+    assert decoded == [decoded_or_reason(raw) for raw in old]
+    first, second, third = decoded[:3]
+    assert first == {**EVENT, "produced_at": produced}
+    assert second["article_id"] == "0000000001" and second["quantity"] == -3
+    assert second["customer_id"] == "Zoë 日本 ✓" and second["sales_channel_id"] is None
+    assert "Zoë 日本 ✓".encode() in batch[1]
+    assert third == "customer_id: missing"
+    assert decoded[4] == "unit_price: not a finite number"
+
+
+def test_batch_encoder_agrees_on_any_slice_and_chunking():
+    table = pa.Table.from_pylist(ROWS, schema=ARROW_SCHEMA)
+    whole = encode_bodies(table)
+    for lo in range(len(ROWS)):
+        for hi in range(lo, len(ROWS) + 1):
+            assert encode_bodies(table.slice(lo, hi - lo)) == whole[lo:hi]
+    chunked = pa.concat_tables([table.slice(0, 2), table.slice(2)])
+    assert chunked.column("event_id").num_chunks == 2
+    assert encode_bodies(chunked) == whole
+    assert encode_bodies(table.slice(0, 0)) == []
+
+
+def test_record_keys_are_the_customer_ids():
+    table = pa.Table.from_pylist(ROWS, schema=ARROW_SCHEMA)
+    assert event_keys(table) == [str(row["customer_id"]).encode() for row in ROWS]
+    clean = table.filter(pc.is_valid(table.column("customer_id")))
+    assert event_keys(clean) == [row["customer_id"].encode() for row in ROWS if row["customer_id"]]
