@@ -16,9 +16,10 @@ from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from producers.adapters import open_source
+from producers.adapters import ARROW_SCHEMA, open_source
 from producers.replay import Pacing, replay
 from pulse.cli import main as pulse_main
 from runtime.errors import PulseError
@@ -115,12 +116,15 @@ def assert_exactly_once_in_customer_order(records, expected: list[dict]) -> None
         assert [i for _, _, i in sorted(placed)] == in_source[customer]
 
 
+@pytest.mark.parametrize("shape", ["tables", "events"])
 def test_replay_puts_exactly_the_accepted_events_on_the_topic_in_customer_order(
-    hm_folder, topic_settings
+    hm_folder, topic_settings, shape
 ):
+    """Arrow tables (what `pulse produce` sends, encoded per table) or event mappings."""
     expected = list(open_source(f"hm:{hm_folder}").events())
     source = open_source(f"hm:{hm_folder}")
-    stats = replay(source.events(), topic_settings, progress=False, log=lambda *_: None)
+    rows = source.iter_batches(batch_rows=64) if shape == "tables" else source.events()
+    stats = replay(rows, topic_settings, progress=False, log=lambda *_: None)
 
     assert source.stats.n_rejected == 3  # the three invalid rows never reach Kafka
     assert len(expected) == source.stats.accepted
@@ -135,7 +139,7 @@ def test_injected_bad_records_are_counted_separately_and_all_fail_the_contract(
 ):
     expected = list(open_source(f"hm:{hm_folder}").events())
     stats = replay(
-        open_source(f"hm:{hm_folder}").events(),
+        open_source(f"hm:{hm_folder}").iter_batches(batch_rows=64),
         topic_settings,
         inject_bad=0.2,
         seed=3,
@@ -157,8 +161,8 @@ def test_injected_bad_records_are_counted_separately_and_all_fail_the_contract(
 def test_a_limited_paced_run_then_resume_sends_each_row_once(hm_folder, topic_settings):
     expected = list(open_source(f"hm:{hm_folder}").events())
     identity = {"source": "hm", "path": str(hm_folder)}
-    first = replay(
-        open_source(f"hm:{hm_folder}").events(),
+    first = replay(  # the limit and the resume both fall inside a 32-row table
+        open_source(f"hm:{hm_folder}").iter_batches(batch_rows=32),
         topic_settings,
         pacing=Pacing(rate=2000),
         limit=40,
@@ -167,7 +171,7 @@ def test_a_limited_paced_run_then_resume_sends_each_row_once(hm_folder, topic_se
     )
     assert (first.good, first.confirmed_rows) == (40, 40)
     rest = replay(
-        open_source(f"hm:{hm_folder}").events(),
+        open_source(f"hm:{hm_folder}").iter_batches(batch_rows=32),
         topic_settings,
         identity=identity,
         resume=True,
@@ -188,7 +192,9 @@ def test_a_generated_set_replays_exactly_its_accepted_events(tmp_path, topic_set
     spec = f"synthetic:{folder}"
     expected = list(open_source(spec).events())
     assert expected and {e["source"] for e in expected} == {"synthetic"}
-    stats = replay(open_source(spec).events(), topic_settings, progress=False, log=lambda *_: None)
+    stats = replay(
+        open_source(spec).iter_batches(), topic_settings, progress=False, log=lambda *_: None
+    )
     assert (stats.delivered, stats.failed) == (len(expected), 0)
     records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
     assert_exactly_once_in_customer_order(records, expected)
@@ -198,7 +204,9 @@ def test_a_generated_set_replays_exactly_its_accepted_events(tmp_path, topic_set
 def test_real_hm_sample_replays_exactly_its_accepted_events(real_data, topic_settings):
     spec = f"hm:{real_data / 'hm_sample'}"
     expected = list(open_source(spec).events())
-    stats = replay(open_source(spec).events(), topic_settings, progress=False, log=lambda *_: None)
+    stats = replay(
+        open_source(spec).iter_batches(), topic_settings, progress=False, log=lambda *_: None
+    )
     assert (stats.delivered, stats.failed) == (len(expected), 0)
     records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
     assert_exactly_once_in_customer_order(records, expected)
@@ -219,11 +227,22 @@ def test_a_record_the_broker_cannot_take_fails_the_run_and_stops_the_position(
     )
 
 
-def test_an_unsorted_source_is_refused_with_a_clear_error(hm_folder, topic_settings):
+@pytest.mark.parametrize("table_rows", [None, 10, 11, 1000])
+def test_an_unsorted_source_is_refused_with_a_clear_error(hm_folder, topic_settings, table_rows):
+    """As mappings, or as tables with row 11 inside one, first in one (11), or in the only one."""
     events = list(open_source(f"hm:{hm_folder}").events())
     events[10], events[-1] = events[-1], events[10]  # a late-June event jumps the queue
+    rows: list = events
+    if table_rows:
+        table = pa.Table.from_pylist(events, schema=ARROW_SCHEMA)
+        rows = [table.slice(i, table_rows) for i in range(0, len(events), table_rows)]
     with pytest.raises(PulseError, match="not in event-time order at row 11"):
-        replay(events, topic_settings, progress=False, log=lambda *_: None)
+        replay(rows, topic_settings, progress=False, log=lambda *_: None)
+    # the rows before it were sent, each once
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    assert sorted(decode(v)["event_id"] for *_, v in records) == sorted(
+        e["event_id"] for e in events[:11]
+    )
 
 
 def pulse_cli(settings, *args: str) -> list[str]:
@@ -335,3 +354,16 @@ def test_bad_source_path_is_one_clear_line(kafka_settings, tmp_path, capsys):
     rc = pulse_main(["--data-root", str(tmp_path), "produce", f"hm:{tmp_path / 'nowhere'}"])
     assert rc != 0
     assert capsys.readouterr().err.strip() == f"pulse: error: source not found: {tmp_path}/nowhere"
+
+
+def test_producer_bench_prints_a_table_or_one_json_object(kafka_settings, tmp_path, capsys):
+    argv = ["--bootstrap", kafka_settings.kafka_bootstrap, "--data-root", str(tmp_path)]
+    assert pulse_main([*argv, "bench", "producer", "--events", "5000", "--json"]) == 0
+    out, err = capsys.readouterr()
+    figures = json.loads(out)  # stdout is exactly one JSON object
+    assert figures["events"] == figures["ours"]["records"] == figures["theirs"]["records"] == 5000
+    assert figures["ratio"] == pytest.approx(
+        figures["ours"]["records_per_s"] / figures["theirs"]["records_per_s"], rel=1e-3
+    )
+    assert figures["record_size"] > 200 and figures["python_only_per_s"] > 0
+    assert "kafka ProducerPerformance" in err and "ratio pulse / kafka" in err  # the table
