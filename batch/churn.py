@@ -29,9 +29,9 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from features.attributes import with_customer_attributes
 from features.customer import compute_features
 from features.time import as_of_for, cutoff_ts
-from schemas.tables import CUSTOMER_ATTRIBUTES
 
 NUMERIC = [
     "recency_days",
@@ -69,18 +69,6 @@ class ChurnParams:
     shuffle_labels: bool = False
 
 
-def with_attributes(features: DataFrame, customers: DataFrame | None) -> DataFrame:
-    """Left-join customer attributes (null columns when there is no customer table)."""
-    if customers is None:
-        return features.select(
-            "*", *[F.lit(None).cast(t).alias(c) for c, t in CUSTOMER_ATTRIBUTES.items()]
-        )
-    attrs = customers.select(
-        "customer_id", *[F.col(c).cast(t) for c, t in CUSTOMER_ATTRIBUTES.items()]
-    )
-    return features.join(attrs, "customer_id", "left")
-
-
 def labelled(
     events: DataFrame, customers: DataFrame | None, feature_cutoff: date, horizon: int
 ) -> DataFrame:
@@ -102,7 +90,7 @@ def labelled(
     out = feats.join(buyers, "customer_id", "left").withColumn(
         "label", F.when(F.col("_bought").isNull(), 1.0).otherwise(0.0)
     )
-    return with_attributes(out.drop("_bought"), customers)
+    return with_customer_attributes(out.drop("_bought"), customers)
 
 
 def build_pipeline(params: ChurnParams) -> Pipeline:

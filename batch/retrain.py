@@ -36,6 +36,7 @@ from batch import churn as churn_mod
 from batch import recommend as rec_mod
 from batch import segments as seg_mod
 from batch.evaluate import ranking_metrics
+from features.attributes import with_customer_attributes
 from features.customer import compute_features
 from features.time import as_of_for, cutoff_ts
 from runtime.errors import PulseError
@@ -268,7 +269,7 @@ def retrain_churn(
         now = compute_features(events, as_of_for(cutoff)).where(
             F.col("last_purchase_date").isNotNull()
         )
-        now = churn_mod.with_attributes(now, customers)
+        now = with_customer_attributes(now, customers)
         out = churn_mod.churn_probability(served, now).select(
             "customer_id", "as_of", "churn_probability"
         )

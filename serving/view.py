@@ -44,9 +44,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from features.attributes import with_customer_attributes
 from runtime.settings import Settings
 from schemas.tables import (
-    CUSTOMER_ATTRIBUTES,
     N_RECOMMENDATIONS,
     VIEW_EXTRA_COLUMNS,
     serving_view_schema,
@@ -100,21 +100,6 @@ def recommendation_lists(recommendations: DataFrame) -> DataFrame:
             "recommendations"
         )
     )
-
-
-def with_customer_attributes(features: DataFrame, customers: DataFrame | None) -> DataFrame:
-    """Left-join the customer attributes onto the features; absent ones become typed nulls."""
-    out = features
-    if customers is not None:
-        present = [c for c in CUSTOMER_ATTRIBUTES if c in customers.columns]
-        attrs = customers.select(
-            "customer_id", *[F.col(c).cast(CUSTOMER_ATTRIBUTES[c]).alias(c) for c in present]
-        )
-        out = out.join(attrs, "customer_id", "left")
-    for name, dtype in CUSTOMER_ATTRIBUTES.items():
-        if name not in out.columns:
-            out = out.withColumn(name, F.lit(None).cast(dtype))
-    return out
 
 
 def churn_scores(features: DataFrame, model: Any, customers: DataFrame | None) -> DataFrame:

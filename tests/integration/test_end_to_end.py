@@ -112,6 +112,7 @@ def test_end_to_end(spark, kafka_settings, topic, tmp_path: Path):
 
     env = os.environ | {
         "PULSE_TRIGGER_INTERVAL": "1 second",
+        "PULSE_SNAPSHOT_INTERVAL_SECONDS": "0",  # the view follows every batch
         "PULSE_SPARK_SHUFFLE_PARTITIONS": "2",
         "PULSE_SPARK_DRIVER_MEMORY": "1g",
     }
@@ -191,13 +192,15 @@ def test_end_to_end(spark, kafka_settings, topic, tmp_path: Path):
     )
 
     # 3. Churn: the CURRENT (mid-stream) model applied to the batch features + attributes.
-    from batch.churn import with_attributes
+    from features.attributes import with_customer_attributes
     from storage.lake import read_customers
 
     churn_v = registry.current_version(settings, "churn")
     assert churn_v == v2["churn"]
     model = PipelineModel.load(str(registry.model_path(settings, "churn", churn_v)))
-    scored = model.transform(with_attributes(batch_features, read_customers(spark, settings)))
+    scored = model.transform(
+        with_customer_attributes(batch_features, read_customers(spark, settings))
+    )
     expected_churn = scored.select(
         "customer_id", vector_to_array("probability")[1].alias("churn_probability")
     ).withColumn("churn_model_version", F.lit(churn_v))
