@@ -28,16 +28,6 @@ def test_lake_schema_is_the_contract_plus_event_date() -> None:
     assert lake["event_date"].dataType.simpleString() == "date"
 
 
-def test_serving_view_columns_agree_with_serving() -> None:
-    view = pytest.importorskip("serving.view")
-    expected = tables.serving_view_schema()
-    extra = [f for f in expected.fields if f.name in tables.VIEW_EXTRA_COLUMNS]
-    assert [(f.name, f.dataType) for f in extra] == list(view.VIEW_COLUMNS.items())
-    assert expected.fieldNames()[: len(tables.LIVE_FEATURE_COLUMNS)] == list(
-        tables.LIVE_FEATURE_COLUMNS
-    )
-
-
 def test_output_schemas() -> None:
     recs = tables.output_schema("recommendations")
     assert recs.simpleString() == (
