@@ -56,21 +56,26 @@ def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_settings(session_root: Path) -> Settings:
-    """Settings for tests: temp data root, small Spark, JVM deps resolved (idempotent)."""
-    from runtime.jvm import setup
-
-    settings = load_settings(
+    """Settings for tests: temp data root, small Spark. Starts nothing (the unit tier uses it)."""
+    return load_settings(
         data_root=session_root,
         spark_shuffle_partitions=2,
         spark_driver_memory="3g",
         trigger_interval="1 second",
     )
-    setup(settings, log=lambda *_: None)
-    return settings
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(base_settings: Settings, session_root: Path) -> Iterator[str]:
+def jvm_settings(base_settings: Settings) -> Settings:
+    """``base_settings`` once the JVM jars are resolved (Maven; idempotent, cached)."""
+    from runtime.jvm import setup
+
+    setup(base_settings, log=lambda *_: None)
+    return base_settings
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(jvm_settings: Settings, session_root: Path) -> Iterator[str]:
     """Bootstrap servers of a real Kafka broker for the whole test session."""
     external = os.environ.get("PULSE_KAFKA_BOOTSTRAP")
     if external:
@@ -84,7 +89,7 @@ def kafka_bootstrap(base_settings: Settings, session_root: Path) -> Iterator[str
         return
     from runtime import broker
 
-    local = base_settings.model_copy(
+    local = jvm_settings.model_copy(
         update={
             "data_root": session_root / "broker",
             "broker_port": free_port(),
@@ -118,12 +123,12 @@ def topic(kafka_settings: Settings) -> str:
 
 
 @pytest.fixture(scope="session")
-def spark(base_settings: Settings):  # type: ignore[no-untyped-def]
+def spark(jvm_settings: Settings):  # type: ignore[no-untyped-def]
     """One shared local Spark session (local[2], UTC, UI off, 2 shuffle partitions)."""
     from runtime.spark import build_spark
 
-    session = build_spark(base_settings, app_name="pulse-tests")
-    session.sparkContext.setCheckpointDir(str(base_settings.data_root / "spark-checkpoints"))
+    session = build_spark(jvm_settings, app_name="pulse-tests")
+    session.sparkContext.setCheckpointDir(str(jvm_settings.data_root / "spark-checkpoints"))
     yield session
     session.stop()
 

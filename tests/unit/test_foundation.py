@@ -61,10 +61,12 @@ def test_help_lists_every_setting(capsys):
 
 
 def test_missing_mvn_is_one_clear_line(tmp_path):
-    # A PATH with java but no mvn, and an empty jar cache: setup must say what to install.
+    # A PATH with a java but no mvn, and an empty jar cache: setup must say what to install.
+    # (A stand-in java: the unit tier runs where no JDK is installed, see test_tiers.)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "java").symlink_to(shutil.which("java"))
+    (bin_dir / "java").write_text("#!/bin/sh\necho 'openjdk version \"17.0.15\"' >&2\n")
+    (bin_dir / "java").chmod(0o755)
     env = {**os.environ, "PATH": str(bin_dir), "PULSE_JVM_CACHE": str(tmp_path / "jvm")}
     proc = subprocess.run(
         [sys.executable, "-m", "pulse.cli", "setup"], capture_output=True, text=True, env=env
