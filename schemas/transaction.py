@@ -12,7 +12,9 @@ From them derive:
 - the dataset adapters' vectorised checks (``producers.adapters``).
 
 Validators check, per field in contract order: present and not null, the JSON type,
-then the field's ``RULES`` in order; then unknown extra fields. The first failure is
+then the field's ``RULES`` in order; then the one rule across fields (an event may not
+be dated more than ``MAX_AHEAD_OF_PRODUCER`` after its ``produced_at``); then unknown
+extra fields. The first failure is
 the reason, always ``"<field>: <what>"`` with the wording kept here.
 
 Wire format: compact JSON, one object per Kafka record, key = customer_id.
@@ -26,7 +28,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.rules import BLANK_CHARS, Rule
@@ -43,6 +45,11 @@ EXPECTED = {"string": "string", "timestamp": "ISO-8601", "int": "int", "double":
 MISSING = "missing"
 NULL = "null"
 UNPARSEABLE_TIMESTAMP = "unparseable timestamp"  # followed by the value's repr (40 chars)
+#: The rule across fields: ``event_time`` at most this long after ``produced_at`` (clock
+#: skew between the shop's systems and the producer). A later event is dated in the
+#: future; counted, it would move the stream clock and age every customer.
+MAX_AHEAD_OF_PRODUCER = timedelta(days=1)
+AHEAD_OF_PRODUCER = "event_time: after produced_at (by more than 1 day)"
 UNKNOWN_FIELD = "unknown field"  # followed by the first unknown key, sorted
 NOT_AN_OBJECT = "not a JSON object"  # followed by the Python type name in parentheses
 MALFORMED_JSON = "malformed JSON"  # followed by the decoder's exception name
@@ -172,6 +179,8 @@ def check_event(obj: Any) -> dict[str, Any]:
             if rule.broken(parsed):
                 raise ContractError(rule.message)
         typed[spec.name] = parsed
+    if typed["event_time"] > typed["produced_at"] + MAX_AHEAD_OF_PRODUCER:
+        raise ContractError(AHEAD_OF_PRODUCER)
     extra = sorted(set(obj) - set(FIELD_NAMES))
     if extra:
         raise ContractError(f"{UNKNOWN_FIELD} {extra[0]}")

@@ -17,14 +17,18 @@ streaming DataFrames alike.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from schemas.transaction import (
+    AHEAD_OF_PRODUCER,
     EXPECTED,
     FIELD_NAMES,
     FIELDS,
     MALFORMED_JSON,
+    MAX_AHEAD_OF_PRODUCER,
     MISSING,
     NOT_AN_OBJECT,
     NULL,
@@ -165,6 +169,13 @@ def classify(raw: DataFrame) -> DataFrame:
         reason, value = _field(spec)
         reasons.append(reason)
         typed[spec.name] = value
+    ahead = MAX_AHEAD_OF_PRODUCER // timedelta(seconds=1)
+    reasons.append(
+        F.when(
+            typed["event_time"] > typed["produced_at"] + F.make_interval(secs=F.lit(ahead)),
+            F.lit(AHEAD_OF_PRODUCER),
+        )
+    )
     # Extra keys: checked last, and only for rows whose fields all passed. The top-level
     # schema ("OBJECT<k: T, ...>") usually settles it without re-parsing: a flat object
     # whose key count equals the number of contract fields present has no extra key

@@ -71,6 +71,11 @@ RECORDS: list[bytes] = [
     _with(extra_field=1),
     _with(zzz=1, aaa=2),
     _with(quantity=0, unit_price=-1),
+    # The rule across fields: event_time at most 1 day after produced_at.
+    _with(event_time="2026-01-02T10:00:00.123Z"),  # exactly 1 day: valid
+    _with(event_time="2026-01-02T10:00:00.124Z"),  # 1 day + 1 ms: dated in the future
+    _with(event_time="2031-01-01T00:00:00Z"),
+    _with(event_time="2031-01-01T00:00:00Z", unit_price=-1),  # a field rule comes first
     # The fast paths of the number-type and extra-key checks:
     _with(quantity=1.0),
     _with(quantity=12345678901234567890123),

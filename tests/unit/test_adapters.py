@@ -63,7 +63,7 @@ def test_hm_folder_gives_contract_rows_with_distinct_ids_for_duplicates(tmp_path
     assert "rows read 5 = accepted 4 + rejected 1" in source.stats.summary()
     # Every accepted event passes the contract once given a producer timestamp.
     for e in events:
-        assert validate({**_wire(e), "produced_at": "2020-01-01T00:00:00Z"}) is None
+        assert validate({**_wire(e), "produced_at": "2026-01-01T00:00:00Z"}) is None
 
 
 def _wire(event: dict) -> dict:
@@ -115,7 +115,7 @@ def test_online_retail_returns_rejections_and_float_like_ids(tmp_path: Path) -> 
     assert dict(source.stats.rejected) == {"customer_id: is empty": 1}
     assert source.stats.rows_read == 4
     for e in events:
-        assert validate({**_wire(e), "produced_at": "2020-01-01T00:00:00Z"}) is None
+        assert validate({**_wire(e), "produced_at": "2026-01-01T00:00:00Z"}) is None
 
 
 # Each row breaks one rule. The contract's rules give validate()'s reason for the same event;
