@@ -116,10 +116,12 @@ def _date_range(source_dir: Path) -> tuple[date, date]:
         if path.exists():
             reader = "read_parquet" if name.endswith("parquet") else "read_csv"
             opts = "" if reader == "read_parquet" else ", all_varchar=true"
-            lo, hi = duckdb.sql(
+            row = duckdb.sql(
                 f"select min(t_dat)::date, max(t_dat)::date from {reader}('{path}'{opts})"
             ).fetchone()
-            return lo, hi
+            if row is None or row[0] is None:
+                raise PulseError(f"{path} holds no transactions")
+            return row[0], row[1]
     raise PulseError(f"{source_dir}: no transactions_train.csv[.gz] or .parquet")
 
 
@@ -292,6 +294,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
 
         # The speed layer's state is seeded from the backfilled lake (whole days before
         # the split), so Kafka carries only the replayed period.
+        # At demo size a full snapshot takes seconds: publish after every batch, so the
+        # live view below moves with each replayed day (the default is every 5 minutes).
+        os.environ.setdefault("PULSE_SNAPSHOT_INTERVAL_SECONDS", "0")
         children.start("stream", [*cli, "stream", "--seed-from-lake"])
         print(f"\n== stream started, seeded from the lake (logs in {children.log_dir})")
         _wait_seeded(settings, children, _date_range(backfill)[1])

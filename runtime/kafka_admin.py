@@ -1,6 +1,10 @@
-"""Topic creation, idempotent, with partitions and retention from settings."""
+"""Kafka admin: idempotent topic creation, and a peek at each partition's first event."""
 
 from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -44,3 +48,55 @@ def create_topics(settings: Settings, log=print) -> None:  # type: ignore[no-unt
         if err.name() != "TOPIC_ALREADY_EXISTS":
             raise PulseError(f"creating topic {name} failed: {err.str()}") from None
     log(f"topic {name}: created ({settings.topic_partitions} partitions)")
+
+
+def first_event_times(settings: Settings, timeout_s: float = 10.0) -> dict[int, datetime]:
+    """The ``event_time`` of the first record still in each partition of the topic.
+
+    Reads one record per partition with a throwaway consumer that commits nothing.
+    Records that are not JSON with an ISO ``event_time`` are skipped (the stream
+    quarantines them); an empty partition is absent from the result.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = settings.topic_transactions
+    meta = admin_client(settings).list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise PulseError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap}")
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"pulse-peek-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    found: dict[int, datetime] = {}
+    try:
+        for partition in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout_s
+            )
+            if high <= low:
+                continue
+            for offset in range(low, min(high, low + 100)):
+                consumer.assign([TopicPartition(topic, partition, offset)])
+                msg = consumer.poll(timeout_s)
+                if msg is None or msg.error() is not None:
+                    break
+                when = _event_time(msg.value())
+                if when is not None:
+                    found[partition] = when
+                    break
+    finally:
+        consumer.close()
+    return found
+
+
+def _event_time(value: bytes | None) -> datetime | None:
+    try:
+        text = json.loads(value or b"")["event_time"]
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     # Streaming
     trigger_interval: str = Field("5 seconds", description="micro-batch trigger interval")
     max_offsets_per_trigger: int = Field(200_000, ge=1, description="Kafka offsets per batch")
+    snapshot_interval_seconds: int = Field(
+        300,
+        ge=0,
+        description="publish the stream's full feature snapshot at most this often "
+        "(0: after every micro-batch that changed the state)",
+    )
+    fail_on_data_loss: bool = Field(
+        True,
+        description="stop the stream when Kafka deleted records it had not read yet "
+        "(retention); false skips them, losing those events",
+    )
     allowed_lateness_days: int = Field(
         3, ge=0, le=60, description="late events within this update state (<= 60 days)"
     )
@@ -124,8 +135,8 @@ class Settings(BaseSettings):
 
     @property
     def state_dir(self) -> Path:
-        """The speed layer's per-customer state table (derived data, not a checkpoint)."""
-        return self.data_root / "state" / "customers"
+        """The speed layer's keyed per-customer state (derived data, not a checkpoint)."""
+        return self.data_root / "state"
 
     @property
     def models_dir(self) -> Path:

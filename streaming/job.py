@@ -1,30 +1,43 @@
-"""The streaming job: Kafka -> quarantine, lake and live features.
+"""The streaming job: Kafka -> quarantine, lake and the per-customer state, one query.
 
-Three named queries share one parse step (``streaming.parse.classify``) and each
-keeps its own checkpoint under ``settings.checkpoint_dir``:
+One named query (``pulse-stream``) reads the topic with Spark's own Kafka source,
+parses every record once (``streaming.parse.classify``) and hands each micro-batch
+to ``process_batch``, whose every write is idempotent per batch id, so a batch
+that Spark replays after a crash changes nothing twice:
 
-- ``pulse-quarantine``: invalid records (raw bytes, topic, partition, offset,
-  reason) -> Parquet file sink. The file sink + checkpoint is exactly-once.
-- ``pulse-lake``: valid events, deduplicated by event_id among records that
-  reached Kafka within ``LAKE_DEDUP_WINDOW`` of each other (watermark on the
-  Kafka timestamp, *not* the event time, so late events are never dropped
-  here), -> Parquet file sink partitioned by ``event_date``. Exactly-once.
-- ``pulse-features``: valid events with a watermark of
-  ``allowed_lateness_days`` on event_time, deduplicated by event_id within it
-  (events later than that are dropped here and counted, but are in the lake),
-  aggregated per customer-day in the RocksDB state store (update mode) ->
-  ``streaming.state.publish_batch`` (idempotent per batch id).
+- invalid records -> ``quarantine/batch=<id>/`` (raw bytes, topic, partition,
+  offset, reason), overwritten by a replay;
+- valid events -> ``storage.customer_state``: ids seen before and events older
+  than the watermark (clock - ``allowed_lateness_days``) are not counted; the rest
+  move their customers' absolute state, in one transaction with the batch id;
+- valid events, less those seen before -> the lake, one file per event date named
+  after the batch id (a replay deletes and rewrites the same names). Late events go
+  to the lake too: the batch layer counts them.
 
-Time semantics: a snapshot's as_of is the latest event time seen, never the
-wall clock.
+Why one query with a keyed store, not Spark's stateful aggregation: a stateful
+operator's output replaces the events, so the lake and quarantine would need a
+second query, and Kafka would be read and parsed twice; parsing is the dominant
+cost of a micro-batch. The store's transaction gives the exactly-once fold that
+Spark's state store would.
+
+Every ``snapshot_interval_seconds`` (0: after every batch that changed the state),
+and when a run ends, every customer's features are published as of the stream clock
+(``streaming.state.publish_snapshot``): the one step whose cost grows with the
+customer base, so it runs on a schedule, not per batch.
+
+Time semantics: the stream clock is the latest accepted event time (robust to one
+outlier: ``storage.customer_state.robust_clock``), never the wall clock.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -34,25 +47,39 @@ from pyspark.sql.streaming import StreamingQuery
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.transaction import FIELD_NAMES
+from storage.customer_state import EVENT_COLUMNS, BatchResult, CustomerStateStore
 from streaming.parse import classify, quarantine_rows, valid_events
-from streaming.state import daily_aggregates, publish_batch, seed_from_lake
+from streaming.state import (
+    check_store_matches_checkpoint,
+    open_store,
+    publish_snapshot,
+    seed_from_lake,
+)
 
-LAKE_DEDUP_WINDOW = "1 hour"  # Kafka-time window within which a re-sent event_id is dropped
-QUERIES = ("pulse-quarantine", "pulse-lake", "pulse-features")
+QUERY_NAME = "pulse-stream"
 
 
 @dataclass
 class RunStats:
-    """What one run of the job did, summed over micro-batches of each query."""
+    """What one run of the job did, summed over its micro-batches."""
 
-    input_rows: dict[str, int] = field(default_factory=dict)
-    batches: dict[str, int] = field(default_factory=dict)
-    late_dropped: int = 0  # valid events beyond the allowed lateness (features only)
+    batches: int = 0
+    input_rows: int = 0
+    quarantined: int = 0
+    counted: int = 0
+    duplicates: int = 0
+    late_dropped: int = 0  # valid events beyond the allowed lateness (lake only)
     publishes: int = 0
+    results: list[BatchResult] = field(default_factory=list)
 
 
 def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
-    """The transactions topic as a streaming DataFrame (Spark's own Kafka source)."""
+    """The transactions topic as a streaming DataFrame (Spark's own Kafka source).
+
+    ``failOnDataLoss`` follows ``settings.fail_on_data_loss`` (true by default): after
+    an outage longer than the topic's retention the stream stops with Spark's error
+    instead of silently skipping the deleted records.
+    """
     reader = spark.readStream.format("kafka")
     for key, value in settings.spark_kafka_options().items():
         reader = reader.option(key, value)
@@ -60,88 +87,151 @@ def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
         reader.option("subscribe", settings.topic_transactions)
         .option("startingOffsets", "earliest")  # first start only; then the checkpoint rules
         .option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
-        .option("failOnDataLoss", "false")
+        .option("failOnDataLoss", str(settings.fail_on_data_loss).lower())
         .load()
     )
 
 
-def lake_events(valid: DataFrame) -> DataFrame:
-    """Valid events -> lake rows (contract columns + event_date), re-sent duplicates dropped."""
-    return (
-        valid.withWatermark("kafka_ts", LAKE_DEDUP_WINDOW)
-        .dropDuplicatesWithinWatermark(["event_id"])
-        .select(*FIELD_NAMES, F.to_date("event_time").alias("event_date"))
-    )
+def lake_events(valid: DataFrame, seen_before: tuple[str, ...] = ()) -> DataFrame:
+    """Valid events -> lake rows (contract columns + event_date), one copy per event id.
+
+    ``seen_before``: ids an earlier batch already wrote (re-sends), left out.
+    """
+    rows = valid.dropDuplicates(["event_id"])
+    if seen_before:
+        ids = valid.sparkSession.createDataFrame([(i,) for i in seen_before], "event_id string")
+        rows = rows.join(F.broadcast(ids), "event_id", "left_anti")
+    return rows.select(*FIELD_NAMES, F.to_date("event_time").alias("event_date"))
 
 
-def feature_updates(valid: DataFrame, settings: Settings) -> DataFrame:
-    """Valid events -> updated customer-day aggregates (late events beyond lateness dropped)."""
-    return daily_aggregates(
-        valid.withWatermark("event_time", f"{settings.allowed_lateness_days} days")
-        .dropDuplicatesWithinWatermark(["event_id"])
-        .select(*FIELD_NAMES)
-    )
+def write_lake_batch(settings: Settings, lake_rows: DataFrame, batch_id: int) -> None:
+    """Write one batch's lake rows as ``event_date=D/part-b<batch id>-<n>.parquet`` files.
+
+    Written under a staging directory first, then moved in; the batch's earlier files
+    (a crashed attempt) are deleted before, so a replay leaves exactly one copy.
+    Readers list the ``event_date`` partitions (``storage.lake.read_lake``).
+    """
+    lake = Path(settings.lake_dir)
+    prefix = f"part-b{batch_id:012d}-"
+    staging = lake.parent / "_staging" / f"batch={batch_id}-{uuid.uuid4().hex[:8]}"
+    lake_rows.repartition("event_date").write.partitionBy("event_date").parquet(str(staging))
+    for old in lake.glob(f"event_date=*/{prefix}*"):
+        old.unlink()
+    for n, part in enumerate(sorted(staging.glob("event_date=*/*.parquet"))):
+        target = lake / part.parent.name / f"{prefix}{n:05d}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part.replace(target)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def process_batch(
+    settings: Settings, store: CustomerStateStore, classified: DataFrame, batch_id: int
+) -> tuple[int, BatchResult]:
+    """One micro-batch of classified records -> quarantine, lake and the state store.
+
+    Returns (quarantined records, what the store did). Idempotent per ``batch_id``.
+    """
+    batch = classified.persist()
+    try:
+        quarantined = quarantine_rows(batch)
+        n_quarantined = quarantined.count()
+        if n_quarantined:
+            quarantined.write.mode("overwrite").parquet(
+                str(settings.quarantine_dir / f"batch={batch_id}")
+            )
+        valid = valid_events(batch)
+        events = valid.select(*EVENT_COLUMNS).toArrow()
+        # The state first: it knows which ids were seen before, and records them, so a
+        # replayed batch writes the lake just as its first attempt did.
+        result = store.apply_batch(batch_id, events)
+        if len(events):
+            write_lake_batch(settings, lake_events(valid, result.duplicate_ids), batch_id)
+        return n_quarantined, result
+    finally:
+        batch.unpersist()
 
 
 def _trigger(settings: Settings, until_idle: bool) -> dict[str, Any]:
     return {"availableNow": True} if until_idle else {"processingTime": settings.trigger_interval}
 
 
-def start(
-    spark: SparkSession,
-    settings: Settings,
-    raw: DataFrame,
-    *,
-    until_idle: bool,
-    console: bool = False,
-    on_publish: Callable[[DataFrame], None] | None = None,
-) -> list[StreamingQuery]:
-    """Start the three queries on ``raw`` (Kafka-shaped rows); returns them running."""
-    classified = classify(raw)
-    trigger = _trigger(settings, until_idle)
-    ckpt = settings.checkpoint_dir
+class StreamJob:
+    """The running speed layer: one query, its store, its snapshot schedule."""
 
-    def features_batch(updates: DataFrame, batch_id: int) -> None:
-        # The batch is used more than once (emptiness, then the merge); unpersisted,
-        # each use re-runs the stateful aggregation, and two tasks of one batch then
-        # contend for the same RocksDB partition lock (UNRELEASED_THREAD_ERROR).
-        updates = updates.persist()
-        try:
-            if console:
-                updates.orderBy("customer_id", "day").show(10, truncate=False)
-            publish_batch(spark, settings, updates, batch_id, on_publish)
-        finally:
-            updates.unpersist()
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        store: CustomerStateStore,
+        *,
+        log: Callable[[str], None] = print,
+        on_batch: Callable[[BatchResult], None] | None = None,
+        on_publish: Callable[[DataFrame], None] | None = None,
+    ) -> None:
+        self.spark = spark
+        self.settings = settings
+        self.store = store
+        self.log = log
+        self.on_batch = on_batch
+        self.on_publish = on_publish
+        self.stats = RunStats()
+        self._published_at = time.monotonic()
+        self._unpublished = False
 
-    quarantine = (
-        quarantine_rows(classified)
-        .writeStream.queryName("pulse-quarantine")
-        .format("parquet")
-        .option("path", str(settings.quarantine_dir))
-        .option("checkpointLocation", str(ckpt / "quarantine"))
-        .trigger(**trigger)
-        .start()
-    )
-    lake = (
-        lake_events(valid_events(classified))
-        .writeStream.queryName("pulse-lake")
-        .format("parquet")
-        .partitionBy("event_date")
-        .option("path", str(settings.lake_dir))
-        .option("checkpointLocation", str(ckpt / "lake"))
-        .trigger(**trigger)
-        .start()
-    )
-    features = (
-        feature_updates(valid_events(classified), settings)
-        .writeStream.queryName("pulse-features")
-        .outputMode("update")
-        .foreachBatch(features_batch)
-        .option("checkpointLocation", str(ckpt / "features"))
-        .trigger(**trigger)
-        .start()
-    )
-    return [quarantine, lake, features]
+    def _batch(self, batch: DataFrame, batch_id: int) -> None:
+        t0 = time.perf_counter()
+        quarantined, result = process_batch(self.settings, self.store, batch, batch_id)
+        s = self.stats
+        s.batches += 1
+        s.input_rows += result.events + quarantined
+        s.quarantined += quarantined
+        s.counted += result.counted
+        s.duplicates += result.duplicates
+        s.late_dropped += result.late
+        s.results.append(result)
+        if self.on_batch is not None:
+            self.on_batch(result)
+        self._unpublished |= result.applied and result.counted > 0
+        self.log(
+            f"batch {batch_id}: {result.events + quarantined} records, "
+            f"{result.counted} counted, {result.duplicates} duplicate, {result.late} late, "
+            f"{quarantined} quarantined, {result.touched} customers updated, "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+            + ("" if result.applied else " (replayed: already in the state)")
+        )
+        if self._snapshot_due():
+            self.publish()
+
+    def _snapshot_due(self) -> bool:
+        elapsed = time.monotonic() - self._published_at
+        return self._unpublished and elapsed >= self.settings.snapshot_interval_seconds
+
+    def publish(self) -> None:
+        """Publish the full feature snapshot now (a no-op when nothing changed)."""
+        if not self._unpublished:
+            return
+        t0 = time.perf_counter()
+        path = publish_snapshot(self.spark, self.settings, self.store, self.on_publish)
+        self._unpublished = False
+        self._published_at = time.monotonic()
+        if path is not None:
+            self.stats.publishes += 1
+            self.log(
+                f"snapshot {path.name}: {self.store.customer_count():,} customers as of "
+                f"{self.store.clock()}, {time.perf_counter() - t0:.1f} s"
+            )
+
+    def start(self, raw: DataFrame, *, until_idle: bool) -> StreamingQuery:
+        """Start the query on ``raw`` (Kafka-shaped rows: a Kafka, file or memory stream)."""
+        check_store_matches_checkpoint(self.settings, self.store)
+        return (
+            classify(raw)
+            .writeStream.queryName(QUERY_NAME)
+            .foreachBatch(self._batch)
+            .option("checkpointLocation", str(self.settings.checkpoint_dir / "stream"))
+            .trigger(**_trigger(self.settings, until_idle))
+            .start()
+        )
 
 
 def kafka_lag(progress: dict[str, Any]) -> int | None:
@@ -160,34 +250,16 @@ def kafka_lag(progress: dict[str, Any]) -> int | None:
     )
 
 
-def progress_line(progress: dict[str, Any]) -> str:
-    """One human line per micro-batch from a StreamingQueryProgress dict."""
-    ops = progress.get("stateOperators") or []
-    state_rows = sum(op.get("numRowsTotal", 0) for op in ops)
-    late = sum(op.get("numRowsDroppedByWatermark", 0) for op in ops)
-    event_time = progress.get("eventTime") or {}
-    rate = progress.get("processedRowsPerSecond") or 0.0
-    return (
-        f"{progress.get('name')} batch {progress.get('batchId')}: "
-        f"{progress.get('numInputRows', 0)} rows, {rate:,.0f} rows/s, "
-        f"{progress.get('durationMs', {}).get('triggerExecution', 0)} ms, "
-        f"state rows {state_rows}, late dropped {late}, "
-        f"watermark {event_time.get('watermark', '-')}, max event time "
-        f"{event_time.get('max', '-')}, Kafka lag {kafka_lag(progress)}"
-    )
-
-
 def monitor(
     queries: list[StreamingQuery],
     log: Callable[[str], None] = print,
-    poll_seconds: float = 0.5,
+    poll_seconds: float = 0.2,
     stop_when: Callable[[], bool] | None = None,
-) -> RunStats:
-    """Print one progress line per micro-batch until every query stops (or ``stop_when``).
+) -> None:
+    """Wait until every query stops (or ``stop_when``); log Kafka lag per micro-batch.
 
     A failed query stops the others and raises PulseError with its one-line cause.
     """
-    stats = RunStats()
     seen: dict[str, int] = {}
     try:
         while True:
@@ -196,20 +268,22 @@ def monitor(
                     if p["batchId"] <= seen.get(q.name, -1):
                         continue
                     seen[q.name] = p["batchId"]
-                    stats.input_rows[q.name] = stats.input_rows.get(q.name, 0) + p["numInputRows"]
-                    stats.batches[q.name] = stats.batches.get(q.name, 0) + 1
-                    if q.name == "pulse-features":
-                        stats.late_dropped += sum(
-                            op.get("numRowsDroppedByWatermark", 0)
-                            for op in p.get("stateOperators") or []
-                        )
-                    log(progress_line(p))
+                    lag = kafka_lag(p)
+                    if lag:
+                        log(f"{q.name} batch {p['batchId']}: Kafka lag {lag:,} records")
             failed = [q for q in queries if q.exception() is not None]
             if failed:
-                msg = str(failed[0].exception()).strip().splitlines()[0]
-                raise PulseError(f"stream query {failed[0].name} failed: {msg[:300]}")
+                text = str(failed[0].exception())
+                msg = text.strip().splitlines()[0][:300]
+                if "KAFKA_DATA_LOSS" in text or "data may have been lost" in text.lower():
+                    msg = (
+                        "Kafka no longer holds records the stream has not read (retention "
+                        "deleted them, or the topic was recreated); set "
+                        "PULSE_FAIL_ON_DATA_LOSS=false to skip them and go on. Spark said: " + msg
+                    )
+                raise PulseError(f"stream query {failed[0].name} failed: {msg}")
             if not any(q.isActive for q in queries) or (stop_when and stop_when()):
-                return stats
+                return
             time.sleep(poll_seconds)
     finally:
         for q in queries:
@@ -222,31 +296,60 @@ def run(
     settings: Settings,
     *,
     until_idle: bool,
-    console: bool = False,
     log: Callable[[str], None] = print,
     on_publish: Callable[[DataFrame], None] | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
     seed: bool = False,
+    raw: DataFrame | None = None,
 ) -> RunStats:
-    """Read the topic and run the three queries; with ``until_idle`` stop once caught up.
+    """Run the job on the topic (or ``raw``); with ``until_idle`` stop once caught up.
 
-    ``seed``: on the first start, build the live state from the lake first
-    (``streaming.state.seed_from_lake``).
+    ``seed``: on the first start, build the state from the lake first, after checking
+    that the topic starts after the lake ends. Publishes a final snapshot on the way out.
     """
-    if seed:
-        seeded = seed_from_lake(spark, settings, on_publish)
-        if seeded is not None:
-            log(f"stream state seeded from the lake: {seeded:,} customers")
-    queries = start(
-        spark,
-        settings,
-        kafka_source(spark, settings),
-        until_idle=until_idle,
-        console=console,
-        on_publish=on_publish,
-    )
-    stats = monitor(queries, log=log)
-    log(
-        f"stream stopped: {stats.input_rows} input rows, "
-        f"{stats.late_dropped} events beyond the allowed lateness (kept in the lake only)"
-    )
-    return stats
+    store = open_store(settings)
+    try:
+        if seed:
+            if raw is None:
+                check_topic_after_lake(settings)
+            seeded = seed_from_lake(spark, settings, store, on_publish)
+            if seeded is not None:
+                log(f"stream state seeded from the lake: {seeded:,} customers")
+        job = StreamJob(spark, settings, store, log=log, on_batch=on_batch, on_publish=on_publish)
+        query = job.start(
+            raw if raw is not None else kafka_source(spark, settings), until_idle=until_idle
+        )
+        monitor([query], log=log)
+        job.publish()
+        s = job.stats
+        log(
+            f"stream stopped: {s.input_rows} records in {s.batches} batches, {s.counted} counted, "
+            f"{s.duplicates} duplicates, {s.quarantined} quarantined, {s.late_dropped} beyond "
+            "the allowed lateness (kept in the lake only)"
+        )
+        return s
+    finally:
+        store.close()
+
+
+def check_topic_after_lake(settings: Settings) -> None:
+    """Refuse to seed when the topic holds events of a day the lake already has.
+
+    Each partition is in event-time order (the replay producer keys by customer and
+    sends in time order), so its first record is its earliest event.
+    """
+    from runtime.kafka_admin import first_event_times
+    from storage.lake import lake_exists, last_event_date
+
+    if not lake_exists(settings):
+        return
+    lake_end = last_event_date(settings)
+    firsts = first_event_times(settings)
+    overlap = {p: t for p, t in firsts.items() if t.date() <= lake_end}
+    if overlap:
+        part, first = min(overlap.items(), key=lambda kv: kv[1])
+        raise PulseError(
+            f"--seed-from-lake: topic {settings.topic_transactions!r} partition {part} starts "
+            f"at {first.date()}, on or before the lake's last day {lake_end}; those events "
+            "would count twice. Produce only the days after the lake, or stream without seeding"
+        )

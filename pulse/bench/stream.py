@@ -1,46 +1,46 @@
-"""`pulse bench stream`: throughput of the whole job vs a pass-through, and end-to-end latency.
+"""`pulse bench stream`: the speed layer at the scale users bring, against a pass-through.
 
-1. Throughput: N synthetic events (H&M density, keyed by customer) are produced into
-   a fresh topic first (confluent-kafka, batched), then the full job (quarantine +
-   lake + features, ``Trigger.AvailableNow``) and a plain Kafka -> Parquet
-   pass-through query each consume the whole topic, one after the other in the same
-   Spark session. Events/s = N / wall time; the ratio says what parsing, validation,
-   dedup, state and publishing cost.
-2. Latency: the job runs with the configured trigger while a producer sends events at a
-   steady rate, each for a new customer; after every publish the snapshot's new customer
-   ids are matched to their ``produced_at`` (latency = publish time - produced_at).
+1. Load: N events at H&M density (``--customers`` customers over two years, keyed by
+   customer, in event-time order per partition) go into a fresh topic. A plain Kafka
+   -> Parquet pass-through query and then the full job (quarantine + lake + keyed
+   state, ``Trigger.AvailableNow``) each consume the whole topic in the same Spark
+   session. Events/s = N / wall time; the ratio says what parsing, validation, the
+   lake and the state cost over reading and writing the bytes.
+2. Latency, with the whole state loaded: the job keeps running on the same topic,
+   checkpoint and store while a producer sends ``--rate`` events/s for ``--seconds``,
+   each for an existing customer, dated after the load. Latency = the moment the
+   batch holding an event has committed that customer's new state - the event's
+   ``produced_at``.
+3. The state store's size on disk and the driver JVM's peak heap.
 
-Everything is written under ``<data_root>/bench-stream`` on fresh topics; figures are
-printed, nothing is asserted.
+Everything is written under ``<data_root>/bench-stream``; figures are printed (a
+table, or one JSON object with ``--json``), nothing is asserted.
 """
 
 from __future__ import annotations
 
+import json
+import random
 import threading
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
 
 START_DAY = date(2018, 9, 20)
-# H&M density for the bulk run: 2M transactions are ~84.5k customers over two years
-# (design.md's measured facts), so each customer has a few purchase days in any
-# 90-day history, as in the real data.
-BULK_CUSTOMERS = 84_500
-BULK_DAYS = 730
+DAYS = 730  # H&M: two years
 
 
-def _customer(i: int) -> str:
-    """The bulk run's customer of event i (``BULK_CUSTOMERS``, interleaved)."""
-    return f"c{(i * 7919) % BULK_CUSTOMERS}"
+def _customer(i: int, customers: int) -> str:
+    """The load's customer of event i: spread over all customers, interleaved."""
+    return f"c{(i * 7919) % customers:07d}"
 
 
-def _wire(i: int, produced_at: str, customer: str | None = None, days: int = BULK_DAYS) -> bytes:
+def _wire(i: int, produced_at: str, customer: str, day: date) -> bytes:
     """One valid event as compact JSON (string template: ~10x faster than json.dumps)."""
-    day = START_DAY + timedelta(days=i * days // 2_000_000 % days)
-    customer = customer or _customer(i)
     return (
         f'{{"event_id":"synthetic-{i:024x}","event_time":"{day.isoformat()}T00:00:00Z",'
         f'"customer_id":"{customer}","article_id":"a{i % 5000:06d}",'
@@ -55,7 +55,7 @@ def _producer(settings: Settings):  # type: ignore[no-untyped-def]
     return Producer(
         {
             **settings.kafka_client_config(),
-            "linger.ms": 50,
+            "linger.ms": 20,
             "batch.size": 1_000_000,
             "compression.type": "lz4",
             "queue.buffering.max.messages": 1_000_000,
@@ -63,7 +63,7 @@ def _producer(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
-def _send(producer, topic: str, value: bytes, key: bytes | None = None) -> None:  # type: ignore[no-untyped-def]
+def _send(producer, topic: str, value: bytes, key: bytes) -> None:  # type: ignore[no-untyped-def]
     while True:
         try:
             producer.produce(topic, value=value, key=key)
@@ -72,21 +72,24 @@ def _send(producer, topic: str, value: bytes, key: bytes | None = None) -> None:
             producer.poll(0.05)
 
 
-def produce_bulk(settings: Settings, n: int) -> float:
-    """Send n events to settings.topic_transactions as fast as possible; returns events/s."""
+def produce_load(settings: Settings, events: int, customers: int) -> float:
+    """Send the load (``events`` over ``DAYS`` days); returns events/s."""
     producer = _producer(settings)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     t0 = time.perf_counter()
-    for i in range(n):
-        # Keyed by customer like the replay producer, so each partition is in event-time
-        # order (unkeyed, sticky batches skew partitions and make events "late").
-        customer = _customer(i)
-        _send(producer, settings.topic_transactions, _wire(i, stamp, customer), customer.encode())
+    for i in range(events):
+        customer = _customer(i, customers)
+        day = START_DAY + timedelta(days=i * DAYS // events)
+        _send(
+            producer, settings.topic_transactions, _wire(i, stamp, customer, day), customer.encode()
+        )
         if i % 10_000 == 0:
             producer.poll(0)
-    if producer.flush(120) != 0:
+        if i % 1_000_000 == 0 and i:
+            print(f"  produced {i:,} events ({i / (time.perf_counter() - t0):,.0f}/s)", flush=True)
+    if producer.flush(300) != 0:
         raise PulseError("bench: the producer could not deliver every event")
-    return n / (time.perf_counter() - t0)
+    return events / (time.perf_counter() - t0)
 
 
 def _fresh(settings: Settings, tag: str) -> Settings:
@@ -97,19 +100,12 @@ def _fresh(settings: Settings, tag: str) -> Settings:
         update={
             "topic_transactions": topic,
             "data_root": settings.data_root / "bench-stream" / topic,
+            # the full snapshot is a scheduled step, timed on its own below
+            "snapshot_interval_seconds": 10**9,
         }
     )
     create_topics(derived, log=lambda *_: None)
     return derived
-
-
-def _timed_full_job(spark, settings: Settings) -> float:  # type: ignore[no-untyped-def]
-    from streaming.job import kafka_source, monitor, start
-
-    t0 = time.perf_counter()
-    queries = start(spark, settings, kafka_source(spark, settings), until_idle=True)
-    monitor(queries, log=lambda line: print("  full:", line))
-    return time.perf_counter() - t0
 
 
 def _timed_passthrough(spark, settings: Settings) -> float:  # type: ignore[no-untyped-def]
@@ -126,7 +122,7 @@ def _timed_passthrough(spark, settings: Settings) -> float:  # type: ignore[no-u
         .trigger(availableNow=True)
         .start()
     )
-    monitor([query], log=lambda line: print("  pass-through:", line))
+    monitor([query], log=lambda line: None)
     return time.perf_counter() - t0
 
 
@@ -135,87 +131,144 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def _latency(spark, settings: Settings, rate: int, seconds: int) -> list[float]:  # type: ignore[no-untyped-def]
-    """Run the job live while producing ``rate`` events/s; per-event visibility latencies."""
-    import pyarrow.parquet as pq
+def _latency(
+    spark, settings: Settings, customers: int, rate: int, seconds: int
+) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """Run the job live on the loaded state while producing ``rate`` events/s.
 
-    from storage import snapshots
-    from streaming.job import kafka_source, monitor, start
+    Returns (per-event latencies, per-batch durations) in seconds.
+    """
+    from storage.customer_state import BatchResult
+    from streaming.job import StreamJob, kafka_source, monitor
+    from streaming.state import open_store
 
-    produced: dict[str, float] = {}
+    sent: dict[str, float] = {}
+    lock = threading.Lock()
     latencies: list[float] = []
     stop = threading.Event()
+    day = START_DAY + timedelta(days=DAYS)  # after the load: never late
+    store = open_store(settings)
 
-    def on_publish(_features) -> None:  # type: ignore[no-untyped-def]
+    def on_batch(result: BatchResult) -> None:
         now = time.time()
-        path = snapshots.current(settings.features_dir)
-        ids = pq.read_table(str(path), columns=["customer_id"]).column(0).to_pylist()
-        for cid in ids:
-            sent = produced.pop(cid, None)
-            if sent is not None:
-                latencies.append(now - sent)
+        if not result.applied or not result.touched:
+            return
+        for cid in store.touched_in(result.batch_id):
+            with lock:
+                t = sent.pop(cid, None)
+            if t is not None:
+                latencies.append(now - t)
 
     def produce_steady() -> None:
         producer = _producer(settings)
+        rng = random.Random(7)
         i, t0 = 0, time.time()
         while not stop.is_set() and time.time() - t0 < seconds:
             due = int((time.time() - t0) * rate)
             while i < due:
                 now = time.time()
-                stamp = datetime.fromtimestamp(now, UTC)
-                cid = f"L{i}"
-                value = _wire(i, stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", cid)
-                produced[cid] = now
-                _send(producer, settings.topic_transactions, value, key=cid.encode())
+                stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+                cid = f"c{rng.randrange(customers):07d}"
+                with lock:
+                    sent.setdefault(cid, now)
+                value = _wire(10**12 + i, stamp + "Z", cid, day)
+                _send(producer, settings.topic_transactions, value, cid.encode())
                 i += 1
             producer.poll(0)
-            time.sleep(0.01)
+            time.sleep(0.005)
         producer.flush(30)
 
-    queries = start(
-        spark, settings, kafka_source(spark, settings), until_idle=False, on_publish=on_publish
-    )
+    job = StreamJob(spark, settings, store, log=lambda line: None, on_batch=on_batch)
+    query = job.start(kafka_source(spark, settings), until_idle=False)
     thread = threading.Thread(target=produce_steady, daemon=True)
     thread.start()
-    deadline = time.time() + seconds + 60
+    deadline = time.time() + seconds + 120
 
     def finished() -> bool:
-        return (not thread.is_alive() and not produced) or time.time() > deadline
+        return (not thread.is_alive() and not sent) or time.time() > deadline
 
     try:
-        monitor(queries, log=lambda line: print("  latency:", line), stop_when=finished)
+        monitor([query], log=lambda line: None, stop_when=finished)
     finally:
         stop.set()
         thread.join(10)
-    return latencies
+        store.close()
+    durations = [p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress]
+    return latencies, durations
 
 
-def bench_stream(settings: Settings, events: int, rate: int, latency_seconds: int) -> None:
-    """Print events/s of the full job vs a pass-through over ``events``, and latency p50/p95."""
+def _heap_peak_bytes(spark) -> int:  # type: ignore[no-untyped-def]
+    """The driver JVM's peak heap use: the sum of its heap pools' peaks."""
+    jvm = spark.sparkContext._jvm
+    pools = jvm.java.lang.management.ManagementFactory.getMemoryPoolMXBeans()
+    heap = jvm.java.lang.management.MemoryType.HEAP
+    return int(sum(p.getPeakUsage().getUsed() for p in pools if p.getType().equals(heap)))
+
+
+def bench_stream(
+    settings: Settings,
+    events: int,
+    customers: int,
+    rate: int,
+    latency_seconds: int,
+    as_json: bool = False,
+) -> dict[str, Any]:
+    """Measure the speed layer (see the module docstring); print and return the figures."""
     from runtime.spark import build_spark
+    from streaming.job import run
+    from streaming.state import open_store, publish_snapshot
 
+    say = (lambda *_: None) if as_json else (lambda msg: print(msg, flush=True))
     spark = build_spark(settings, app_name="pulse-bench-stream")
     try:
-        full = _fresh(settings, "full")
-        print(f"producing {events:,} events into {full.topic_transactions} ...")
-        print(f"  producer: {produce_bulk(full, events):,.0f} events/s")
+        full = _fresh(settings, "load")
+        say(
+            f"producing {events:,} events, {customers:,} customers: {full.topic_transactions}"
+        )
+        producer_rate = produce_load(full, events, customers)
+        say(f"  producer: {producer_rate:,.0f} events/s")
         passthrough = full.model_copy(update={"data_root": full.data_root / "passthrough"})
+        say("pass-through ...")
         t_pass = _timed_passthrough(spark, passthrough)
-        t_full = _timed_full_job(spark, full)
-        live = _fresh(settings, "latency")
-        lat = _latency(spark, live, rate, latency_seconds)
+        say(f"  {events / t_pass:,.0f} events/s")
+        say("full job ...")
+        t0 = time.perf_counter()
+        stats = run(spark, full, until_idle=True, log=lambda line: None)
+        t_full = time.perf_counter() - t0
+        say(f"  {events / t_full:,.0f} events/s over {stats.batches} batches")
+        store = open_store(full)
+        in_state = store.customer_count()
+        t0 = time.perf_counter()
+        publish_snapshot(spark, full, store)
+        t_snapshot = time.perf_counter() - t0
+        store.close()
+        say(f"  full snapshot of {in_state:,} customers: {t_snapshot:.1f} s")
+        say(f"latency at {rate:,} events/s for {latency_seconds} s ...")
+        lat, durations = _latency(spark, full, customers, rate, latency_seconds)
+        store = open_store(full)
+        state_bytes = store.size_bytes()
+        store.close()
+        heap = _heap_peak_bytes(spark)
     finally:
         spark.stop()
-    print(
-        f"throughput over {events:,} events: full job {events / t_full:,.0f} events/s "
-        f"({t_full:.1f} s), pass-through {events / t_pass:,.0f} events/s ({t_pass:.1f} s), "
-        f"ratio full/pass-through {t_pass / t_full:.2f}"
-    )
-    if lat:
-        print(
-            f"latency at {rate:,} events/s for {latency_seconds} s (trigger "
-            f"{settings.trigger_interval}): p50 {_percentile(lat, 0.5):.2f} s, "
-            f"p95 {_percentile(lat, 0.95):.2f} s over {len(lat):,} events"
-        )
+    figures: dict[str, Any] = {
+        "customers": in_state,
+        "events": events,
+        "job_events_per_s": round(events / t_full, 1),
+        "passthrough_events_per_s": round(events / t_pass, 1),
+        "ratio": round(t_pass / t_full, 3),
+        "latency_p50_s": round(_percentile(lat, 0.5), 3) if lat else None,
+        "latency_p95_s": round(_percentile(lat, 0.95), 3) if lat else None,
+        "latency_events": len(lat),
+        "latency_batch_p50_s": round(_percentile(durations, 0.5), 3) if durations else None,
+        "state_bytes": state_bytes,
+        "heap_peak_bytes": heap,
+        "snapshot_s": round(t_snapshot, 1),
+        "producer_events_per_s": round(producer_rate, 1),
+    }
+    if as_json:
+        print(json.dumps(figures))
     else:
-        print("latency: no event became visible")
+        width = max(len(k) for k in figures)
+        print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in figures.items()))
+    return figures

@@ -1,4 +1,4 @@
-"""`pulse stream [--until-idle] [--console]` (the speed layer) and `pulse bench stream`."""
+"""`pulse stream [--until-idle] [--seed-from-lake]` (the speed layer) and `pulse bench stream`."""
 
 from __future__ import annotations
 
@@ -47,7 +47,6 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
             spark,
             settings,
             until_idle=args.until_idle,
-            console=args.console,
             on_publish=_publish_view(settings),
             seed=args.seed_from_lake,
         )
@@ -59,7 +58,14 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from pulse.bench.stream import bench_stream
 
-    bench_stream(settings, events=args.events, rate=args.rate, latency_seconds=args.seconds)
+    bench_stream(
+        settings,
+        events=args.events,
+        customers=args.customers,
+        rate=args.rate,
+        latency_seconds=args.seconds,
+        as_json=args.json,
+    )
     return 0
 
 
@@ -71,7 +77,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--until-idle", action="store_true", help="process what is in the topic, then stop"
     )
-    p.add_argument("--console", action="store_true", help="also print updated customer-days")
     p.add_argument(
         "--seed-from-lake",
         action="store_true",
@@ -86,7 +91,13 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     p = bench_sub.add_parser(
         "stream", help="events/s vs a Kafka->Parquet pass-through; latency p50/p95"
     )
-    p.add_argument("--events", type=int, default=2_000_000, help="events for the throughput run")
+    p.add_argument(
+        "--events", type=int, default=20_000_000, help="events of the load (H&M density)"
+    )
+    p.add_argument(
+        "--customers", type=int, default=1_370_000, help="customers of the load (H&M: 1.37M)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object of the figures")
     p.add_argument("--rate", type=int, default=2_000, help="events/s for the latency run")
     p.add_argument("--seconds", type=int, default=60, help="length of the latency run")
     p.set_defaults(handler=_bench)

@@ -1,17 +1,22 @@
-"""Fixtures for the streaming tests."""
+"""Fixtures for the streaming tests: the real job on a file "topic", no broker."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from stream_helpers import FileTopic
 
 from runtime.settings import Settings
 
 
 @pytest.fixture
-def stream_settings(kafka_settings: Settings, topic: str, tmp_path: Path) -> Settings:
-    """Settings on a fresh data root and topic, with small micro-batches."""
-    return kafka_settings.model_copy(
-        update={"topic_transactions": topic, "data_root": tmp_path, "max_offsets_per_trigger": 7}
-    )
+def stream_settings(settings: Settings) -> Settings:
+    """Settings on a fresh data root."""
+    return settings
+
+
+@pytest.fixture
+def file_topic(tmp_path: Path) -> FileTopic:
+    """An empty file topic of this test."""
+    return FileTopic(tmp_path / "topic")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
-from stream_helpers import event, produce
+from stream_helpers import event
 
 from features.customer import compute_features
 from schemas.transaction import FIELD_NAMES, spark_schema
@@ -42,11 +42,11 @@ def _events_df(spark, events):  # type: ignore[no-untyped-def]
     return spark.createDataFrame(rows, spark_schema())
 
 
-def test_stream_features_equal_batch_features(spark, stream_settings) -> None:  # type: ignore[no-untyped-def]
+def test_stream_features_equal_batch_features(spark, stream_settings, file_topic) -> None:  # type: ignore[no-untyped-def]
     logs: list[str] = []
     for phase in (PHASE1, PHASE2, PHASE3):
-        produce(stream_settings, phase)
-        run(spark, stream_settings, until_idle=True, log=logs.append)
+        file_topic.send(phase, per_file=3)
+        run(spark, stream_settings, until_idle=True, log=logs.append, raw=file_topic.stream(spark))
 
     published = snapshots.current(stream_settings.features_dir)
     assert published is not None
@@ -66,19 +66,26 @@ def test_stream_features_equal_batch_features(spark, stream_settings) -> None:  
     assert lake.count() == len(unique)
     assert sorted(r[0] for r in lake.select("event_id").collect()) == sorted(unique)
     assert lake.where(F.col("customer_id") == "c6").count() == 1
-    assert any("late dropped 1" in line for line in logs), logs
+    assert any("1 beyond the allowed lateness" in line for line in logs), logs
 
 
-def test_seeded_from_lake_then_streamed_equals_batch(spark, stream_settings) -> None:  # type: ignore[no-untyped-def]
+def test_seeded_from_lake_then_streamed_equals_batch(spark, stream_settings, file_topic) -> None:  # type: ignore[no-untyped-def]
     """A backfilled lake seeds the state; Kafka then carries only the later days."""
     lake_part = PHASE1  # up to 2020-09-10
     kafka_part = [e for e in PHASE2 + PHASE3 if e["event_time"].date().isoformat() > "2020-09-10"]
     assert len(kafka_part) == 5  # c1 09-12 and its re-send, c3's return, c5, c4 09-20
     lake = _events_df(spark, lake_part).withColumn("event_date", F.to_date("event_time"))
     lake.write.partitionBy("event_date").parquet(str(stream_settings.lake_dir))
-    produce(stream_settings, kafka_part)
+    file_topic.send(kafka_part, per_file=2)
     logs: list[str] = []
-    run(spark, stream_settings, until_idle=True, log=logs.append, seed=True)
+    run(
+        spark,
+        stream_settings,
+        until_idle=True,
+        log=logs.append,
+        seed=True,
+        raw=file_topic.stream(spark),
+    )
     assert "stream state seeded from the lake: 4 customers" in logs
 
     unique = {e["event_id"]: e for e in lake_part + kafka_part}
@@ -90,7 +97,14 @@ def test_seeded_from_lake_then_streamed_equals_batch(spark, stream_settings) -> 
 
     # A second start has state already: no second seeding, nothing counted twice.
     logs.clear()
-    run(spark, stream_settings, until_idle=True, log=logs.append, seed=True)
+    run(
+        spark,
+        stream_settings,
+        until_idle=True,
+        log=logs.append,
+        seed=True,
+        raw=file_topic.stream(spark),
+    )
     assert not any("seeded" in line for line in logs)
     live = spark.read.parquet(str(snapshots.current(stream_settings.features_dir)))
     assertDataFrameEqual(live, expected)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from pyspark.sql import functions as F
-from stream_helpers import event, produce
+from stream_helpers import event
 
 from schemas.transaction import encode
 from storage import snapshots
@@ -15,8 +15,8 @@ from streaming.job import run
 pytestmark = pytest.mark.streaming
 
 
-def test_one_percent_bad_records_are_quarantined(spark, stream_settings) -> None:  # type: ignore[no-untyped-def]
-    settings = stream_settings.model_copy(update={"max_offsets_per_trigger": 150})
+def test_one_percent_bad_records_are_quarantined(spark, stream_settings, file_topic) -> None:  # type: ignore[no-untyped-def]
+    settings = stream_settings
     # In event-time order, so no event is beyond the allowed lateness.
     good = [
         event(f"c{i % 37}", f"2020-09-{1 + i * 28 // 495:02d}", 1.0 + i % 5, n=i)
@@ -36,9 +36,9 @@ def test_one_percent_bad_records_are_quarantined(spark, stream_settings) -> None
         ),
     }
     # Bad records in the middle of the good ones, not at the end.
-    produce(settings, good[:200] + list(bad) + good[200:])
+    file_topic.send(good[:200] + list(bad) + good[200:], per_file=150)
 
-    run(spark, settings, until_idle=True, log=lambda _: None)
+    run(spark, settings, until_idle=True, log=lambda _: None, raw=file_topic.stream(spark))
 
     lake = spark.read.parquet(str(settings.lake_dir))
     quarantine = spark.read.parquet(str(settings.quarantine_dir))
@@ -46,7 +46,7 @@ def test_one_percent_bad_records_are_quarantined(spark, stream_settings) -> None
     assert lake.count() == len(good)
     got = {bytes(r["value"]): r["reason"] for r in quarantine.collect()}
     assert got == bad
-    assert quarantine.where(F.col("topic") == settings.topic_transactions).count() == len(bad)
+    assert quarantine.where(F.col("topic") == file_topic.name).count() == len(bad)
     assert quarantine.select("partition", "offset").distinct().count() == len(bad)
     # The valid events after the bad ones reached the features too.
     features = spark.read.parquet(str(snapshots.current(settings.features_dir)))

@@ -1,0 +1,139 @@
+"""The keyed state store's fold, on hand-made batches (no JVM)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pyarrow as pa
+import pytest
+
+from storage.customer_state import CustomerStateStore, day_number, robust_clock
+
+pytestmark = pytest.mark.unit
+
+
+def _batch(*events: tuple[str, str, str, int, float, int | None]) -> pa.Table:
+    """Events as (event_id, customer_id, 'YYYY-MM-DD[Thh:mm]', quantity, price, channel)."""
+    ids, customers, times, qty, price, channel = zip(*events, strict=True)
+    return pa.table(
+        {
+            "event_id": list(ids),
+            "customer_id": list(customers),
+            "event_time": pa.array(
+                [datetime.fromisoformat(t).replace(tzinfo=UTC) for t in times],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "quantity": pa.array(qty, pa.int32()),
+            "unit_price": pa.array(price, pa.float64()),
+            "sales_channel_id": pa.array(channel, pa.int32()),
+        }
+    )
+
+
+def _customers(store: CustomerStateStore) -> dict[str, dict]:  # type: ignore[type-arg]
+    customers, _ = store.read()
+    return {r["customer_id"]: r for r in customers.to_pylist()}
+
+
+def _days(store: CustomerStateStore, customer: str) -> dict[str, tuple]:  # type: ignore[type-arg]
+    _, days = store.read([customer])
+    return {
+        str(date.fromordinal(date(1970, 1, 1).toordinal() + r["day"])): (
+            r["n_events"],
+            r["n_purchases"],
+            r["spend"],
+        )
+        for r in days.to_pylist()
+    }
+
+
+@pytest.fixture
+def store(tmp_path):  # type: ignore[no-untyped-def]
+    s = CustomerStateStore(tmp_path / "state.sqlite", allowed_lateness_days=3)
+    yield s
+    s.close()
+
+
+def test_two_batches_move_only_the_touched_customers(store) -> None:  # type: ignore[no-untyped-def]
+    first = store.apply_batch(
+        0,
+        _batch(
+            ("e1", "c1", "2020-09-01", 1, 10.0, 1),
+            ("e2", "c1", "2020-09-01", 2, 5.0, 2),
+            ("e3", "c2", "2020-09-02", 1, 7.5, None),
+            ("e3", "c2", "2020-09-02", 1, 7.5, None),  # the same id twice in one batch
+        ),
+    )
+    assert (first.counted, first.duplicates, first.late, first.touched) == (3, 1, 0, 2)
+    second = store.apply_batch(
+        1,
+        _batch(
+            ("e4", "c1", "2020-09-03", -1, 5.0, 2),  # a return: an event, not a purchase day
+            ("e2", "c1", "2020-09-01", 2, 5.0, 2),  # re-sent from the first batch
+            ("e5", "c3", "2020-09-03T12:00", 1, 1.0, 1),
+        ),
+    )
+    assert (second.counted, second.duplicates, second.touched) == (2, 1, 2)
+    assert second.duplicate_ids == ("e2",)
+    replayed = store.apply_batch(1, _batch(("e4", "c1", "2020-09-03", -1, 5.0, 2)))
+    assert (replayed.applied, replayed.duplicate_ids) == (False, ("e2",))  # for the lake
+    got = _customers(store)
+    assert got["c1"] == {
+        "customer_id": "c1",
+        "first_purchase_date": day_number(date(2020, 9, 1)),
+        "last_purchase_date": day_number(date(2020, 9, 1)),
+        "purchase_days": 1,
+        "n_events": 3,
+        "monetary": 10.0 + 10.0 - 5.0,
+        "n_online": 2,
+        "n_with_channel": 3,
+        "max_event_time": int(datetime(2020, 9, 3, tzinfo=UTC).timestamp() * 1e6),
+    }
+    assert got["c2"]["n_with_channel"] == 0 and got["c2"]["monetary"] == 7.5
+    assert _days(store, "c1") == {"2020-09-01": (2, 2, 20.0), "2020-09-03": (1, 0, -5.0)}
+    assert store.clock() == datetime(2020, 9, 3, 12, tzinfo=UTC)
+    assert store.touched_in(1) == ["c1", "c3"]
+
+
+def test_a_replayed_batch_id_changes_nothing(store) -> None:  # type: ignore[no-untyped-def]
+    batch = _batch(("e1", "c1", "2020-09-01", 1, 10.0, 1))
+    assert store.apply_batch(0, batch).applied
+    again = store.apply_batch(0, _batch(("e9", "c9", "2020-09-01", 1, 99.0, 1)))
+    assert not again.applied
+    assert set(_customers(store)) == {"c1"}
+
+
+def test_late_events_are_counted_out_and_a_late_purchase_day_is_new(store) -> None:  # type: ignore[no-untyped-def]
+    store.apply_batch(0, _batch(("e1", "c1", "2020-09-10", 1, 1.0, 1)))
+    result = store.apply_batch(
+        1,
+        _batch(
+            ("e2", "c1", "2020-09-06", 1, 2.0, 1),  # 4 days before the clock: too late
+            ("e3", "c1", "2020-09-07", 1, 3.0, 1),  # exactly the watermark: in time
+        ),
+    )
+    assert (result.counted, result.late) == (1, 1)
+    c1 = _customers(store)["c1"]
+    assert (c1["purchase_days"], c1["n_events"], c1["monetary"]) == (2, 2, 4.0)
+    assert c1["first_purchase_date"] == day_number(date(2020, 9, 7))
+
+
+def test_one_event_far_ahead_does_not_move_the_clock() -> None:
+    def us(*ymd: int) -> int:
+        return int(datetime(*ymd, tzinfo=UTC).timestamp() * 1_000_000)
+
+    batch = pa.array([us(2020, 9, 1), us(2020, 9, 2), us(2020, 9, 3), us(2030, 1, 1)])
+    assert robust_clock(batch) == us(2020, 9, 3)
+    # A gap of weeks after the current clock is data, not an outlier.
+    assert robust_clock(pa.array([us(2020, 10, 1)]), previous_us=us(2020, 9, 3)) == us(2020, 10, 1)
+    assert robust_clock(pa.array([us(2030, 1, 1)]), previous_us=us(2020, 9, 3)) is None
+
+
+def test_days_beyond_the_history_are_forgotten(store) -> None:  # type: ignore[no-untyped-def]
+    store.apply_batch(0, _batch(("e1", "c1", "2020-01-01", 1, 1.0, 1)))
+    # 121 days later: a jump of the clock, which takes two events to believe
+    store.apply_batch(
+        1, _batch(("e2", "c2", "2020-05-01", 1, 1.0, 1), ("e3", "c3", "2020-05-01", 1, 1.0, 1))
+    )
+    assert _days(store, "c1") == {}
+    assert _customers(store)["c1"]["n_events"] == 1  # the totals stay
