@@ -33,11 +33,11 @@ import random
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -623,7 +623,20 @@ def replay(
     check_topic(producer, settings)
     produce, poll = producer.produce, producer.poll
 
-    def on_delivery(row: int, err: KafkaError | None, msg: Any) -> None:
+    # Which source row a delivery report is for: records in flight by the hash of their
+    # value (unique: it holds the event_id and produced_at). One shared callback, so a
+    # record in flight costs no Python object that the garbage collector must walk.
+    in_flight: dict[int, int] = {}  # hash(value) -> row
+    same_hash: dict[int, deque[int]] = {}  # rows of further records in flight with that hash
+
+    def on_delivery(err: KafkaError | None, msg: Any) -> None:
+        digest = hash(msg.value())
+        row = in_flight.pop(digest)
+        if same_hash and digest in same_hash:  # an equal value (or hash) was sent after it
+            rows = same_hash[digest]
+            in_flight[digest] = rows.popleft()
+            if not rows:
+                del same_hash[digest]
         if err is not None:
             stats.failed += 1
             stats.first_error = stats.first_error or err.str()
@@ -632,10 +645,17 @@ def replay(
         stats.bytes += len(msg)  # the value's length
         prefix.delivered(row)
 
+    def sent(row: int, digest: int) -> None:
+        if digest in in_flight:
+            same_hash.setdefault(digest, deque()).append(row)
+        else:
+            in_flight[digest] = row
+
     def send(row: int, key: bytes, value: bytes) -> None:
         while True:
             try:
-                produce(topic, value, key, on_delivery=partial(on_delivery, row))
+                produce(topic, value, key, on_delivery=on_delivery)
+                sent(row, hash(value))
                 return
             except BufferError:  # local queue full: let deliveries drain it
                 poll(0.05)
@@ -706,15 +726,17 @@ def replay(
                         ms = time_ns() // 1_000_000
                         if ms != stamp_ms:
                             stamp_ms, closing = ms, stamps.closing(ms)
+                        value = bodies[j] + closing
                         try:  # the common case inline; send() handles a full queue or a refusal
-                            produce(
-                                topic,
-                                bodies[j] + closing,
-                                key,
-                                on_delivery=partial(on_delivery, row),
-                            )
+                            produce(topic, value, key, on_delivery=on_delivery)
                         except (BufferError, KafkaException):
-                            send(row, key, bodies[j] + closing)
+                            send(row, key, value)
+                        else:
+                            digest = hash(value)
+                            if digest in in_flight:
+                                sent(row, digest)
+                            else:
+                                in_flight[digest] = row
                         sent_rows += 1
                         if paced or not sent_rows & 63:  # serve reports without a call per row
                             poll(0)
