@@ -227,6 +227,15 @@ def test_a_record_the_broker_cannot_take_fails_the_run_and_stops_the_position(
     )
 
 
+def test_identical_records_in_flight_are_each_confirmed(hm_folder, topic_settings):
+    """The same event three times (a source with a repeated row): three records, three rows."""
+    event = next(open_source(f"hm:{hm_folder}").events())
+    stats = replay([event] * 3 + [event] * 3, topic_settings, progress=False, log=lambda *_: None)
+    assert (stats.sent, stats.delivered, stats.failed, stats.confirmed_rows) == (6, 6, 0, 6)
+    records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
+    assert [decode(v)["event_id"] for *_, v in records] == [event["event_id"]] * 6
+
+
 @pytest.mark.parametrize("table_rows", [None, 10, 11, 1000])
 def test_an_unsorted_source_is_refused_with_a_clear_error(hm_folder, topic_settings, table_rows):
     """As mappings, or as tables with row 11 inside one, first in one (11), or in the only one."""
