@@ -1,11 +1,13 @@
 """Paced, resumable, lossless replay of contract events into Kafka.
 
-``replay(events, settings, ...)`` reads any iterator of typed contract events
-(``producers.adapters.open_source(spec).events()`` in production, a list in
-tests) in event-time order and writes each one to ``settings.topic_transactions``:
-key = customer_id (so one customer's events keep their order within a
-partition), value = ``schemas.transaction.encode`` of the event with
-``produced_at`` set to the producer's clock at send time.
+``replay(events, settings, ...)`` reads contract events in event-time order, as
+Arrow tables (``producers.adapters.open_source(spec).iter_batches()`` in
+production) or as typed event mappings (a list in tests), and writes each one to
+``settings.topic_transactions``: key = customer_id (so one customer's events keep
+their order within a partition), value = ``schemas.transaction.encode`` of the
+event with ``produced_at`` set to the producer's clock at send time (to the ms).
+A table's values are built for the whole table at once (``encode_bodies``, the
+same bytes as ``encode``); only ``produced_at`` is appended per record at send.
 
 Guarantees and their mechanics:
 
