@@ -19,8 +19,9 @@ demo: setup ## set up and run the end-to-end demo on generated data
 test: setup ## set up and run the whole test suite (starts its own Kafka broker)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: setup ## ruff on everything
+lint: setup ## ruff on everything, mypy on the packages (pyproject.toml lists them)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 check: lint test ## what CI runs: lint, then the whole test suite
 

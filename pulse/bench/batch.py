@@ -68,6 +68,7 @@ class PeakMemory:
 def als_vs_implicit(spark, settings: Settings, rank: int, max_iter: int) -> dict[str, float]:  # noqa: ANN001
     """Fit Spark ALS and implicit's ALS on the same interactions; seconds for each."""
     import numpy as np
+    import pandas as pd
     import scipy.sparse as sp
     from implicit.als import AlternatingLeastSquares
     from pyspark.ml.recommendation import ALS
@@ -98,7 +99,7 @@ def als_vs_implicit(spark, settings: Settings, rank: int, max_iter: int) -> dict
     model.userFactors.count()  # force the factors
     spark_s = time.perf_counter() - t
 
-    pdf = ratings.toPandas()
+    pdf: pd.DataFrame = ratings.toPandas()
     shape = (int(pdf["user"].max()) + 1, int(pdf["item"].max()) + 1)
     # implicit uses the values as confidence directly; Spark uses 1 + alpha * r
     conf = sp.csr_matrix(
