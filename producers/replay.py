@@ -759,7 +759,8 @@ def replay(
                     break
                 if disorder is not None and (limit is None or base + disorder <= limit):
                     at = base + disorder
-                    before = previous_us if disorder == 0 else int(times[disorder - 1])
+                    # disorder 0 means earlier than the previous chunk's last row
+                    before = int(times[disorder - 1]) if disorder else previous_us or 0
                     raise PulseError(
                         f"source is not in event-time order at row {at:,} "
                         f"({format_timestamp(_from_micros(int(times[disorder])))} after "
