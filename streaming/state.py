@@ -42,9 +42,7 @@ SEED_BATCH = -1  # the seeded state counts as batch -1, so Spark's batch 0 folds
 
 def open_store(settings: Settings) -> CustomerStateStore:
     """The stream's keyed per-customer state (``settings.state_dir``)."""
-    return CustomerStateStore(
-        settings.state_dir / "customers.sqlite", settings.allowed_lateness_days
-    )
+    return CustomerStateStore(settings.state_dir / "customers", settings.allowed_lateness_days)
 
 
 def state_frame(spark: SparkSession, customers: pa.Table, days: pa.Table) -> DataFrame:
@@ -173,12 +171,12 @@ def check_store_matches_checkpoint(settings: Settings, store: CustomerStateStore
     last = store.last_batch
     if committed and (last is None or last < committed[-1]):
         raise PulseError(
-            f"the state store {store.path} is behind the checkpoint "
+            f"the state store {store.dir} is behind the checkpoint "
             f"{settings.checkpoint_dir / 'stream'} (batch {last} < {committed[-1]}): "
             "delete both to rebuild the speed layer from the topic"
         )
     if not committed and last is not None and last > SEED_BATCH + 1:
         raise PulseError(
-            f"the state store {store.path} has batches up to {last} but the checkpoint "
+            f"the state store {store.dir} has batches up to {last} but the checkpoint "
             f"{settings.checkpoint_dir / 'stream'} has none: delete both to start over"
         )

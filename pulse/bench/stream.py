@@ -153,7 +153,7 @@ def _latency(
         now = time.time()
         if not result.applied or not result.touched:
             return
-        for cid in store.touched_in(result.batch_id):
+        for cid in result.touched_ids:
             with lock:
                 t = sent.pop(cid, None)
             if t is not None:
@@ -222,9 +222,7 @@ def bench_stream(
     spark = build_spark(settings, app_name="pulse-bench-stream")
     try:
         full = _fresh(settings, "load")
-        say(
-            f"producing {events:,} events, {customers:,} customers: {full.topic_transactions}"
-        )
+        say(f"producing {events:,} events, {customers:,} customers: {full.topic_transactions}")
         producer_rate = produce_load(full, events, customers)
         say(f"  producer: {producer_rate:,.0f} events/s")
         passthrough = full.model_copy(update={"data_root": full.data_root / "passthrough"})
