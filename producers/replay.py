@@ -682,7 +682,7 @@ def replay(
             base = 0  # source row index of the chunk's first row
             for chunk in _chunks(events):
                 n = len(chunk)
-                # rows of this chunk to check (the old loop also read row `limit`) and to send
+                # rows to check for order (row `limit` too: it is read before the loop stops)
                 checked = n if limit is None else min(n, max(limit - base + 1, 0))
                 times = chunk.times(base)[:checked]
                 disorder = _first_disorder(times, previous_us)
