@@ -6,14 +6,8 @@ import argparse
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
+from pulse.commands.args import iso_date
 from runtime.settings import Settings
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _source_identity(spec: str, name: str, start: date | None, end: date | None) -> dict:
@@ -75,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--speedup", type=float, help="simulated seconds per wall second (86400: a day per second)"
     )
     pace.add_argument("--rate", type=float, help="events per second")
-    p.add_argument("--start", type=_date, help="first event date (inclusive)")
-    p.add_argument("--end", type=_date, help="last event date (inclusive)")
+    p.add_argument("--start", type=iso_date, help="first event date (inclusive)")
+    p.add_argument("--end", type=iso_date, help="last event date (inclusive)")
     p.add_argument("--limit", type=int, help="replay only the first N source rows")
     p.add_argument(
         "--resume", action="store_true", help="continue after the last confirmed row of this source"
