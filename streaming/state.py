@@ -48,14 +48,17 @@ def open_store(settings: Settings) -> CustomerStateStore:
 def state_frame(spark: SparkSession, customers: pa.Table, days: pa.Table) -> DataFrame:
     """The store's Arrow tables -> ``STATE_SCHEMA`` rows plus ``max_event_time``."""
     epoch = F.lit(EPOCH.isoformat()).cast("date")
-    cust = spark.createDataFrame(customers.to_pandas()) if len(customers) else None
-    if cust is None:
+    if not len(customers):
         empty = spark.createDataFrame([], STATE_SCHEMA)
         return empty.withColumn("max_event_time", F.lit(None).cast("timestamp"))
+    cust = spark.createDataFrame(customers)  # Arrow straight into Spark, no pandas step
     day_frame = spark.createDataFrame(
-        days.to_pandas() if len(days) else days.to_pandas().astype({"customer_id": str}),
-        "customer_id string, "
-        + ", ".join(f"{c} {'double' if c == 'spend' else 'bigint'}" for c in DAY_COLUMNS),
+        days.cast(
+            pa.schema(
+                [("customer_id", pa.string())]
+                + [(c, pa.float64() if c == "spend" else pa.int64()) for c in DAY_COLUMNS]
+            )
+        )
     ).withColumn("day", F.date_add(epoch, F.col("day").cast("int")))
     history = day_frame.groupBy("customer_id").agg(
         F.array_sort(F.collect_list(day_row(F.col))).alias("history")
