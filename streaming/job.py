@@ -1,9 +1,10 @@
 """The streaming job: Kafka -> quarantine, lake and the per-customer state, one query.
 
-One named query (``pulse-stream``) reads the topic with Spark's own Kafka source,
-parses every record once (``streaming.parse.classify``) and hands each micro-batch
-to ``process_batch``, whose every write is idempotent per batch id, so a batch
-that Spark replays after a crash changes nothing twice:
+One named query (``pulse-stream``) reads the topic with Spark's own Kafka source and
+hands each micro-batch to ``process_batch``: one Spark job parses every record once
+(``streaming.parse``) and collects the batch to the driver as Arrow; every write
+that follows is idempotent per batch id, so a batch that Spark replays after a crash
+changes nothing twice:
 
 - invalid records -> ``quarantine/batch=<id>/`` (raw bytes, topic, partition,
   offset, reason), overwritten by a replay;
@@ -32,7 +33,6 @@ outlier: ``storage.customer_state.robust_clock``), never the wall clock.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -48,7 +51,7 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.transaction import FIELD_NAMES
 from storage.customer_state import EVENT_COLUMNS, BatchResult, CustomerStateStore
-from streaming.parse import classify, quarantine_rows, valid_events
+from streaming.parse import QUARANTINE_COLUMNS, classify_exact, tag
 from streaming.state import (
     check_store_matches_checkpoint,
     open_store,
@@ -92,63 +95,99 @@ def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
     )
 
 
-def lake_events(valid: DataFrame, seen_before: tuple[str, ...] = ()) -> DataFrame:
-    """Valid events -> lake rows (contract columns + event_date), one copy per event id.
+def lake_rows(valid: pa.Table, seen_before: tuple[str, ...] = ()) -> pa.Table:
+    """Valid events -> lake rows (the contract columns): one copy per event id.
 
     ``seen_before``: ids an earlier batch already wrote (re-sends), left out.
     """
-    rows = valid.dropDuplicates(["event_id"])
-    if seen_before:
-        ids = valid.sparkSession.createDataFrame([(i,) for i in seen_before], "event_id string")
-        rows = rows.join(F.broadcast(ids), "event_id", "left_anti")
-    return rows.select(*FIELD_NAMES, F.to_date("event_time").alias("event_date"))
+    skip = set(seen_before)
+    keep = []
+    for event_id in valid.column("event_id").to_pylist():
+        keep.append(event_id not in skip)
+        skip.add(event_id)  # later copies in this batch are left out too
+    return valid.select(list(FIELD_NAMES)).filter(pa.array(keep, pa.bool_()))
 
 
-def write_lake_batch(settings: Settings, lake_rows: DataFrame, batch_id: int) -> None:
-    """Write one batch's lake rows as ``event_date=D/part-b<batch id>-<n>.parquet`` files.
+def write_lake_batch(settings: Settings, rows: pa.Table, batch_id: int) -> None:
+    """Write one batch's lake rows as ``event_date=D/part-b<batch id>-00000.parquet``.
 
-    Written under a staging directory first, then moved in; the batch's earlier files
-    (a crashed attempt) are deleted before, so a replay leaves exactly one copy.
-    Readers list the ``event_date`` partitions (``storage.lake.read_lake``).
+    One file per event date. The batch's files from a crashed attempt are deleted
+    first and each file appears whole (written aside, then renamed), so a replay
+    leaves exactly one copy. Readers list the ``event_date`` partitions
+    (``storage.lake.read_lake``).
     """
     lake = Path(settings.lake_dir)
     prefix = f"part-b{batch_id:012d}-"
-    staging = lake.parent / "_staging" / f"batch={batch_id}-{uuid.uuid4().hex[:8]}"
-    lake_rows.repartition("event_date").write.partitionBy("event_date").parquet(str(staging))
     for old in lake.glob(f"event_date=*/{prefix}*"):
         old.unlink()
-    for n, part in enumerate(sorted(staging.glob("event_date=*/*.parquet"))):
-        target = lake / part.parent.name / f"{prefix}{n:05d}.parquet"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part.replace(target)
-    shutil.rmtree(staging, ignore_errors=True)
+    dates = pc.cast(rows.column("event_time"), pa.date32())
+    for day in pc.unique(dates).to_pylist():
+        part = lake / f"event_date={day.isoformat()}"
+        part.mkdir(parents=True, exist_ok=True)
+        tmp = part / f".{prefix}{uuid.uuid4().hex[:8]}.tmp"
+        pq.write_table(rows.filter(pc.equal(dates, pa.scalar(day, pa.date32()))), tmp)
+        tmp.rename(part / f"{prefix}00000.parquet")
+
+
+def write_quarantine_batch(settings: Settings, rows: pa.Table, batch_id: int) -> None:
+    """Write one batch's invalid records as ``quarantine/batch=<id>/part-00000.parquet``."""
+    part = settings.quarantine_dir / f"batch={batch_id}"
+    part.mkdir(parents=True, exist_ok=True)
+    tmp = part / f".part-{uuid.uuid4().hex[:8]}.tmp"
+    pq.write_table(rows, tmp)
+    tmp.rename(part / "part-00000.parquet")
 
 
 def process_batch(
-    settings: Settings, store: CustomerStateStore, classified: DataFrame, batch_id: int
+    settings: Settings, store: CustomerStateStore, raw: DataFrame, batch_id: int
 ) -> tuple[int, BatchResult]:
-    """One micro-batch of classified records -> quarantine, lake and the state store.
+    """One micro-batch of Kafka records -> quarantine, lake and the state store.
 
-    Returns (quarantined records, what the store did). Idempotent per ``batch_id``.
+    One Spark job reads and parses the batch (``streaming.parse.tag``) and collects it
+    to the driver as Arrow; records not in the producer's canonical form (rare) get a
+    second, small job on just those rows. The writes that follow are plain files. Returns
+    (quarantined records, what the store did). Idempotent per ``batch_id``.
     """
-    batch = classified.persist()
-    try:
-        quarantined = quarantine_rows(batch)
-        n_quarantined = quarantined.count()
-        if n_quarantined:
-            quarantined.write.mode("overwrite").parquet(
-                str(settings.quarantine_dir / f"batch={batch_id}")
-            )
-        valid = valid_events(batch)
-        events = valid.select(*EVENT_COLUMNS).toArrow()
-        # The state first: it knows which ids were seen before, and records them, so a
-        # replayed batch writes the lake just as its first attempt did.
-        result = store.apply_batch(batch_id, events)
-        if len(events):
-            write_lake_batch(settings, lake_events(valid, result.duplicate_ids), batch_id)
-        return n_quarantined, result
-    finally:
-        batch.unpersist()
+    columns = [*FIELD_NAMES, "reason", "value", "topic", "partition", "offset", "kafka_ts"]
+    tagged = (
+        tag(raw)
+        .select(
+            *[F.col(f"j.{n}").alias(n) for n in FIELD_NAMES],
+            F.col("fast_reason").alias("reason"),
+            "value",
+            "topic",
+            "partition",
+            "offset",
+            F.col("timestamp").alias("kafka_ts"),
+            "fast",
+        )
+        .toArrow()
+    )
+    fast = tagged.column("fast")
+    table = tagged.filter(fast).select(columns)
+    others = tagged.filter(pc.invert(fast))
+    if len(others):
+        # The rare records not in canonical form: the exact path, on those rows only.
+        kafka = others.select(["value", "topic", "partition", "offset", "kafka_ts"])
+        kafka = kafka.rename_columns(["value", "topic", "partition", "offset", "timestamp"])
+        exact = (
+            classify_exact(raw.sparkSession.createDataFrame(kafka))
+            .withColumnRenamed("timestamp", "kafka_ts")
+            .select(*columns)
+            .toArrow()
+        )
+        table = pa.concat_tables([table, exact.cast(table.schema)])
+    invalid = pc.is_valid(table.column("reason"))
+    quarantined = table.filter(invalid).select(list(QUARANTINE_COLUMNS))
+    if len(quarantined):
+        write_quarantine_batch(settings, quarantined, batch_id)
+    valid = table.filter(pc.invert(invalid))
+    # The state first: it knows which ids were seen before, and records them, so a
+    # replayed batch writes the lake just as its first attempt did.
+    result = store.apply_batch(batch_id, valid.select(list(EVENT_COLUMNS)))
+    if len(valid):
+        write_lake_batch(settings, lake_rows(valid, result.duplicate_ids), batch_id)
+    return len(quarantined), result
 
 
 def _trigger(settings: Settings, until_idle: bool) -> dict[str, Any]:
@@ -225,8 +264,7 @@ class StreamJob:
         """Start the query on ``raw`` (Kafka-shaped rows: a Kafka, file or memory stream)."""
         check_store_matches_checkpoint(self.settings, self.store)
         return (
-            classify(raw)
-            .writeStream.queryName(QUERY_NAME)
+            raw.writeStream.queryName(QUERY_NAME)
             .foreachBatch(self._batch)
             .option("checkpointLocation", str(self.settings.checkpoint_dir / "stream"))
             .trigger(**_trigger(self.settings, until_idle))

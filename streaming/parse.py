@@ -36,6 +36,7 @@ from schemas.transaction import (
     UNPARSEABLE_TIMESTAMP,
     FieldSpec,
     rules_for,
+    spark_schema,
 )
 
 # Python type names (what ``type(value).__name__`` gives after json.loads) per variant type.
@@ -129,8 +130,100 @@ def _field(spec: FieldSpec) -> tuple[Column, Column]:
 KAFKA_COLUMNS = ("value", "topic", "partition", "offset", "timestamp")
 
 
+# The fast path: a record in the producer's own canonical form (compact JSON, the
+# contract's keys in order, no escapes, plain numbers, ISO timestamps with a Z) has
+# exactly the JSON types the contract wants, so Spark's typed ``from_json`` reads it as
+# json.loads would, and only the value rules remain to check. Any other record (spaces,
+# another key order, an escape, an exponent, a missing or extra key) takes the exact
+# path below. tests/streaming/test_parse.py runs every probe through both.
+_TOKENS = {
+    "string": r'"[^"\\\x00-\x1f]*"',
+    "timestamp": r'"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3})?Z"',
+    "int": r"-?(?:0|[1-9][0-9]{0,8})",  # 9 digits at most: always an int32
+    "double": r"-?(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,17})?",  # no exponent, never infinite
+}
+CANONICAL = (
+    "^\\{"
+    + ",".join(f'"{f.name}":(?:{_TOKENS[f.kind]}{"|null" if f.nullable else ""})' for f in FIELDS)
+    + "\\}$"
+)
+_JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss[.SSS]XXX", "mode": "PERMISSIVE"}
+
+
+def tag(raw: DataFrame) -> DataFrame:
+    """Kafka rows -> the same plus ``value_text``, ``j`` (the typed record, for canonical
+    records only) and ``fast`` (canonical and every required value converted).
+
+    One pass of the regex and ``from_json``; ``classify_tagged`` splits on ``fast``.
+    Cache the result when it is read more than once (the streaming job does).
+    """
+    text = F.col("value").cast("string")
+    canonical = text.rlike(CANONICAL) & F.is_valid_utf8(text)
+    j = F.when(canonical, F.from_json(text, spark_schema(), _JSON_OPTIONS))
+    # A canonical-looking record whose value still does not convert (a 13th month)
+    # takes the exact path, which words the reason.
+    # Two projections: read back as a column, ``j`` is parsed once per row (inlined,
+    # each field reference would re-run from_json inside the CASE).
+    converted = F.lit(True)
+    for spec in FIELDS:
+        if not spec.nullable:
+            converted = converted & F.col("j")[spec.name].isNotNull()
+    reasons = [
+        F.when(rule.broken_column(F.col(f"j.{spec.name}")), F.lit(rule.message))
+        for spec in FIELDS
+        for rule in rules_for(spec.name)
+    ]
+    reasons.append(_ahead_of_producer(F.col("j.event_time"), F.col("j.produced_at")))
+    fast = F.coalesce(converted, F.lit(False))
+    fast_reason = F.when(fast, F.coalesce(*reasons))
+    # A valid fast record no longer needs its bytes (only quarantine keeps them): the
+    # cached batch stays small.
+    value = F.when(~fast | fast_reason.isNotNull(), F.col("value"))
+    return raw.select(*KAFKA_COLUMNS, j.alias("j")).select(
+        value.alias("value"),
+        *KAFKA_COLUMNS[1:],
+        "j",
+        fast.alias("fast"),
+        fast_reason.alias("fast_reason"),
+    )
+
+
+def classify_tagged(tagged: DataFrame, exact: bool = True) -> DataFrame:
+    """``tag``'s rows -> ``classify``'s: the fast rows checked there, the rest exactly.
+
+    ``exact=False`` leaves the exact path out of the plan; only for a batch known to
+    hold no other rows (its plan is large, and Spark plans it for every batch).
+    """
+    fast = tagged.where("fast").select(
+        *KAFKA_COLUMNS,
+        *[F.col(f"j.{n}").alias(n) for n in FIELD_NAMES],
+        F.col("fast_reason").alias("reason"),
+    )
+    if not exact:
+        return fast
+    return fast.unionByName(classify_exact(tagged.where(~F.col("fast")).select(*KAFKA_COLUMNS)))
+
+
 def classify(raw: DataFrame) -> DataFrame:
     """Kafka rows -> Kafka rows + typed contract columns + ``reason`` (null = valid).
+
+    Reads columns value (binary), topic, partition, offset, timestamp. Canonical
+    records (``CANONICAL``) are typed by ``from_json`` and checked against the value
+    rules; the others take ``classify_exact``. Both give the same reasons.
+    """
+    return classify_tagged(tag(raw))
+
+
+def _ahead_of_producer(event_time: Column, produced_at: Column) -> Column:
+    """The rule across fields: the reason when ``event_time`` is too far after produced_at."""
+    ahead = MAX_AHEAD_OF_PRODUCER // timedelta(seconds=1)
+    return F.when(
+        event_time > produced_at + F.make_interval(secs=F.lit(ahead)), F.lit(AHEAD_OF_PRODUCER)
+    )
+
+
+def classify_exact(raw: DataFrame) -> DataFrame:
+    """``classify`` for any record: the JSON read as a VARIANT, every check worded exactly.
 
     Reads columns value (binary), topic, partition, offset, timestamp. Output keeps
     them and adds every contract field (typed as ``spark_schema()``) and ``reason``.
@@ -169,13 +262,7 @@ def classify(raw: DataFrame) -> DataFrame:
         reason, value = _field(spec)
         reasons.append(reason)
         typed[spec.name] = value
-    ahead = MAX_AHEAD_OF_PRODUCER // timedelta(seconds=1)
-    reasons.append(
-        F.when(
-            typed["event_time"] > typed["produced_at"] + F.make_interval(secs=F.lit(ahead)),
-            F.lit(AHEAD_OF_PRODUCER),
-        )
-    )
+    reasons.append(_ahead_of_producer(typed["event_time"], typed["produced_at"]))
     # Extra keys: checked last, and only for rows whose fields all passed. The top-level
     # schema ("OBJECT<k: T, ...>") usually settles it without re-parsing: a flat object
     # whose key count equals the number of contract fields present has no extra key
@@ -197,15 +284,5 @@ def classify(raw: DataFrame) -> DataFrame:
     )
 
 
-def valid_events(classified: DataFrame) -> DataFrame:
-    """Valid rows only: the contract columns plus the Kafka timestamp as ``kafka_ts``."""
-    return classified.where(F.col("reason").isNull()).select(
-        *FIELD_NAMES, F.col("timestamp").alias("kafka_ts")
-    )
-
-
-def quarantine_rows(classified: DataFrame) -> DataFrame:
-    """Invalid rows in the quarantine layout: raw value bytes, topic, partition, offset, reason."""
-    return classified.where(F.col("reason").isNotNull()).select(
-        "value", "topic", "partition", "offset", "reason", F.col("timestamp").alias("kafka_ts")
-    )
+#: The quarantine's columns: the raw bytes, where they were in Kafka, and why.
+QUARANTINE_COLUMNS = ("value", "topic", "partition", "offset", "reason", "kafka_ts")
