@@ -24,6 +24,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -72,7 +73,9 @@ def _send(producer, topic: str, value: bytes, key: bytes) -> None:  # type: igno
             producer.poll(0.05)
 
 
-def produce_load(settings: Settings, events: int, customers: int) -> float:
+def produce_load(
+    settings: Settings, events: int, customers: int, say: Callable[[str], None] = print
+) -> float:
     """Send the load (``events`` over ``DAYS`` days); returns events/s."""
     producer = _producer(settings)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -86,7 +89,7 @@ def produce_load(settings: Settings, events: int, customers: int) -> float:
         if i % 10_000 == 0:
             producer.poll(0)
         if i % 1_000_000 == 0 and i:
-            print(f"  produced {i:,} events ({i / (time.perf_counter() - t0):,.0f}/s)", flush=True)
+            say(f"  produced {i:,} events ({i / (time.perf_counter() - t0):,.0f}/s)")
     if producer.flush(300) != 0:
         raise PulseError("bench: the producer could not deliver every event")
     return events / (time.perf_counter() - t0)
@@ -218,12 +221,15 @@ def bench_stream(
     from streaming.job import run
     from streaming.state import open_store, publish_snapshot
 
-    say = (lambda *_: None) if as_json else (lambda msg: print(msg, flush=True))
+    def say(msg: str) -> None:
+        if not as_json:
+            print(msg, flush=True)
+
     spark = build_spark(settings, app_name="pulse-bench-stream")
     try:
         full = _fresh(settings, "load")
         say(f"producing {events:,} events, {customers:,} customers: {full.topic_transactions}")
-        producer_rate = produce_load(full, events, customers)
+        producer_rate = produce_load(full, events, customers, say)
         say(f"  producer: {producer_rate:,.0f} events/s")
         passthrough = full.model_copy(update={"data_root": full.data_root / "passthrough"})
         say("pass-through ...")

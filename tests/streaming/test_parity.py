@@ -78,14 +78,12 @@ def test_seeded_from_lake_then_streamed_equals_batch(spark, stream_settings, fil
     lake.write.partitionBy("event_date").parquet(str(stream_settings.lake_dir))
     file_topic.send(kafka_part, per_file=2)
     logs: list[str] = []
-    run(
-        spark,
-        stream_settings,
-        until_idle=True,
-        log=logs.append,
-        seed=True,
-        raw=file_topic.stream(spark),
-    )
+
+    def start_seeded() -> None:
+        run(spark, stream_settings, until_idle=True, log=logs.append, seed=True,
+            raw=file_topic.stream(spark))  # fmt: skip
+
+    start_seeded()
     assert "stream state seeded from the lake: 4 customers" in logs
 
     unique = {e["event_id"]: e for e in lake_part + kafka_part}
@@ -97,14 +95,7 @@ def test_seeded_from_lake_then_streamed_equals_batch(spark, stream_settings, fil
 
     # A second start has state already: no second seeding, nothing counted twice.
     logs.clear()
-    run(
-        spark,
-        stream_settings,
-        until_idle=True,
-        log=logs.append,
-        seed=True,
-        raw=file_topic.stream(spark),
-    )
+    start_seeded()
     assert not any("seeded" in line for line in logs)
     live = spark.read.parquet(str(snapshots.current(stream_settings.features_dir)))
     assertDataFrameEqual(live, expected)
