@@ -57,9 +57,12 @@ US_PER_DAY = 86_400_000_000
 # clock cannot move the clock (``robust_clock``).
 CLOCK_OUTLIER = timedelta(days=30)
 SNAPSHOT_EVERY = 50  # batches between full snapshots (each replaces its changelogs)
-# An id is remembered while its day is within the allowed lateness, and at least this
-# long after it arrived, so a re-send of an old (late) event is not written twice.
+# An id is remembered while its day is within the allowed lateness, and also for an
+# hour after it arrived, so a re-send of an old (late) event is not written twice; of
+# those kept only for their arrival, the newest RESEND_MAX_IDS (a bulk load arrives
+# millions an hour: without the cap, 31.8M ids filled 18 GB).
 RESEND_WINDOW_US = 3600 * 1_000_000
+RESEND_MAX_IDS = 500_000
 NO_DAY = -1  # a null first/last purchase day
 _DAY_BITS = 21  # a customer-day key is row << _DAY_BITS | day (days < 2**21: year 7711)
 
@@ -374,14 +377,23 @@ class CustomerStateStore:
             self._days = {c: v[in_window] for c, v in self._days.items()}
         seen_from = (self.clock_us - self.lateness_us) // US_PER_DAY
         arrived_from = time.time_ns() // 1000 - RESEND_WINDOW_US
-
-        def keep(entry: tuple[int, int]) -> bool:
-            return entry[0] >= seen_from or entry[1] >= arrived_from
-
-        # The dict is in arrival order, roughly event-time order: when its first entry
-        # is still kept, nothing (or little) can go yet, so the full pass is skipped.
-        if self._seen and not keep(next(iter(self._seen.values()))):
-            self._seen = {i: e for i, e in self._seen.items() if keep(e)}
+        if not self._seen:
+            return
+        # The dict is in arrival order, roughly event-time order: while its first entry
+        # is still kept and it is not far over the cap, the full pass is skipped.
+        first = next(iter(self._seen.values()))
+        expired = first[0] < seen_from and first[1] < arrived_from
+        if not expired and len(self._seen) <= 2 * RESEND_MAX_IDS:
+            return
+        kept: dict[str, tuple[int, int]] = {}
+        budget = RESEND_MAX_IDS
+        for event_id, (day, arrived) in reversed(self._seen.items()):  # newest first
+            if day >= seen_from:
+                kept[event_id] = (day, arrived)
+            elif budget > 0 and arrived >= arrived_from:
+                kept[event_id] = (day, arrived)
+                budget -= 1
+        self._seen = dict(reversed(kept.items()))
 
     # --- reads ---------------------------------------------------------------------------
 

@@ -167,3 +167,20 @@ def test_a_reopened_store_has_the_same_state(tmp_path, monkeypatch) -> None:  # 
     assert reopened.apply_batch(2, batches[2]).duplicate_ids == ("e1",)
     again = reopened.apply_batch(3, _batch(("e4", "c3", "2020-09-02", 1, 3.0, 2)))
     assert (again.counted, again.duplicate_ids) == (0, ("e4",))
+
+
+def test_ids_kept_only_for_their_arrival_are_capped(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import storage.customer_state as module
+
+    monkeypatch.setattr(module, "RESEND_MAX_IDS", 2)
+    store.apply_batch(0, _batch(*[(f"e{i}", "c1", "2020-01-01", 1, 1.0, 1) for i in range(5)]))
+    # Two events a month later move the clock: e0..e4 leave the lateness window, and of
+    # those only the newest two arrivals stay remembered.
+    store.apply_batch(
+        1, _batch(("f1", "c2", "2020-02-01", 1, 1.0, 1), ("f2", "c2", "2020-02-01", 1, 1.0, 1))
+    )
+    again = store.apply_batch(
+        2, _batch(("e4", "c1", "2020-01-01", 1, 1.0, 1), ("e0", "c1", "2020-01-01", 1, 1.0, 1))
+    )
+    assert again.duplicate_ids == ("e4",)  # e0 is forgotten: late, so it is not counted
+    assert (again.counted, again.late) == (0, 1)
