@@ -36,7 +36,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from runtime.errors import PulseError
@@ -73,7 +72,6 @@ class RunStats:
     duplicates: int = 0
     late_dropped: int = 0  # valid events beyond the allowed lateness (lake only)
     publishes: int = 0
-    results: list[BatchResult] = field(default_factory=list)
 
 
 def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
@@ -149,20 +147,7 @@ def process_batch(
     (quarantined records, what the store did). Idempotent per ``batch_id``.
     """
     columns = [*FIELD_NAMES, "reason", "value", "topic", "partition", "offset", "kafka_ts"]
-    tagged = (
-        tag(raw)
-        .select(
-            *[F.col(f"j.{n}").alias(n) for n in FIELD_NAMES],
-            F.col("fast_reason").alias("reason"),
-            "value",
-            "topic",
-            "partition",
-            "offset",
-            F.col("timestamp").alias("kafka_ts"),
-            "fast",
-        )
-        .toArrow()
-    )
+    tagged = tag(raw).withColumnRenamed("timestamp", "kafka_ts").toArrow()
     fast = tagged.column("fast")
     table = tagged.filter(fast).select(columns)
     others = tagged.filter(pc.invert(fast))
@@ -227,7 +212,6 @@ class StreamJob:
         s.counted += result.counted
         s.duplicates += result.duplicates
         s.late_dropped += result.late
-        s.results.append(result)
         if self.on_batch is not None:
             self.on_batch(result)
         self._unpublished |= result.applied and result.counted > 0

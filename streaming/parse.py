@@ -151,11 +151,12 @@ _JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss[.SSS]XXX", "mode": "P
 
 
 def tag(raw: DataFrame) -> DataFrame:
-    """Kafka rows -> the same plus ``value_text``, ``j`` (the typed record, for canonical
-    records only) and ``fast`` (canonical and every required value converted).
+    """Kafka rows -> ``classify``'s columns for canonical records, plus ``fast``.
 
-    One pass of the regex and ``from_json``; ``classify_tagged`` splits on ``fast``.
-    Cache the result when it is read more than once (the streaming job does).
+    One pass of the regex and ``from_json``. Where ``fast`` (canonical, and every
+    required value converted) the contract columns and ``reason`` are final; the other
+    rows keep only their Kafka columns, for ``classify_exact``. A valid fast record
+    drops its bytes (only quarantine keeps them).
     """
     text = F.col("value").cast("string")
     canonical = text.rlike(CANONICAL) & F.is_valid_utf8(text)
@@ -175,43 +176,28 @@ def tag(raw: DataFrame) -> DataFrame:
     ]
     reasons.append(_ahead_of_producer(F.col("j.event_time"), F.col("j.produced_at")))
     fast = F.coalesce(converted, F.lit(False))
-    fast_reason = F.when(fast, F.coalesce(*reasons))
-    # A valid fast record no longer needs its bytes (only quarantine keeps them): the
-    # cached batch stays small.
-    value = F.when(~fast | fast_reason.isNotNull(), F.col("value"))
+    reason = F.when(fast, F.coalesce(*reasons))
+    value = F.when(~fast | reason.isNotNull(), F.col("value"))
     return raw.select(*KAFKA_COLUMNS, j.alias("j")).select(
         value.alias("value"),
         *KAFKA_COLUMNS[1:],
-        "j",
-        fast.alias("fast"),
-        fast_reason.alias("fast_reason"),
-    )
-
-
-def classify_tagged(tagged: DataFrame, exact: bool = True) -> DataFrame:
-    """``tag``'s rows -> ``classify``'s: the fast rows checked there, the rest exactly.
-
-    ``exact=False`` leaves the exact path out of the plan; only for a batch known to
-    hold no other rows (its plan is large, and Spark plans it for every batch).
-    """
-    fast = tagged.where("fast").select(
-        *KAFKA_COLUMNS,
         *[F.col(f"j.{n}").alias(n) for n in FIELD_NAMES],
-        F.col("fast_reason").alias("reason"),
+        reason.alias("reason"),
+        fast.alias("fast"),
     )
-    if not exact:
-        return fast
-    return fast.unionByName(classify_exact(tagged.where(~F.col("fast")).select(*KAFKA_COLUMNS)))
 
 
 def classify(raw: DataFrame) -> DataFrame:
     """Kafka rows -> Kafka rows + typed contract columns + ``reason`` (null = valid).
 
-    Reads columns value (binary), topic, partition, offset, timestamp. Canonical
-    records (``CANONICAL``) are typed by ``from_json`` and checked against the value
-    rules; the others take ``classify_exact``. Both give the same reasons.
+    Reads columns value (binary), topic, partition, offset, timestamp (twice: hand it
+    a batch that is cheap to re-read). Canonical records (``CANONICAL``) are typed by
+    ``from_json`` and checked against the value rules; the others take
+    ``classify_exact``. Both give the same reasons.
     """
-    return classify_tagged(tag(raw))
+    tagged = tag(raw)
+    others = tagged.where(~F.col("fast")).select(*KAFKA_COLUMNS)
+    return tagged.where("fast").drop("fast").unionByName(classify_exact(others))
 
 
 def _ahead_of_producer(event_time: Column, produced_at: Column) -> Column:
