@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pulse.commands.args import positive_int
 from runtime.errors import PulseError
 from runtime.settings import Settings
 
@@ -92,12 +93,15 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
         "stream", help="events/s vs a Kafka->Parquet pass-through; latency p50/p95"
     )
     p.add_argument(
-        "--events", type=int, default=20_000_000, help="events of the load (H&M density)"
+        "--events", type=positive_int, default=20_000_000, help="events of the load (H&M density)"
     )
     p.add_argument(
-        "--customers", type=int, default=1_370_000, help="customers of the load (H&M: 1.37M)"
+        "--customers",
+        type=positive_int,
+        default=1_370_000,
+        help="customers of the load (H&M: 1.37M)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object of the figures")
-    p.add_argument("--rate", type=int, default=2_000, help="events/s for the latency run")
-    p.add_argument("--seconds", type=int, default=60, help="length of the latency run")
+    p.add_argument("--rate", type=positive_int, default=2_000, help="events/s for the latency run")
+    p.add_argument("--seconds", type=positive_int, default=60, help="length of the latency run")
     p.set_defaults(handler=_bench)
