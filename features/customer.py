@@ -1,6 +1,6 @@
 """Per-customer RFM and churn-signal features, defined once for both layers.
 
-Three steps, each a pure DataFrame function:
+Three steps, each a pure function:
 
 1. ``daily_activity(events)``: one row per (customer_id, day) — the grain both
    layers agree on.
@@ -8,9 +8,11 @@ Three steps, each a pure DataFrame function:
    (totals, first/last purchase day) plus a bounded daily history of the last
    ``HISTORY_DAYS`` days before ``as_of``. This is exactly what the streaming
    job keeps in its state store; the batch layer derives it from the lake.
-3. ``features_as_of(state, as_of)``: every time-relative value (recency,
+3. ``features_table(state, as_of)``: every time-relative value (recency,
    windows, overdue, trend, at_risk) computed as of ``as_of`` for every
-   customer, so a customer who stops buying still ages.
+   customer, so a customer who stops buying still ages. It is written once, in
+   Arrow and NumPy: Spark runs it per partition (``features_as_of``), the stream's
+   snapshot over its whole store, and a look-up on one customer's stored state.
 
 Counts say what they count: ``n_events`` (and ``n_events_7d`` ...) counts contract
 events, returns included (an H&M row is one unit; an Online Retail row is an invoice
@@ -25,8 +27,12 @@ on ``as_of``'s day, inclusive. A purchase is an event with quantity > 0; returns
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -121,67 +127,139 @@ def customer_state(daily: DataFrame, as_of: datetime | date | str) -> DataFrame:
     return state.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in STATE_SCHEMA])
 
 
-def _window_sum(field: str, lo: int, hi: int, as_of_day: Column) -> Column:
-    """Sum of ``history[].field`` over days d with as_of_day - hi < d <= as_of_day - lo."""
-    in_window = F.filter(
-        "history",
-        lambda h: (h["day"] > F.date_sub(as_of_day, hi)) & (h["day"] <= F.date_sub(as_of_day, lo)),
-    )
-    zero = F.lit(0).cast("long") if field == "n_events" else F.lit(0.0)
-    return F.aggregate(F.transform(in_window, lambda h: h[field]), zero, lambda acc, x: acc + x)
-
-
-def features_as_of(state: DataFrame, as_of: datetime | date | str) -> DataFrame:
-    """State rows -> the live feature table as of ``as_of`` (one row per customer)."""
-    as_of_col = _as_of_ts(as_of)
-    as_of_day = F.to_date(as_of_col)
-    recency = F.datediff(as_of_day, F.col("last_purchase_date"))
-    tenure = F.datediff(as_of_day, F.col("first_purchase_date"))
-    mean_gap = F.when(
-        F.col("purchase_days") > 1,
-        F.datediff("last_purchase_date", "first_purchase_date") / (F.col("purchase_days") - 1),
-    )
-    windows = {}
-    for w in WINDOWS:
-        windows[f"n_events_{w}d"] = _window_sum("n_events", 0, w, as_of_day)
-        windows[f"spend_{w}d"] = _window_sum("spend", 0, w, as_of_day)
-    n_30 = windows["n_events_30d"]
-    n_prev_30 = _window_sum("n_events", 30, 60, as_of_day)
-    overdue = recency - mean_gap
-    at_risk = F.coalesce(
-        F.when(
-            F.col("purchase_days") >= 2,
-            (recency >= AT_RISK_MIN_RECENCY) & (recency > 2 * mean_gap),
-        ).when(F.col("purchase_days") == 1, recency > ONE_OFF_AT_RISK_RECENCY),
-        F.lit(False),
-    )
-    return state.select(
-        "customer_id",
-        as_of_col.alias("as_of"),
-        "first_purchase_date",
-        "last_purchase_date",
-        recency.alias("recency_days"),
-        tenure.alias("tenure_days"),
-        F.col("purchase_days").alias("frequency"),
-        "n_events",
-        "monetary",
-        F.when(F.col("purchase_days") > 0, F.col("monetary") / F.col("purchase_days")).alias(
-            "spend_per_purchase_day"
-        ),
-        *[c.alias(name) for name, c in windows.items()],
-        mean_gap.cast("double").alias("mean_days_between"),
-        F.when(F.col("n_with_channel") > 0, F.col("n_online") / F.col("n_with_channel")).alias(
-            "online_share"
-        ),
-        overdue.cast("double").alias("days_overdue"),
-        F.when(n_30 + n_prev_30 > 0, (n_30 - n_prev_30) / (n_30 + n_prev_30))
-        .cast("double")
-        .alias("activity_trend_30d"),
-        at_risk.alias("at_risk"),
-    )
-
-
 def compute_features(events: DataFrame, as_of: datetime | date | str) -> DataFrame:
     """The batch path: contract events -> features as of ``as_of`` (events <= as_of count)."""
     upto = events.where(F.col("event_time") <= _as_of_ts(as_of))
     return features_as_of(customer_state(daily_activity(upto), as_of), as_of)
+
+
+# --- The time-relative features: one definition, in Arrow and NumPy -----------------------
+# ``features_table`` is the only place recency, the windows, overdue, trend and at_risk
+# are defined. Spark runs it per partition (``features_as_of``: ``mapInArrow``), the
+# stream's scheduled snapshot runs it over its whole store, and a look-up runs it on one
+# customer's stored state: so the batch layer, the stream and the read path agree by
+# construction.
+
+US_PER_DAY = 86_400_000_000
+
+
+def as_of_micros(as_of: datetime | date | str) -> int:
+    """``as_of`` as microseconds since the epoch, UTC (a date is its 00:00; naive is UTC)."""
+    if isinstance(as_of, str):
+        as_of = datetime.fromisoformat(as_of)
+    if not isinstance(as_of, datetime):
+        as_of = datetime.combine(as_of, datetime.min.time())
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    return (as_of - _EPOCH_TS) // timedelta(microseconds=1)
+
+
+_EPOCH_TS = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _days(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A date32 column -> (day numbers as int64 with 0 for null, the null mask)."""
+    ints = pc.cast(column, pa.int32())
+    valid = pc.is_valid(ints).to_numpy(zero_copy_only=False)
+    return pc.fill_null(ints, 0).to_numpy(zero_copy_only=False).astype(np.int64), ~valid
+
+
+def _num(column: pa.Array | pa.ChunkedArray, dtype: type) -> np.ndarray:
+    return pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(dtype)
+
+
+def features_table(state: pa.Table | pa.RecordBatch, as_of: datetime | date | str) -> pa.Table:
+    """State rows (``STATE_SCHEMA``) -> the live features as of ``as_of``, one row each.
+
+    The columns and types of ``schemas.tables.LIVE_FEATURE_COLUMNS``; ``as_of`` is
+    UTC and its day is a UTC calendar day. A day of the history counts in the trailing
+    w-day window when ``as_of_day - w < day <= as_of_day``.
+    """
+    n = state.num_rows
+    as_of_us = as_of_micros(as_of)
+    today = as_of_us // US_PER_DAY
+    first, no_first = _days(state.column("first_purchase_date"))
+    last, no_last = _days(state.column("last_purchase_date"))
+    purchase_days = _num(state.column("purchase_days"), np.int64)
+    n_events = _num(state.column("n_events"), np.int64)
+    monetary = _num(state.column("monetary"), np.float64)
+    n_online = _num(state.column("n_online"), np.int64)
+    n_with_channel = _num(state.column("n_with_channel"), np.int64)
+
+    history = state.column("history")
+    if isinstance(history, pa.ChunkedArray):
+        history = history.combine_chunks() if history.num_chunks else pa.array([], history.type)
+    owner = pc.list_parent_indices(history).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(history)
+    day, _ = _days(flat.field("day"))
+    day_events = _num(flat.field("n_events"), np.float64)
+    day_spend = _num(flat.field("spend"), np.float64)
+
+    def window(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        inside = (day > today - hi) & (day <= today - lo)
+        # (bincount returns int64 zeros when nothing is inside: always float64 here)
+        sums = np.bincount(owner[inside], weights=values[inside], minlength=n)
+        return sums.astype(np.float64)
+
+    recency = today - last
+    tenure = today - first
+    several = purchase_days > 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_gap = np.where(several, (last - first) / np.maximum(purchase_days - 1, 1), np.nan)
+    cols: dict[str, pa.Array] = {
+        "customer_id": state.column("customer_id"),
+        "as_of": pa.array(np.full(n, as_of_us), pa.timestamp("us", tz="UTC")),
+        "first_purchase_date": state.column("first_purchase_date"),
+        "last_purchase_date": state.column("last_purchase_date"),
+        "recency_days": pa.array(recency.astype(np.int32), mask=no_last),
+        "tenure_days": pa.array(tenure.astype(np.int32), mask=no_first),
+        "frequency": pa.array(purchase_days),
+        "n_events": pa.array(n_events),
+        "monetary": pa.array(monetary),
+        "spend_per_purchase_day": pa.array(
+            monetary / np.maximum(purchase_days, 1), mask=purchase_days <= 0
+        ),
+    }
+    for w in WINDOWS:
+        cols[f"n_events_{w}d"] = pa.array(window(day_events, 0, w).astype(np.int64))
+        cols[f"spend_{w}d"] = pa.array(window(day_spend, 0, w))
+    n_30 = window(day_events, 0, 30)
+    n_prev_30 = window(day_events, 30, 60)
+    overdue = recency - mean_gap
+    at_risk = np.where(
+        purchase_days >= 2,
+        (recency >= AT_RISK_MIN_RECENCY) & (recency > 2 * mean_gap),
+        (purchase_days == 1) & (recency > ONE_OFF_AT_RISK_RECENCY),
+    )
+    busy = n_30 + n_prev_30
+    cols |= {
+        "mean_days_between": pa.array(mean_gap, mask=~several),
+        "online_share": pa.array(
+            n_online / np.maximum(n_with_channel, 1), mask=n_with_channel <= 0
+        ),
+        "days_overdue": pa.array(overdue, mask=~several | no_last),
+        "activity_trend_30d": pa.array((n_30 - n_prev_30) / np.maximum(busy, 1), mask=busy <= 0),
+        "at_risk": pa.array(at_risk & ~no_last, pa.bool_()),
+    }
+    return pa.table(cols)
+
+
+def features_as_of(state: DataFrame, as_of: datetime | date | str) -> DataFrame:
+    """State rows -> the live feature table as of ``as_of`` (one row per customer).
+
+    Spark runs ``features_table`` on each partition's Arrow batches.
+    """
+    from schemas.tables import live_features_schema
+
+    as_of_us = as_of_micros(as_of)
+
+    def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield from features_table(batch, _from_micros(as_of_us)).to_batches()
+
+    columns = [f.name for f in STATE_SCHEMA]
+    return state.select(*columns).mapInArrow(per_partition, live_features_schema())
+
+
+def _from_micros(us: int) -> datetime:
+    return _EPOCH_TS + timedelta(microseconds=us)
