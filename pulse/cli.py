@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from runtime.errors import PulseError
 from runtime.settings import describe_settings, load_settings
@@ -36,9 +37,21 @@ GLOBAL_FLAGS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other Pulse error.
+
+    argparse prints the whole usage block before the error; in a terminal or a log the
+    problem is then the last of several lines. The subcommand parsers inherit this class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``<prog>: error: <message>`` and where the usage is, then exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser: global setting flags, then each module's subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pulse",
         description="Pulse: lambda-architecture customer intelligence (Kafka + Spark).",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -7,16 +7,30 @@ Every field is listed in ``.env.example`` and in ``pulse --help``. Secrets are
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.errors import PulseError
 
 LIBRDKAFKA_LOG = logging.getLogger("pulse.librdkafka")
 LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
+
+# Values handed to the JVM as text. Checked here, so a typo is one line naming the
+# variable instead of a Java stack trace after a JVM start (or a broker that never starts).
+_TRIGGER_UNIT = r"\d+(?:\.\d+)?\s+(?:week|day|hour|minute|second|millisecond|microsecond)s?"
+TRIGGER_INTERVAL = re.compile(
+    rf"\s*(?:interval\s+)?{_TRIGGER_UNIT}(?:\s+{_TRIGGER_UNIT})*\s*", re.IGNORECASE
+)  # what Spark's Trigger.ProcessingTime parses (no months or years, no "5s")
+SPARK_MEMORY = re.compile(r"\d+(?:[kmgtp]b?|b)?", re.IGNORECASE)  # spark.*.memory
+JVM_HEAP = re.compile(r"\d+[kmgt]?", re.IGNORECASE)  # -Xmx/-Xms: no "b" suffix
+SPARK_MASTER = re.compile(
+    r"local(?:\[(?:\d+|\*)(?:,\d+)?\])?|local-cluster\[[\d, ]+\]|yarn|(?:spark|k8s|mesos)://\S+"
+)
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's legal topic names
 
 
 class Settings(BaseSettings):
@@ -77,6 +91,43 @@ class Settings(BaseSettings):
 
     # Batch
     churn_horizon_days: int = Field(30, ge=1, description="churn label horizon H (days)")
+
+    @field_validator("trigger_interval")
+    @classmethod
+    def _check_trigger_interval(cls, value: str) -> str:
+        if not TRIGGER_INTERVAL.fullmatch(value):
+            raise ValueError("not a trigger interval such as '5 seconds' or '1 minute'")
+        return value
+
+    @field_validator("spark_driver_memory", "spark_executor_memory")
+    @classmethod
+    def _check_spark_memory(cls, value: str) -> str:
+        if not SPARK_MEMORY.fullmatch(value):
+            raise ValueError("not a memory size such as '4g' or '512m'")
+        return value
+
+    @field_validator("broker_heap")
+    @classmethod
+    def _check_broker_heap(cls, value: str) -> str:
+        if not JVM_HEAP.fullmatch(value):
+            raise ValueError("not a JVM heap size such as '512m' or '2g'")
+        return value
+
+    @field_validator("spark_master")
+    @classmethod
+    def _check_spark_master(cls, value: str) -> str:
+        if not SPARK_MASTER.fullmatch(value):
+            raise ValueError(
+                "not a Spark master URL (local[N], spark://HOST:PORT, yarn, k8s://URL)"
+            )
+        return value
+
+    @field_validator("topic_transactions")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if not TOPIC_NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError("not a Kafka topic name (letters, digits, '.', '_', '-')")
+        return value
 
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) connection settings, secrets included."""
@@ -169,9 +220,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = str(err["loc"][0]) if err.get("loc") else "?"
-        raise PulseError(
-            f"invalid setting PULSE_{name.upper()}={err.get('input')!r}: {err['msg']}"
-        ) from None
+        value = "<secret>" if "password" in name else repr(err.get("input"))
+        reason = str(err["msg"]).removeprefix("Value error, ")  # our validators' own words
+        raise PulseError(f"invalid setting PULSE_{name.upper()}={value}: {reason}") from None
 
 
 def describe_settings() -> str:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
+from datetime import date
+from pathlib import Path
+from types import SimpleNamespace
 
-from pulse.commands.args import iso_date
+from pulse.commands.args import batches_read_early, interval_seconds, iso_date, positive_int
+from runtime.errors import PulseError
 from runtime.settings import Settings
-
-
-def _parse_interval(text: str) -> float:
-    """'90s', '15m', '2h', '1d' or plain seconds -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not an interval (e.g. 30m, 2h, 1d): {text!r}")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -25,9 +20,12 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from runtime.spark import build_spark
 
     source = open_source(args.source)
+    # A wrong file fails before the JVM starts; ingest then reads on from the first batch.
+    batches = batches_read_early(source)
+    early = SimpleNamespace(iter_batches=lambda: batches, customers_path=source.customers_path)
     spark = build_spark(settings, "pulse-ingest", with_kafka=False)
     start = time.perf_counter()
-    result = ingest_source(spark, settings, source)
+    result = ingest_source(spark, settings, early)
     stats = getattr(source, "stats", None)
     rejected = sum(stats.rejected.values()) if stats is not None else 0
     print(
@@ -41,7 +39,21 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def check_lake(settings: Settings, as_of: date | None) -> None:
+    """PulseError unless the lake has a day before ``as_of``: from the partition names only.
+
+    Checked before the Spark session starts, so an empty lake or a cutoff before its
+    first day is one line at once instead of after a JVM start.
+    """
+    days = sorted(p.name.split("=", 1)[1] for p in Path(settings.lake_dir).glob("event_date=*"))
+    if not days:
+        raise PulseError(f"the lake at {settings.lake_dir} is empty: run `pulse ingest SOURCE`")
+    if as_of is not None and as_of.isoformat() <= days[0]:
+        raise PulseError(f"--as-of {as_of}: no events before it, the lake starts on {days[0]}")
+
+
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+    check_lake(settings, args.as_of)  # before the imports too: they take seconds
     from batch.retrain import RetrainOptions, retrain
     from batch.summary import print_summary
     from runtime.spark import build_spark
@@ -90,13 +102,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--every",
-        type=_parse_interval,
+        type=interval_seconds,
         default=None,
         help="repeat every INTERVAL (e.g. 6h) until interrupted",
     )
     p.add_argument(
         "--holdout-days",
-        type=int,
+        type=positive_int,
         default=7,
         help="recommendation hold-out: the last N days before the cutoff",
     )

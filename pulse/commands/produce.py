@@ -6,7 +6,8 @@ import argparse
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
-from pulse.commands.args import iso_date
+from pulse.commands.args import batches_read_early, iso_date, positive_int
+from runtime.errors import PulseError
 from runtime.settings import Settings
 
 
@@ -27,11 +28,14 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from producers.replay import Pacing, replay
 
     pacing = Pacing(speedup=args.speedup, rate=args.rate)  # validates before any I/O
+    if args.start and args.end and args.end < args.start:
+        raise PulseError(f"--end {args.end} is before --start {args.start}: nothing to replay")
     source = open_source(args.source, start=args.start, end=args.end)
+    batches = batches_read_early(source)  # a wrong file fails here, before Kafka is asked
     # --end is an inclusive date: the simulated clock runs to its midnight
     until = datetime.combine(args.end + timedelta(days=1), time(), UTC) if args.end else None
     stats = replay(
-        source.iter_batches(),  # Arrow tables: the producer encodes each one at once
+        batches,  # Arrow tables: the producer encodes each one at once
         settings,
         pacing=pacing,
         limit=args.limit,
@@ -71,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pace.add_argument("--rate", type=float, help="events per second")
     p.add_argument("--start", type=iso_date, help="first event date (inclusive)")
     p.add_argument("--end", type=iso_date, help="last event date (inclusive)")
-    p.add_argument("--limit", type=int, help="replay only the first N source rows")
+    p.add_argument("--limit", type=positive_int, help="replay only the first N source rows")
     p.add_argument(
         "--resume", action="store_true", help="continue after the last confirmed row of this source"
     )

@@ -1,0 +1,337 @@
+"""Bad command-line input, command by command: one clear line, a non-zero exit, nothing left.
+
+Each case runs the real ``pulse`` executable in a subprocess, on a fresh data root, and
+checks what a user sees: exactly one line on stderr naming the problem (a distinctive
+fragment of it: the bad value, file or variable), a non-zero exit code, no traceback on
+either stream, an exit within a bounded time, and no process of the run still alive
+afterwards (every process the run started carries a marker in its environment, which
+/proc shows even for a daemon that left the process group).
+
+Unit cases start no JVM and talk to no broker: PULSE_KAFKA_BOOTSTRAP points at a closed
+port, so nothing reaches a broker someone else runs on 9092. The integration cases use
+the session's real broker (tests/conftest.py) for a topic that does not exist.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+PULSE = Path(sys.executable).with_name("pulse")
+MARK = "PULSE_BAD_INPUT_RUN"  # not a setting: pydantic-settings ignores unknown PULSE_ names
+UNIT_TIMEOUT_S = 60  # the slowest unit case, `stream` against a closed port, takes ~15 s
+BROKER_TIMEOUT_S = 90
+GRACE_S = 10  # a JVM child may outlive its Python parent by a moment; never longer
+
+HM_HEADER = "t_dat,customer_id,article_id,price,sales_channel_id\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad invocation: arguments after ``--data-root``, and the fragment the error names.
+
+    ``{closed}`` in ``argv``, ``env`` or ``fragment`` is replaced by a port nobody listens on;
+    ``{broker}`` by the session broker's bootstrap servers.
+    """
+
+    id: str
+    argv: list[str]
+    fragment: str
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: Callable[[Path], None] | None = None
+
+
+def publish_view(data_root: Path) -> None:
+    """A published customer view holding one customer, written with pyarrow (no Spark)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage import snapshots
+
+    table = pa.table(
+        {
+            "customer_id": ["known"],
+            "as_of": [datetime(2020, 9, 22, tzinfo=UTC)],
+            "recency_days": [1],
+            "churn_probability": [0.5],
+        }
+    )
+    snapshots.publish(
+        data_root / "serving" / "customer_view",
+        lambda d: (d.mkdir(), pq.write_table(table, d / "part-0.parquet")),
+    )
+
+
+def lake_from_2020_01_05(data_root: Path) -> None:
+    """A lake whose first (and only) day is 2020-01-05 (the check reads partition names)."""
+    (data_root / "lake" / "transactions" / "event_date=2020-01-05").mkdir(parents=True)
+
+
+UNIT_CASES = [
+    # the program itself
+    Case("no-command", [], "the following arguments are required: COMMAND"),
+    Case("unknown-command", ["frobnicate"], "invalid choice: 'frobnicate'"),
+    # settings: environment variables and the global flags that override them
+    Case(
+        "setting-not-a-number",
+        ["topics", "create"],
+        "PULSE_TOPIC_PARTITIONS='three'",
+        env={"PULSE_TOPIC_PARTITIONS": "three"},
+    ),
+    Case(
+        "setting-port-out-of-range",
+        ["broker", "start"],
+        "PULSE_BROKER_PORT='99999'",
+        env={"PULSE_BROKER_PORT": "99999"},
+    ),
+    Case(
+        "setting-trigger-interval",
+        ["stream"],
+        "PULSE_TRIGGER_INTERVAL='5s'",
+        env={"PULSE_TRIGGER_INTERVAL": "5s"},
+    ),
+    Case(
+        "setting-spark-memory",
+        ["retrain"],
+        "PULSE_SPARK_DRIVER_MEMORY='lots'",
+        env={"PULSE_SPARK_DRIVER_MEMORY": "lots"},
+    ),
+    Case(
+        "flag-topic-name",
+        ["--topic", "my topic", "produce", "shop"],
+        "PULSE_TOPIC_TRANSACTIONS='my topic'",
+    ),
+    # setup and the local broker
+    Case(
+        "setup-without-java",
+        ["setup"],
+        "`java` not found on PATH",
+        env={"PATH": "/nonexistent", "PULSE_JVM_CACHE": "jvm-empty"},
+    ),
+    Case(
+        "broker-without-jars",
+        ["broker", "start"],
+        "Kafka broker jars missing in jvm-empty/kafka-",
+        env={"PULSE_JVM_CACHE": "jvm-empty"},
+    ),
+    Case(
+        "topics-unreachable-broker",
+        ["--bootstrap", "127.0.0.1:{closed}", "topics", "create"],
+        "Kafka at 127.0.0.1:{closed} is unreachable",
+    ),
+    # data
+    Case(
+        "generate-missing-articles-file",
+        ["data", "generate", "--customers", "10", "--articles", "missing.csv", "--out", "gen"],
+        "articles file not found: missing.csv",
+    ),
+    Case("profile-folder-without-transactions", ["data", "profile", "empty"], "empty: no transac"),
+    Case(
+        "inspect-wrong-columns",
+        ["data", "inspect", "hm:wrong_columns.csv"],
+        "missing column(s) t_dat",
+    ),
+    # produce
+    Case("produce-missing-file", ["produce", "nope.csv"], "source not found: nope.csv"),
+    Case(
+        "produce-wrong-columns",
+        ["produce", "wrong_columns.csv"],
+        "wrong_columns.csv: not an Online Retail file, missing column InvoiceNo",
+    ),
+    Case("produce-bad-date", ["produce", "shop", "--end", "2020-02-30"], "'2020-02-30'"),
+    Case(
+        "produce-end-before-start",
+        ["produce", "shop", "--start", "2020-02-01", "--end", "2020-01-31"],
+        "--end 2020-01-31 is before --start 2020-02-01",
+    ),
+    Case("produce-zero-speedup", ["produce", "shop", "--speedup", "0"], "--speedup must be pos"),
+    Case(
+        "produce-speedup-and-rate",
+        ["produce", "shop", "--speedup", "1", "--rate", "2"],
+        "not allowed with argument --speedup",
+    ),
+    Case("produce-limit-zero", ["produce", "shop", "--limit", "0"], "--limit: not a whole number"),
+    Case(
+        "produce-unreachable-broker",
+        ["--bootstrap", "127.0.0.1:{closed}", "produce", "shop"],
+        "Kafka at 127.0.0.1:{closed} is unreachable",
+    ),
+    # stream
+    Case(
+        "stream-unreachable-broker",
+        ["--bootstrap", "127.0.0.1:{closed}", "stream", "--until-idle"],
+        "Kafka at 127.0.0.1:{closed} is unreachable",
+    ),
+    # ingest, retrain, report
+    Case(
+        "ingest-wrong-columns",
+        ["ingest", "hm:wrong_columns.csv"],
+        "wrong_columns.csv: not an H&M transactions file",
+    ),
+    Case("ingest-folder-without-transactions", ["ingest", "hm:empty"], "empty: no transactions"),
+    Case("retrain-bad-date", ["retrain", "--as-of", "2020-13-01"], "'2020-13-01'"),
+    Case("retrain-bad-interval", ["retrain", "--every", "soon"], "--every: not an interval"),
+    Case("retrain-zero-interval", ["retrain", "--every", "0"], "not an interval above zero"),
+    Case("retrain-unknown-model", ["retrain", "--models", "all"], "invalid choice: 'all'"),
+    Case("retrain-empty-lake", ["retrain"], "is empty: run `pulse ingest SOURCE`"),
+    Case(
+        "retrain-cutoff-before-lake",
+        ["retrain", "--as-of", "2020-01-05"],
+        "--as-of 2020-01-05: no events before it, the lake starts on 2020-01-05",
+        prepare=lake_from_2020_01_05,
+    ),
+    Case("report-no-model-yet", ["report"], "no trained model in"),
+    # view, demo, bench
+    Case("view-nothing-published", ["view", "known"], "no customer view published yet"),
+    Case(
+        "view-unknown-customer",
+        ["view", "nobody"],
+        "unknown customer 'nobody'",
+        prepare=publish_view,
+    ),
+    Case("view-no-customer-given", ["view"], "give a CUSTOMER_ID or --at-risk N"),
+    Case("demo-missing-source", ["demo", "--source", "hm:nowhere"], "nowhere is not a folder"),
+    Case("bench-zero-events", ["bench", "stream", "--events", "0"], "not a whole number >= 1"),
+]
+
+BROKER_CASES = [
+    Case(
+        "produce-missing-topic",
+        ["--bootstrap", "{broker}", "--topic", "pulse-no-such-topic", "produce", "shop"],
+        "topic pulse-no-such-topic does not exist",
+    ),
+    Case(
+        "stream-missing-topic",
+        ["--bootstrap", "{broker}", "--topic", "pulse-no-such-topic", "stream", "--until-idle"],
+        "topic 'pulse-no-such-topic' does not exist",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def closed_port() -> int:
+    """A TCP port nobody listens on: a connection is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_inputs(cwd: Path) -> None:
+    """The files the cases name, relative to the working directory."""
+    (cwd / "wrong_columns.csv").write_text("a,b\n1,2\n")
+    (cwd / "empty").mkdir()
+    (cwd / "jvm-empty").mkdir()
+    shop = cwd / "shop"
+    shop.mkdir()
+    (shop / "transactions_train.csv").write_text(
+        HM_HEADER + "2020-01-01,c1,0100000001,0.01,2\n2020-01-02,c2,0100000002,0.02,1\n"
+    )
+
+
+def marked_processes(marker: str) -> list[str]:
+    """Live processes whose environment carries ``MARK=marker``: the run's descendants."""
+    needle = f"{MARK}={marker}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append(f"pid {proc.name}: {cmdline[:200]}")
+    return found
+
+
+def run_case(case: Case, tmp_path: Path, timeout_s: float, **values: str) -> None:
+    """Run ``pulse --data-root <fresh> <argv>`` in ``tmp_path`` and check what a user sees."""
+    write_inputs(tmp_path)
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    if case.prepare is not None:
+        case.prepare(data_root)
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    env |= {
+        "PULSE_KAFKA_BOOTSTRAP": "127.0.0.1:{closed}",  # never a broker someone runs on 9092
+        **case.env,
+        MARK: marker,
+    }
+    env = {k: v.format(**values) for k, v in env.items()}
+    argv = [str(PULSE), "--data-root", str(data_root), *(a.format(**values) for a in case.argv)]
+    fragment = case.fragment.format(**values)
+
+    began = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,  # no .env of the checkout is read
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{case.id}: still running after {timeout_s}s: {' '.join(argv)}")
+    took = time.monotonic() - began
+
+    deadline = time.monotonic() + GRACE_S
+    while (left := marked_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:  # do not leave them to the next test either
+        for line in left:
+            os.kill(int(line.split()[1].rstrip(":")), signal.SIGKILL)
+
+    shown = f"exit {proc.returncode} after {took:.1f}s\nstdout:\n{out}\nstderr:\n{err}"
+    assert "Traceback" not in out + err, shown
+    assert proc.returncode != 0, shown
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr\n{shown}"
+    assert "error" in lines[0] and fragment in lines[0], f"expected {fragment!r}\n{shown}"
+    assert not left, f"processes outlived the run by {GRACE_S}s: {left}\n{shown}"
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("case", UNIT_CASES, ids=lambda c: c.id)
+def test_bad_input_is_one_clear_line(case: Case, tmp_path: Path, closed_port: int) -> None:
+    run_case(case, tmp_path, UNIT_TIMEOUT_S, closed=str(closed_port))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("case", BROKER_CASES, ids=lambda c: c.id)
+def test_bad_input_against_a_real_broker_is_one_clear_line(
+    case: Case, tmp_path: Path, closed_port: int, kafka_bootstrap: str
+) -> None:
+    run_case(case, tmp_path, BROKER_TIMEOUT_S, closed=str(closed_port), broker=kafka_bootstrap)
+
+
+@pytest.mark.unit
+def test_the_table_covers_every_command() -> None:
+    from pulse.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    commands = set(sub.choices)  # type: ignore[arg-type]
+    covered = {a for c in UNIT_CASES + BROKER_CASES for a in c.argv if a in commands}
+    assert commands - covered == set()
+    assert len(UNIT_CASES) + len(BROKER_CASES) >= 20
