@@ -123,8 +123,12 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     """Add `pulse bench batch`."""
     p = bench_sub.add_parser("batch", help="retrain wall time, peak memory, ALS vs implicit")
     p.add_argument(
-        "--sizes", type=int, nargs="+", default=[1_000_000], help="generated transactions per run"
+        "--sizes",
+        type=positive_int,
+        nargs="+",
+        default=[1_000_000],
+        help="generated transactions per run",
     )
-    p.add_argument("--rank", type=int, default=32)
-    p.add_argument("--max-iter", type=int, default=10)
+    p.add_argument("--rank", type=positive_int, default=32)
+    p.add_argument("--max-iter", type=positive_int, default=10)
     p.set_defaults(handler=_bench)

@@ -95,7 +95,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     p = bench_sub.add_parser(
         "producer", help="replay producer vs Kafka's ProducerPerformance (events/s, MB/s)"
     )
-    p.add_argument("--events", type=int, default=1_000_000, help="records per producer")
+    p.add_argument("--events", type=positive_int, default=1_000_000, help="records per producer")
     p.add_argument(
         "--json",
         action="store_true",
