@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,8 +46,8 @@ HM_HEADER = "t_dat,customer_id,article_id,price,sales_channel_id\n"
 class Case:
     """One bad invocation: arguments after ``--data-root``, and the fragment the error names.
 
-    ``{closed}`` in ``argv``, ``env`` or ``fragment`` is replaced by a port nobody listens on;
-    ``{broker}`` by the session broker's bootstrap servers.
+    ``{closed}`` in ``argv``, ``env`` or ``fragment`` is replaced by a port nobody listens on,
+    ``{busy}`` by one the test listens on, ``{broker}`` by the session broker's servers.
     """
 
     id: str
@@ -157,6 +157,12 @@ UNIT_CASES = [
         env={"PULSE_JVM_CACHE": "jvm-empty"},
     ),
     Case(
+        "broker-port-in-use",
+        ["--broker-port", "{busy}", "broker", "start"],
+        "port {busy} on 127.0.0.1 is already in use",
+        env={"PULSE_CONTROLLER_PORT": "{closed}"},
+    ),
+    Case(
         "topics-unreachable-broker",
         ["--bootstrap", "127.0.0.1:{closed}", "topics", "create"],
         "Kafka at 127.0.0.1:{closed} is unreachable",
@@ -261,6 +267,15 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(scope="module")
+def busy_port() -> Iterator[int]:
+    """A TCP port this test process listens on while the module runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
 def write_inputs(cwd: Path) -> None:
     """The files the cases name, relative to the working directory."""
     (cwd / "wrong_columns.csv").write_text("a,b\n1,2\n")
@@ -311,13 +326,9 @@ def run_case(case: Case, tmp_path: Path, timeout_s: float, **values: str) -> Run
     if case.prepare is not None:
         case.prepare(data_root)
     marker = uuid.uuid4().hex
+    ours = {"PULSE_KAFKA_BOOTSTRAP": "127.0.0.1:{closed}", **case.env}  # never a broker on 9092
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
-    env |= {
-        "PULSE_KAFKA_BOOTSTRAP": "127.0.0.1:{closed}",  # never a broker someone runs on 9092
-        **case.env,
-        MARK: marker,
-    }
-    env = {k: v.format(**values) for k, v in env.items()}
+    env |= {k: v.format(**values) for k, v in ours.items()} | {MARK: marker}
     argv = [str(PULSE), "--data-root", str(data_root), *(a.format(**values) for a in case.argv)]
 
     began = time.monotonic()
@@ -365,7 +376,10 @@ def check(run: Run, timeout_s: float) -> None:
 
 @pytest.fixture(scope="module")
 def unit_runs(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, closed_port: int
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    closed_port: int,
+    busy_port: int,
 ) -> dict[str, Run]:
     """The selected unit cases, run three at a time (most of a run is waiting: a Python
     start, a refused connection's time-out), each in its own directory and timed alone."""
@@ -388,6 +402,7 @@ def unit_runs(
                 tmp_path_factory.mktemp(case.id),
                 UNIT_TIMEOUT_S,
                 closed=str(closed_port),
+                busy=str(busy_port),
             )
             for case in selected
         }
