@@ -1,79 +1,89 @@
 """`pulse ingest SOURCE`: backfill the lake from files, without Kafka.
 
-Reads a source through the shared adapters (same contract, same deterministic
-event ids as the producer), stages its batches as Parquet with pyarrow (bounded
-memory), then one Spark job appends to the lake only the events whose event_id
-is not already there (anti-join), partitioned by ``event_date``. Ingesting the
-same source twice therefore adds nothing. Customer attributes (Kaggle
-``customers.csv``) go to ``lake/customers`` when the source has them.
+Reads a source through the shared adapters (same contract, same deterministic event
+ids as the producer) and hands its events to the lake's one write protocol
+(``storage.lake.write_events``) in chunks of ``CHUNK_ROWS`` (bounded memory): each
+chunk is one commit that adds only the events whose event_id the lake does not hold
+yet, checked on the event dates the chunk touches. Ingesting the same source twice,
+or a file overlapping what the stream already wrote, therefore adds each event once.
+The adapters yield in event-time order, so a chunk covers a few consecutive days;
+the days two chunks share are compacted at the end (``storage.lake.compact``).
+Customer attributes (Kaggle ``customers.csv``) go to ``lake/customers`` when the
+source has them.
 """
 
 from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from runtime.settings import Settings
 from schemas.tables import CUSTOMER_COLUMNS as KAGGLE_CUSTOMERS
-from schemas.transaction import FIELD_NAMES, spark_schema
-from storage.lake import customers_dir, lake_exists, read_lake
+from schemas.transaction import FIELD_NAMES
+from storage.lake import EVENT_ARROW_SCHEMA, compact, customers_dir, write_events
 
 # The Kaggle customer columns the models use; postal_code is left out (high-cardinality
 # identifier, not a model input).
 CUSTOMER_COLUMNS = {c: t for c, t in KAGGLE_CUSTOMERS.items() if c != "postal_code"}
+#: Events per lake commit: ~150 MB of Arrow at most, ~3 weeks at H&M density.
+CHUNK_ROWS = 1_000_000
 
 
 @dataclass
 class IngestResult:
-    """What one ingest did: rows staged, new rows appended, customers written."""
+    """What one ingest did: rows read, new rows appended, customers written."""
 
     staged: int
     appended: int
     customers: int
 
 
-def stage_batches(batches: Iterable[pa.Table], staging: Path, progress: bool = True) -> int:
-    """Write contract-column Arrow batches to ``staging/part-*.parquet``; returns row count."""
+def chunks(batches: Iterable[pa.Table], rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+    """Regroup contract-column Arrow batches into tables of about ``rows`` rows."""
+    pending: list[pa.Table] = []
+    size = 0
+    for table in batches:
+        pending.append(table.select(list(FIELD_NAMES)).cast(EVENT_ARROW_SCHEMA))
+        size += table.num_rows
+        if size >= rows:
+            yield pa.concat_tables(pending)
+            pending, size = [], 0
+    if pending:
+        yield pa.concat_tables(pending)
+
+
+def append_new(
+    settings: Settings, batches: Iterable[pa.Table], progress: bool = True
+) -> tuple[int, int]:
+    """Write the events of ``batches`` not yet in the lake; returns (read, appended).
+
+    One lake commit per chunk (writer ``ingest-<run id>``), then the event dates that
+    got more than one file in this run are compacted.
+    """
     from tqdm import tqdm
 
-    staging.mkdir(parents=True, exist_ok=True)
-    rows = 0
-    bar = tqdm(desc="staging", unit=" rows", unit_scale=True, disable=not progress)
-    for i, table in enumerate(batches):
-        table = table.select(list(FIELD_NAMES))
-        pq.write_table(table, staging / f"part-{i:05d}.parquet")
-        rows += table.num_rows
-        bar.update(table.num_rows)
+    writer = f"ingest-{uuid.uuid4().hex[:8]}"
+    read = appended = 0
+    touched: set[str] = set()
+    bar = tqdm(desc="ingest", unit=" rows", unit_scale=True, disable=not progress)
+    for batch_id, chunk in enumerate(chunks(batches)):
+        read += chunk.num_rows
+        appended += write_events(settings, chunk, writer, batch_id)
+        days = pc.unique(pc.cast(chunk.column("event_time"), pa.date32())).to_pylist()
+        touched.update(d.isoformat() for d in days)
+        bar.update(chunk.num_rows)
     bar.close()
-    return rows
-
-
-def append_new(spark: SparkSession, settings: Settings, staging: Path) -> int:
-    """Append staged events not yet in the lake (by event_id); returns how many were new."""
-    # Cast on read, so an adapter's int64 vs the contract's int32 does not matter.
-    raw = spark.read.parquet(str(staging))
-    typed = raw.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in spark_schema()])
-    staged = typed.dropDuplicates(["event_id"])
-    if lake_exists(settings):
-        known = read_lake(spark, settings).select("event_id")
-        staged = staged.join(known, "event_id", "left_anti")
-    new = staged.select(*FIELD_NAMES).withColumn("event_date", F.to_date("event_time"))
-    new = new.cache()
-    count = new.count()
-    if count:
-        new.repartition("event_date").write.mode("append").partitionBy("event_date").parquet(
-            str(settings.lake_dir)
-        )
-    new.unpersist()
-    return count
+    if touched:
+        compact(settings, touched)
+    return read, appended
 
 
 def ingest_customers(spark: SparkSession, settings: Settings, csv_path: Path) -> int:
@@ -99,12 +109,7 @@ def ingest_source(
     spark: SparkSession, settings: Settings, source: object, progress: bool = True
 ) -> IngestResult:
     """Backfill the lake from an adapter ``Source`` (``iter_batches``, ``customers_path``)."""
-    staging = settings.data_root / "staging" / f"ingest-{uuid.uuid4().hex[:8]}"
-    try:
-        staged = stage_batches(source.iter_batches(), staging, progress=progress)  # type: ignore[attr-defined]
-        appended = append_new(spark, settings, staging) if staged else 0
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    staged, appended = append_new(settings, source.iter_batches(), progress=progress)  # type: ignore[attr-defined]
     customers = 0
     customers_path = getattr(source, "customers_path", None)
     if customers_path is not None:

@@ -1,68 +1,457 @@
-"""Reading the lake (both layers: batch retrains, the stream seeds): deduplicated, before a cutoff.
+"""The lake: the master dataset of valid events, one Delta table, one write protocol.
 
-Time semantics: ``cutoff`` is a UTC date; only events with ``event_time < cutoff``
-are read (nothing at or after it), so a later period stays untouched for testing.
-Features of that window are computed as of ``features.time.as_of_for(cutoff)``, the last instant
-before the cutoff.
+``lake/transactions`` is a Delta Lake table partitioned by ``event_date`` (the UTC day
+of ``event_time``). Its ``_delta_log/`` is the only truth about which Parquet files
+are live: a reader never lists directories and never deduplicates. Both writers, the
+stream (one call per micro-batch, ``write_lake_batch``) and ``pulse ingest`` (one call
+per chunk of a file), go through ``write_events``:
+
+1. take the lake's write lock (a ``flock`` beside the table): writers run one at a
+   time, so what a writer checked is still true when it commits; readers never wait;
+2. drop the rows whose ``event_id`` the table already holds, looking only at the
+   event dates the rows touch (an event's date follows from its id's row, so the same
+   id always lands in the same partition), and repeated ids within the rows;
+3. write what is left as one Parquet file per event date, named after the writer, the
+   batch id and a digest of its ids (written aside, then renamed), and
+4. commit those files to the Delta log in one atomic commit (delta-rs), tagged with
+   the writer and batch id. A crash before the commit leaves no visible change (an
+   unreferenced file, which a retry overwrites by name or ``vacuum`` removes); a
+   replay after it finds every id present and writes nothing.
+
+So each event is in the lake exactly once, whatever the interleaving of the stream,
+re-sends older than the stream's dedup window, overlapping ingests and crashes.
+
+Compaction (``compact``; ``pulse compact``, and automatically at the end of an
+ingest) rewrites each event date's small files into one, under the same lock, and
+commits the new file and the removal of the old ones together. A reader holds a
+snapshot (one log version): the files it lists stay on disk until ``vacuum`` deletes
+files removed longer than its retention ago, so a read running during a compaction
+sees the old set or the new one, never a mix.
+
+Reads (``read_lake``) ask the log for the live files of the wanted event dates
+(pruned before Spark sees a path) and hand exactly those files to Spark. ``version``
+reads an earlier state of the table (time travel).
+
+Why delta-rs for the writes and not Spark's Delta: the stream's batch is already an
+Arrow table on the driver, and a Spark MERGE per micro-batch costs seconds of Spark
+jobs for a few thousand rows; delta-rs commits it in milliseconds, and the format is
+the standard Delta protocol that Spark with delta-spark (``delta-spark_4.2_2.13``)
+reads too.
+
+A lake written before this protocol (``event_date=*`` folders of plain Parquet, no
+``_delta_log``) is read as it is, and adopted into a Delta table by the first write;
+``compact`` then keeps one row per event id in each date it rewrites.
+
+Time semantics: ``cutoff`` is a UTC date; only events with ``event_time < cutoff`` are
+read (nothing at or after it). Features of that window are computed as of
+``features.time.as_of_for(cutoff)``, the last instant before the cutoff.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features.time import cutoff_ts
 from runtime.errors import PulseError
 from runtime.settings import Settings
-from schemas.tables import lake_schema
-from schemas.transaction import FIELD_NAMES
+from schemas.tables import LAKE_PARTITION
+from schemas.transaction import FIELD_NAMES, FIELDS
+
+_KEYS = ("event_id", "event_time")
+_ARROW_TYPES = {
+    "string": pa.string(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "int": pa.int32(),
+    "double": pa.float64(),
+}
+#: The contract columns as stored in the lake's Parquet files (derived from ``FIELDS``).
+#: Only the two columns the protocol relies on are declared non-null: ``produced_at``
+#: is null for ingested events (no producer), as in the adapters' schema.
+EVENT_ARROW_SCHEMA = pa.schema(
+    [pa.field(f.name, _ARROW_TYPES[f.kind], nullable=f.name not in _KEYS) for f in FIELDS]
+)
+#: The Delta table's schema: the contract columns + the ``event_date`` partition.
+LAKE_ARROW_SCHEMA = EVENT_ARROW_SCHEMA.append(pa.field(LAKE_PARTITION, pa.date32()))
+STREAM_WRITER = "stream"
+#: Compacted files are at most this many rows (H&M: ~45k events a day, one file a day).
+COMPACT_MAX_ROWS = 5_000_000
+#: Files removed by a compaction stay on disk this long for readers of older snapshots.
+VACUUM_RETENTION_HOURS = 24
+
+
+# -- the table ------------------------------------------------------------------------
+
+
+def _is_delta(settings: Settings) -> bool:
+    return (Path(settings.lake_dir) / "_delta_log").is_dir()
+
+
+def _legacy_parts(settings: Settings) -> list[Path]:
+    return sorted(p for p in Path(settings.lake_dir).glob(f"{LAKE_PARTITION}=*") if p.is_dir())
+
+
+def _table(settings: Settings, version: int | None = None) -> Any:
+    from deltalake import DeltaTable
+
+    return DeltaTable(str(settings.lake_dir), version=version)
+
+
+def _local(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def live_files(
+    settings: Settings, cutoff: date | None = None, version: int | None = None
+) -> list[str]:
+    """Local paths of the table's live Parquet files (before ``cutoff`` when given).
+
+    The partition filter is applied to the log, so files of later dates are never listed.
+    """
+    if not _is_delta(settings):
+        files = [str(f) for p in _legacy_parts(settings) for f in sorted(p.glob("*.parquet"))]
+        if cutoff is not None:
+            files = [f for f in files if _file_date(f) < cutoff]
+        return files
+    filters = [(LAKE_PARTITION, "<", cutoff.isoformat())] if cutoff is not None else None
+    return [_local(u) for u in _table(settings, version).file_uris(file_pruning_predicate=filters)]
+
+
+def _file_date(path: str) -> date:
+    return date.fromisoformat(Path(path).parent.name.split("=", 1)[1])
 
 
 def lake_exists(settings: Settings) -> bool:
-    """True when the lake has at least one event_date partition."""
-    return any(Path(settings.lake_dir).glob("event_date=*"))
+    """True when the lake holds at least one file."""
+    return bool(live_files(settings))
 
 
-def read_lake(spark: SparkSession, settings: Settings, cutoff: date | None = None) -> DataFrame:
-    """The lake's events (contract columns + event_date), one row per event_id.
+def read_lake(
+    spark: SparkSession,
+    settings: Settings,
+    cutoff: date | None = None,
+    version: int | None = None,
+) -> DataFrame:
+    """The lake's events (contract columns + event_date): each event once, as stored.
 
-    What it does: lists the ``event_date=*`` directories, reads every Parquet file in
-    them, and keeps one row per ``event_id``. Why:
-
-    - the directories, not the lake root: two writers append to the lake, ``pulse
-      ingest`` and the stream. Given the root, Spark reads only the files listed in a
-      ``_spark_metadata`` log when one is there (a Structured Streaming file sink keeps
-      one), so it would miss every file ingest wrote. Given the partition directories,
-      it reads all the files.
-    - deduplicated: the lake may hold an event more than once (a day both ingested and
-      streamed, an event re-sent to Kafka, a micro-batch's files written again when it
-      is retried), and the files are read without any log saying which copy counts.
-      ``event_id`` is deterministic per source row, so one row per id is each event once.
+    Reads exactly the live files of one table version (the latest, or ``version``),
+    pruned to ``event_date < cutoff`` from the log. No ``dropDuplicates``: the write
+    protocol keeps one row per ``event_id`` (module docstring).
     """
-    if not lake_exists(settings):
-        raise PulseError(f"the lake at {settings.lake_dir} is empty: run `pulse ingest SOURCE`")
-    schema = lake_schema()
-    parts = sorted(str(p) for p in Path(settings.lake_dir).glob("event_date=*") if p.is_dir())
-    df = spark.read.schema(schema).option("basePath", str(settings.lake_dir)).parquet(*parts)
+    from schemas.tables import lake_schema
+
+    files = live_files(settings, cutoff, version)
+    if not files:
+        if not live_files(settings, None, version):
+            raise PulseError(f"the lake at {settings.lake_dir} is empty: run `pulse ingest SOURCE`")
+        return spark.createDataFrame([], lake_schema())
+    df = spark.read.schema(lake_schema()).option("basePath", str(settings.lake_dir)).parquet(*files)
     if cutoff is not None:
-        df = df.where(F.col("event_date") < F.lit(cutoff)).where(
-            F.col("event_time") < F.lit(cutoff_ts(cutoff))
-        )
-    return df.select(*FIELD_NAMES, "event_date").dropDuplicates(["event_id"])
+        df = df.where(F.col("event_time") < F.lit(cutoff_ts(cutoff)))
+    return df.select(*FIELD_NAMES, LAKE_PARTITION)
+
+
+def event_dates(settings: Settings) -> list[date]:
+    """The event dates the lake holds, sorted; from the log (no data scan)."""
+    return sorted({_file_date(f) for f in live_files(settings)})
 
 
 def last_event_date(settings: Settings) -> date:
-    """The latest ``event_date`` partition of the lake (the default cutoff is the day after).
-
-    Read from the partition directory names: no data scan.
-    """
-    days = [p.name.split("=", 1)[1] for p in Path(settings.lake_dir).glob("event_date=*")]
+    """The latest ``event_date`` of the lake (the default cutoff is the day after)."""
+    days = event_dates(settings)
     if not days:
         raise PulseError(f"the lake at {settings.lake_dir} is empty: run `pulse ingest SOURCE`")
-    return date.fromisoformat(max(days))
+    return days[-1]
+
+
+# -- the write protocol ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def write_lock(settings: Settings) -> Iterator[None]:
+    """The lake's write lock: one writer (stream, ingest, compaction) at a time.
+
+    A ``flock`` on a file beside the table (not inside it, so no reader or vacuum sees
+    it). Released by the kernel if the holder dies, so a crash never leaves it stuck.
+    """
+    lake = Path(settings.lake_dir)
+    lake.parent.mkdir(parents=True, exist_ok=True)
+    with open(lake.with_name(f".{lake.name}.write-lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_for_write(settings: Settings) -> Any:
+    """The table, created empty (or adopting a pre-protocol lake's files) if needed."""
+    from deltalake import DeltaTable, Schema, convert_to_deltalake
+
+    lake = str(settings.lake_dir)
+    if not _is_delta(settings):
+        if _legacy_parts(settings):
+            partition = Schema.from_arrow(pa.schema([pa.field(LAKE_PARTITION, pa.date32())]))
+            convert_to_deltalake(lake, partition_by=partition, partition_strategy="hive")
+        else:
+            DeltaTable.create(
+                lake, schema=LAKE_ARROW_SCHEMA, partition_by=[LAKE_PARTITION], mode="ignore"
+            )
+    return DeltaTable(lake)
+
+
+def _ids_in(table: Any, days: list[str]) -> pa.Array:
+    """The event ids the table holds on ``days`` (only those partitions are read)."""
+    files = [
+        _local(u) for u in table.file_uris(file_pruning_predicate=[(LAKE_PARTITION, "in", days)])
+    ]
+    if not files:
+        return pa.array([], pa.string())
+    return pq.ParquetDataset(files).read(columns=["event_id"]).column("event_id").combine_chunks()
+
+
+def new_events(rows: pa.Table, known_ids: pa.Array) -> pa.Table:
+    """``rows`` less the ids in ``known_ids`` and less repeats within ``rows`` (first kept)."""
+    ids = rows.column("event_id").combine_chunks()
+    # index_in gives the position of an id's first copy; a row is kept where it is that.
+    first = pc.equal(pc.index_in(ids, value_set=ids), pa.array(range(len(rows)), pa.int32()))
+    unseen = pc.invert(pc.is_in(ids, value_set=known_ids))
+    return rows.filter(pc.and_(first, unseen))
+
+
+def _write_file(part_dir: Path, name: str, rows: pa.Table) -> Path:
+    """Write ``rows`` whole as ``part_dir/name``: aside first, then renamed."""
+    part_dir.mkdir(parents=True, exist_ok=True)
+    tmp = part_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    pq.write_table(rows, tmp)
+    final = part_dir / name
+    tmp.rename(final)
+    return final
+
+
+def _add_action(settings: Settings, path: Path, day: str, rows: int, data_change: bool) -> Any:
+    from deltalake.transaction import AddAction
+
+    stat = path.stat()
+    return AddAction(
+        path=str(path.relative_to(settings.lake_dir)),
+        size=stat.st_size,
+        partition_values={LAKE_PARTITION: day},
+        modification_time=int(stat.st_mtime * 1000),
+        data_change=data_change,
+        stats=json.dumps({"numRecords": rows}),
+    )
+
+
+def _commit(table: Any, actions: list[Any], metadata: dict[str, str]) -> None:
+    from deltalake.transaction import CommitProperties
+
+    table.create_write_transaction(
+        actions,
+        mode="append",
+        schema=LAKE_ARROW_SCHEMA,
+        partition_by=[LAKE_PARTITION],
+        commit_properties=CommitProperties(custom_metadata=metadata),
+    )
+
+
+def write_events(settings: Settings, rows: pa.Table, writer: str, batch_id: int) -> int:
+    """Add the events of ``rows`` not yet in the lake, in one commit; returns how many.
+
+    ``rows``: contract columns (cast to ``EVENT_ARROW_SCHEMA``). ``writer`` and
+    ``batch_id`` name the files and tag the commit; calling again with the same rows
+    (a replay) adds nothing. Reads only the partitions of the rows' event dates.
+    """
+    rows = rows.select(list(FIELD_NAMES)).cast(EVENT_ARROW_SCHEMA)
+    if not len(rows):
+        return 0
+    dates = pc.cast(rows.column("event_time"), pa.date32())
+    days = sorted(d.isoformat() for d in pc.unique(dates).to_pylist())
+    with write_lock(settings):
+        table = _open_for_write(settings)
+        fresh = new_events(rows, _ids_in(table, days))
+        if not len(fresh):
+            return 0
+        fresh_dates = pc.cast(fresh.column("event_time"), pa.date32())
+        actions = []
+        for day in days:
+            rows_of_day = fresh.filter(pc.equal(fresh_dates, pa.scalar(date.fromisoformat(day))))
+            if not len(rows_of_day):
+                continue
+            digest = _digest(rows_of_day.column("event_id"))
+            name = f"part-{writer}-b{batch_id:012d}-{digest}.parquet"
+            path = _write_file(
+                Path(settings.lake_dir) / f"{LAKE_PARTITION}={day}", name, rows_of_day
+            )
+            actions.append(_add_action(settings, path, day, len(rows_of_day), data_change=True))
+        _commit(table, actions, {"pulse.writer": writer, "pulse.batch_id": str(batch_id)})
+        return len(fresh)
+
+
+def _digest(ids: pa.ChunkedArray | pa.Array) -> str:
+    return hashlib.sha1("\0".join(ids.to_pylist()).encode()).hexdigest()[:12]
+
+
+# -- the stream's writer --------------------------------------------------------------
+
+
+def lake_rows(valid: pa.Table, seen_before: tuple[str, ...] = ()) -> pa.Table:
+    """The stream's valid events -> lake rows (contract columns), one copy per event id.
+
+    ``seen_before``: ids the stream's state already counted (re-sends within its
+    window), left out early; ``write_events`` drops the rest of the repeats.
+    """
+    skip = set(seen_before)
+    keep = []
+    for event_id in valid.column("event_id").to_pylist():
+        keep.append(event_id not in skip)
+        skip.add(event_id)  # later copies in this batch are left out too
+    return valid.select(list(FIELD_NAMES)).filter(pa.array(keep, pa.bool_()))
+
+
+def write_lake_batch(settings: Settings, rows: pa.Table, batch_id: int) -> int:
+    """One micro-batch's lake rows through the write protocol; returns events added.
+
+    Idempotent per batch id: a batch Spark replays after a crash adds nothing twice.
+    """
+    return write_events(settings, rows, STREAM_WRITER, batch_id)
+
+
+# -- compaction and vacuum ------------------------------------------------------------
+
+
+@dataclass
+class CompactResult:
+    """What one compaction did."""
+
+    dates: int  # event dates rewritten
+    files_before: int  # live files in those dates before
+    files_after: int  # live files in those dates after
+    rows: int  # rows in the rewritten dates (after)
+    dropped: int  # repeated event ids removed (only a pre-protocol lake has any)
+
+
+def _files_by_day(table: Any) -> dict[str, list[tuple[str, int]]]:
+    """Live files per event date: (path relative to the table, numRecords or -1)."""
+    adds = pa.table(table.get_add_actions(flatten=True)).to_pydict()
+    out: dict[str, list[tuple[str, int]]] = {}
+    counts = adds.get("num_records") or [-1] * len(adds["path"])
+    for path, day, n in zip(adds["path"], adds[f"partition.{LAKE_PARTITION}"], counts, strict=True):
+        key = day.isoformat() if isinstance(day, date) else str(day)
+        out.setdefault(key, []).append((path, -1 if n is None else int(n)))
+    return out
+
+
+def compact(
+    settings: Settings,
+    days: Iterable[str] | None = None,
+    min_files: int = 2,
+    dates_per_commit: int = 30,
+    log: Any = None,
+) -> CompactResult:
+    """Rewrite each event date that has ``min_files`` or more live files into one file.
+
+    ``days``: ISO dates to consider (default: all). Dates are committed in groups of
+    ``dates_per_commit``, each group under the write lock (so the stream waits for one
+    group, not the whole run). Rows are sorted by event time; a repeated event id (only
+    a pre-protocol lake has any) is kept once. Old files stay until ``vacuum``.
+    """
+    from deltalake.transaction import RemoveAction
+
+    result = CompactResult(0, 0, 0, 0, 0)
+    if not _is_delta(settings) and not _legacy_parts(settings):
+        return result
+    with write_lock(settings):
+        by_day = _files_by_day(_open_for_write(settings))
+    wanted = set(days) if days is not None else set(by_day)
+    todo = sorted(d for d, files in by_day.items() if d in wanted and len(files) >= min_files)
+    for start in range(0, len(todo), dates_per_commit):
+        group = todo[start : start + dates_per_commit]
+        with write_lock(settings):
+            table = _open_for_write(settings)
+            current = _files_by_day(table)  # re-read under the lock: a writer may have added
+            actions: list[Any] = []
+            now_ms = int(time.time() * 1000)
+            for day in group:
+                files = current.get(day, [])
+                if len(files) < min_files:
+                    continue
+                paths = [str(Path(settings.lake_dir) / p) for p, _ in files]
+                rows = pq.ParquetDataset(paths).read(columns=list(FIELD_NAMES))
+                rows = rows.cast(EVENT_ARROW_SCHEMA)
+                unique = new_events(rows, pa.array([], pa.string()))
+                unique = unique.sort_by([("event_time", "ascending"), ("event_id", "ascending")])
+                changed = len(unique) != len(rows)
+                part_dir = Path(settings.lake_dir) / f"{LAKE_PARTITION}={day}"
+                version = table.version() + 1
+                for i, offset in enumerate(range(0, len(unique), COMPACT_MAX_ROWS)):
+                    chunk = unique.slice(offset, COMPACT_MAX_ROWS)
+                    name = f"part-compact-v{version:08d}-{i:03d}.parquet"
+                    path = _write_file(part_dir, name, chunk)
+                    actions.append(_add_action(settings, path, day, len(chunk), changed))
+                    result.files_after += 1
+                for rel, _ in files:
+                    actions.append(
+                        RemoveAction(
+                            path=rel,
+                            deletion_timestamp=now_ms,
+                            data_change=changed,
+                            partition_values={LAKE_PARTITION: day},
+                            size=(Path(settings.lake_dir) / rel).stat().st_size,
+                        )
+                    )
+                result.dates += 1
+                result.files_before += len(files)
+                result.rows += len(unique)
+                result.dropped += len(rows) - len(unique)
+            if actions:
+                _commit(table, actions, {"pulse.writer": "compact"})
+        if log is not None:
+            log(f"compacted {min(start + dates_per_commit, len(todo))}/{len(todo)} dates")
+    return result
+
+
+def vacuum(settings: Settings, retention_hours: int = VACUUM_RETENTION_HOURS) -> int:
+    """Delete files no live snapshot newer than ``retention_hours`` needs; returns count.
+
+    Removes files that compactions removed from the log more than ``retention_hours``
+    ago, and files no commit ever referenced (a writer that crashed before its commit).
+    A reader still holding a snapshot older than the retention may then fail: keep it
+    longer than the longest read.
+    """
+    if not _is_delta(settings):
+        return 0
+    with write_lock(settings):
+        deleted = _table(settings).vacuum(
+            retention_hours=retention_hours,
+            dry_run=False,
+            enforce_retention_duration=False,
+            full=True,
+        )
+    return len(deleted)
+
+
+def file_count(settings: Settings) -> int:
+    """Live files in the lake (what a full read opens)."""
+    return len(live_files(settings))
+
+
+# -- the customer dimension -----------------------------------------------------------
 
 
 def customers_dir(settings: Settings) -> Path:

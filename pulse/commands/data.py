@@ -1,4 +1,4 @@
-"""`pulse data generate|profile|inspect`: synthetic H&M data, calibration, adapter counts."""
+"""`pulse data generate|profile|inspect`, `pulse compact`: synthetic data, calibration, the lake."""
 
 from __future__ import annotations
 
@@ -103,6 +103,29 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace, settings: Settings) -> int:
+    """Compact the lake's small files per event date, then vacuum what no reader needs."""
+    import time
+
+    from storage.lake import compact, event_dates, file_count, lake_exists, vacuum
+
+    if not lake_exists(settings):
+        raise PulseError(f"the lake at {settings.lake_dir} is empty: run `pulse ingest SOURCE`")
+    before = file_count(settings)
+    began = time.perf_counter()
+    result = compact(settings, min_files=args.min_files)
+    seconds = time.perf_counter() - began
+    deleted = vacuum(settings, args.retention_hours) if args.retention_hours is not None else 0
+    print(
+        f"compacted {result.dates:,} event dates in {seconds:,.1f} s: "
+        f"{before:,} -> {file_count(settings):,} live files over {len(event_dates(settings)):,} "
+        f"dates ({result.rows:,} rows rewritten, {result.dropped:,} repeated ids dropped)"
+    )
+    if args.retention_hours is not None:
+        print(f"vacuum: deleted {deleted:,} files unreferenced for {args.retention_hours} h")
+    return 0
+
+
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `pulse bench data`."""
     p = bench_sub.add_parser("data", help="generator and adapter throughput (rows/s, peak RSS)")
@@ -159,3 +182,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--start", type=iso_date, default=None, help="first event date (inclusive)")
     p.add_argument("--end", type=iso_date, default=None, help="last event date (inclusive)")
     p.set_defaults(handler=_inspect)
+
+    p = sub.add_parser(
+        "compact",
+        help="rewrite the lake's small files into one per event date (safe while reading)",
+    )
+    p.add_argument(
+        "--min-files",
+        type=int,
+        default=2,
+        help="compact an event date once it has this many files (default 2)",
+    )
+    p.add_argument(
+        "--vacuum",
+        dest="retention_hours",
+        type=int,
+        default=None,
+        metavar="HOURS",
+        help="then delete files removed (or never committed) more than HOURS ago; "
+        "a read older than that may fail, so keep it above the longest read",
+    )
+    p.set_defaults(handler=_compact)

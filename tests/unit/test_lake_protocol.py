@@ -1,0 +1,211 @@
+"""The lake's write protocol (storage.lake): each event once, whatever writes it when.
+
+Small inputs a reader can check by hand: events ``e1..e9`` on a few January days.
+The lake is read here the way every reader reads it: the live files of one Delta log
+version, with no deduplication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+from datetime import UTC, date, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch.ingest import append_new
+from storage import lake
+
+pytestmark = pytest.mark.unit
+
+
+def ev(n: int, day: int, customer: str = "c1", price: float = 1.0) -> dict:  # type: ignore[type-arg]
+    when = datetime(2020, 1, day, 12, tzinfo=UTC)
+    return {
+        "event_id": f"e{n}",
+        "event_time": when,
+        "customer_id": customer,
+        "article_id": f"a{n}",
+        "quantity": 1,
+        "unit_price": price,
+        "sales_channel_id": 1,
+        "source": "synthetic",
+        "produced_at": when,
+    }
+
+
+def table(*events: dict) -> pa.Table:  # type: ignore[type-arg]
+    return pa.Table.from_pylist(list(events), schema=lake.EVENT_ARROW_SCHEMA)
+
+
+def lake_ids(settings, version: int | None = None) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every event id a plain read of one version returns, sorted (repeats kept)."""
+    files = lake.live_files(settings, version=version)
+    if not files:
+        return []
+    return sorted(pq.ParquetDataset(files).read(columns=["event_id"])["event_id"].to_pylist())
+
+
+def lake_rows_of(settings) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
+    files = lake.live_files(settings)
+    rows = pq.ParquetDataset(files).read(columns=list(lake.EVENT_ARROW_SCHEMA.names))
+    return sorted(rows.to_pylist(), key=lambda r: r["event_id"])
+
+
+def version(settings) -> int:  # type: ignore[no-untyped-def]
+    return int(lake._table(settings).version())
+
+
+def test_a_resend_outside_the_streams_window_lands_once(settings) -> None:  # type: ignore[no-untyped-def]
+    # Batch 0 has e1; batch 9 re-sends it long after, when the stream's state no longer
+    # remembers the id (so lake_rows does not drop it): the write protocol does.
+    assert lake.write_lake_batch(settings, lake.lake_rows(table(ev(1, 1), ev(2, 1))), 0) == 2
+    assert lake.write_lake_batch(settings, lake.lake_rows(table(ev(3, 20))), 1) == 1
+    assert lake.write_lake_batch(settings, lake.lake_rows(table(ev(1, 1), ev(4, 21))), 9) == 1
+    assert lake_ids(settings) == ["e1", "e2", "e3", "e4"]
+
+
+def test_repeats_within_one_batch_land_once(settings) -> None:  # type: ignore[no-untyped-def]
+    assert lake.write_events(settings, table(ev(1, 1), ev(1, 1), ev(2, 2)), "stream", 0) == 2
+    assert lake_ids(settings) == ["e1", "e2"]
+
+
+def test_ingest_of_a_file_overlapping_streamed_events_lands_each_once(settings) -> None:  # type: ignore[no-untyped-def]
+    lake.write_lake_batch(settings, table(ev(2, 2), ev(3, 3)), 0)
+    lake.write_lake_batch(settings, table(ev(5, 5)), 1)
+    # Ingested events have no producer: produced_at is null.
+    file = table(*({**ev(n, n), "produced_at": None} for n in range(1, 7)))
+    read, appended = append_new(settings, [file], False)
+    assert (read, appended) == (6, 3)  # e1, e4, e6 were new
+    assert lake_ids(settings) == ["e1", "e2", "e3", "e4", "e5", "e6"]
+    # Ingesting it again adds nothing.
+    assert append_new(settings, [file], False) == (6, 0)
+    assert lake_ids(settings) == ["e1", "e2", "e3", "e4", "e5", "e6"]
+
+
+def test_a_replayed_batch_id_writes_nothing_new(settings) -> None:  # type: ignore[no-untyped-def]
+    batch = table(ev(1, 1), ev(2, 2))
+    assert lake.write_lake_batch(settings, batch, 7) == 2
+    files, v = lake.live_files(settings), version(settings)
+    assert lake.write_lake_batch(settings, batch, 7) == 0
+    assert (lake.live_files(settings), version(settings)) == (files, v)  # not even a commit
+    assert lake_ids(settings) == ["e1", "e2"]
+
+
+def test_a_crash_between_write_and_commit_changes_nothing_and_the_retry_lands_once(
+    settings, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    lake.write_lake_batch(settings, table(ev(1, 1)), 0)
+    commit = lake._commit
+
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise SystemExit("killed before the commit")
+
+    monkeypatch.setattr(lake, "_commit", crash)
+    with pytest.raises(SystemExit):
+        lake.write_lake_batch(settings, table(ev(1, 1), ev(2, 1), ev(3, 2)), 1)
+    assert lake_ids(settings) == ["e1"]  # the written files are not in the log
+    monkeypatch.setattr(lake, "_commit", commit)
+    assert lake.write_lake_batch(settings, table(ev(1, 1), ev(2, 1), ev(3, 2)), 1) == 2
+    assert lake_ids(settings) == ["e1", "e2", "e3"]
+    # The retry rewrote the crashed attempt's files under the same names: nothing is
+    # left on disk that the log does not list.
+    on_disk = sorted(str(p) for p in settings.lake_dir.glob("event_date=*/*.parquet"))
+    assert on_disk == sorted(lake.live_files(settings))
+
+
+def test_compaction_keeps_every_row_once_and_reduces_the_file_count(settings) -> None:  # type: ignore[no-untyped-def]
+    for batch_id, (n, day) in enumerate([(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 3)]):
+        lake.write_lake_batch(settings, table(ev(n, day, price=float(n))), batch_id)
+    before = lake_rows_of(settings)
+    assert lake.file_count(settings) == 6
+    result = lake.compact(settings)
+    assert (result.dates, result.files_before, result.files_after) == (2, 5, 2)
+    assert lake.file_count(settings) == 3  # one file per event date
+    assert lake_rows_of(settings) == before
+    assert [r["event_id"] for r in before] == ["e1", "e2", "e3", "e4", "e5", "e6"]
+    assert lake.compact(settings).dates == 0  # nothing left to do
+    # Files removed by the compaction stay until vacuum, then go.
+    assert len(list(settings.lake_dir.glob("event_date=*/*.parquet"))) == 8
+    assert lake.vacuum(settings, retention_hours=0) == 5
+    assert len(list(settings.lake_dir.glob("event_date=*/*.parquet"))) == 3
+    assert lake_rows_of(settings) == before
+
+
+def test_a_reader_during_compaction_sees_one_consistent_set(settings) -> None:  # type: ignore[no-untyped-def]
+    expected = []
+    for batch_id in range(40):  # 40 batches over 10 days: 4 files a day
+        n, day = batch_id, 1 + batch_id % 10
+        lake.write_lake_batch(settings, table(ev(n, day)), batch_id)
+        expected.append(f"e{n}")
+    expected.sort()
+    old_version = version(settings)
+    seen: list[list[str]] = []
+    done = threading.Event()
+
+    def read_until_done() -> None:
+        while not done.is_set():
+            seen.append(lake_ids(settings))
+
+    reader = threading.Thread(target=read_until_done)
+    reader.start()
+    try:
+        lake.compact(settings, dates_per_commit=1)  # ten commits, one per day
+    finally:
+        done.set()
+        reader.join()
+    assert seen and all(ids == expected for ids in seen)
+    assert lake.file_count(settings) == 10
+    # A reader still on the version before the compaction reads the same rows.
+    assert lake_ids(settings, version=old_version) == expected
+
+
+def test_any_interleaving_of_stream_ingest_resends_and_crashes_lands_each_event_once(
+    settings, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    events = [ev(n, 1 + n % 6, customer=f"c{n % 4}") for n in range(60)]
+    rng = random.Random(14)
+    commit = lake._commit
+
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("killed before the commit")
+
+    for trial in range(5):
+        root = settings.data_root / f"trial{trial}"
+        s = settings.model_copy(update={"data_root": root})
+        writes = []  # (writer, batch id, events): stream batches and ingest chunks
+        for batch_id in range(12):
+            writes.append(("stream", batch_id, rng.sample(events, 8)))
+        for chunk in range(3):
+            writes.append((f"ingest-{trial}", chunk, events[chunk * 20 : chunk * 20 + 20]))
+        writes += [rng.choice(writes) for _ in range(6)]  # replays / re-sends
+        rng.shuffle(writes)
+        for writer, batch_id, rows in writes:
+            if rng.random() < 0.2:  # crash between the write and the commit, then retry
+                monkeypatch.setattr(lake, "_commit", crash)
+                with contextlib.suppress(OSError):  # no commit to crash in if nothing is new
+                    lake.write_events(s, table(*rows), writer, batch_id)
+                monkeypatch.setattr(lake, "_commit", commit)
+            lake.write_events(s, table(*rows), writer, batch_id)
+        lake.compact(s)
+        assert lake_ids(s) == sorted(e["event_id"] for e in events)
+
+
+def test_a_lake_written_before_the_protocol_is_adopted_and_compaction_dedups_it(settings) -> None:  # type: ignore[no-untyped-def]
+    # Two plain Parquet files in one partition, the second repeating e1 (the old writers
+    # could do that); no _delta_log.
+    part = settings.lake_dir / "event_date=2020-01-01"
+    part.mkdir(parents=True)
+    pq.write_table(table(ev(1, 1), ev(2, 1)), part / "part-old-0.parquet")
+    pq.write_table(table(ev(1, 1)), part / "part-old-1.parquet")
+    assert lake.lake_exists(settings)
+    assert lake.event_dates(settings) == [date(2020, 1, 1)]
+    assert (
+        lake.write_lake_batch(settings, table(ev(2, 1), ev(3, 1)), 0) == 1
+    )  # adopts, then adds e3
+    assert lake_ids(settings) == ["e1", "e1", "e2", "e3"]
+    result = lake.compact(settings)
+    assert (result.dropped, lake_ids(settings)) == (1, ["e1", "e2", "e3"])
