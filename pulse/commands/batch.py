@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 from datetime import date
-from pathlib import Path
 from types import SimpleNamespace
 
 from pulse.commands.args import batches_read_early, interval_seconds, iso_date, positive_int
@@ -15,13 +14,15 @@ from runtime.settings import Settings
 
 
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from batch.ingest import ingest_source
     from producers.adapters import open_source
-    from runtime.spark import build_spark
 
     source = open_source(args.source)
-    # A wrong file fails before the JVM starts; ingest then reads on from the first batch.
+    # A wrong file fails before the JVM starts (and before Spark is imported); ingest
+    # then reads on from the first batch.
     batches = batches_read_early(source)
+    from batch.ingest import ingest_source
+    from runtime.spark import build_spark
+
     early = SimpleNamespace(iter_batches=lambda: batches, customers_path=source.customers_path)
     spark = build_spark(settings, "pulse-ingest", with_kafka=False)
     start = time.perf_counter()
@@ -40,15 +41,17 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def check_lake(settings: Settings, as_of: date | None) -> None:
-    """PulseError unless the lake has a day before ``as_of``: from the partition names only.
+    """PulseError unless the lake has a day before ``as_of``: from its log, no data read.
 
     Checked before the Spark session starts, so an empty lake or a cutoff before its
     first day is one line at once instead of after a JVM start.
     """
-    days = sorted(p.name.split("=", 1)[1] for p in Path(settings.lake_dir).glob("event_date=*"))
+    from storage.lake import event_dates
+
+    days = event_dates(settings)
     if not days:
         raise PulseError(f"the lake at {settings.lake_dir} is empty: run `pulse ingest SOURCE`")
-    if as_of is not None and as_of.isoformat() <= days[0]:
+    if as_of is not None and as_of <= days[0]:
         raise PulseError(f"--as-of {as_of}: no events before it, the lake starts on {days[0]}")
 
 
