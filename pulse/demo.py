@@ -181,26 +181,17 @@ def _latest_view(settings: Settings) -> Any:
 
 
 def _view_as_of(settings: Settings) -> Any:
-    """``as_of`` of the current view snapshot (a datetime), or None.
+    """The stream clock the online store was last written at (a datetime), or None.
 
-    The view is published right after the live features, from them: waiting on the view
-    means the last batch is fully served before the stream is stopped.
+    The live view writes it after each micro-batch's customers are scored and stored:
+    waiting on it means the last batch is fully served before the stream is stopped.
     """
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+    from serving.read import live_clock
 
-    from storage import snapshots
-
-    path = snapshots.current(settings.serving_dir)
-    if path is None:
-        return None
     try:
-        table = ds.dataset(str(path), format="parquet", exclude_invalid_files=True).to_table(
-            columns=["as_of"]
-        )
-    except (FileNotFoundError, OSError):
+        return live_clock(settings)
+    except PulseError:  # no store yet
         return None
-    return pc.max(table["as_of"]).as_py()
 
 
 def _customer_to_watch(view: Any) -> str:
@@ -218,34 +209,48 @@ def _customer_to_watch(view: Any) -> str:
 
 
 class Watcher:
-    """Prints one line per tick: simulated time, one customer's churn probability, models."""
+    """Prints, per tick: the stream's new batch and model pick-up lines (from its log),
+    and one customer's live view, looked up in the online store, when it changed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stream_log: Path | None = None) -> None:
         self.settings = settings
+        self.stream_log = stream_log
+        # Start at the log's end: what the stream printed before is not news.
+        self.log_offset = stream_log.stat().st_size if stream_log and stream_log.exists() else 0
         self.customer: str | None = None
         self.last_line = ""
 
-    def tick(self) -> None:
-        """Read the current view and print a line if it changed."""
-        import pyarrow.compute as pc
+    def _stream_lines(self) -> None:
+        if self.stream_log is None or not self.stream_log.exists():
+            return
+        with self.stream_log.open("rb") as f:
+            f.seek(self.log_offset)
+            chunk = f.read()
+        done = chunk.rfind(b"\n") + 1
+        self.log_offset += done
+        for line in chunk[:done].decode(errors="replace").splitlines():
+            if line.startswith(("batch ", "model picked up", "snapshot ")):
+                print(f"[stream] {line}", flush=True)
 
-        view = _latest_view(self.settings)
-        if view is None or view.num_rows == 0:
-            return
+    def tick(self) -> None:
+        """Echo the stream's progress; print the watched customer if their row changed."""
+        from serving.read import lookup
+
+        self._stream_lines()
         if self.customer is None:
+            view = _latest_view(self.settings)
+            if view is None or view.num_rows == 0:
+                return
             self.customer = _customer_to_watch(view)
-        rows = view.filter(pc.equal(view["customer_id"], self.customer)).to_pylist()
-        if not rows:
+        try:
+            row = lookup(self.settings, self.customer)
+        except PulseError:
             return
-        row = rows[0]
-        probs = view["churn_probability"]
-        at_risk = pc.sum(pc.greater(probs, 0.5)).as_py() or 0
         p = row["churn_probability"]
         line = (
             f"[view] as_of {row['as_of']:%Y-%m-%d} | customer {self.customer[:12]}... "
             f"churn_p={'-' if p is None else f'{p:.3f}'} recency={row['recency_days']}d "
-            f"events30d={row['n_events_30d']} | {view.num_rows:,} customers, "
-            f"{at_risk:,} with churn_p>0.5 | churn model {row['churn_model_version'] or '-'}"
+            f"events30d={row['n_events_30d']} | churn model {row['churn_model_version'] or '-'}"
         )
         if line != self.last_line:
             print(line, flush=True)
@@ -294,9 +299,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
 
         # The speed layer's state is seeded from the backfilled lake (whole days before
         # the split), so Kafka carries only the replayed period.
-        # At demo size a full snapshot takes seconds: publish after every batch, so the
-        # live view below moves with each replayed day (the default is every 5 minutes).
-        os.environ.setdefault("PULSE_SNAPSHOT_INTERVAL_SECONDS", "0")
+        # Each batch updates the online store (the line below reads it); a full snapshot,
+        # which re-scores every customer, every 30 s here (the default is 5 minutes).
+        os.environ.setdefault("PULSE_SNAPSHOT_INTERVAL_SECONDS", "30")
         children.start("stream", [*cli, "stream", "--seed-from-lake"])
         print(f"\n== stream started, seeded from the lake (logs in {children.log_dir})")
         _wait_seeded(settings, children, _date_range(backfill)[1])
@@ -305,7 +310,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             *cli, "produce", f"{kind}:{source_dir}", "--start", split.isoformat(),
             "--speedup", str(options.speedup),
         ])  # fmt: skip
-        _replay_loop(settings, children, live, last, options.retrain_every, Watcher(settings))
+        watcher = Watcher(settings, children.log_dir / "stream.log")
+        _replay_loop(settings, children, live, last, options.retrain_every, watcher)
         children.stop("stream")
         _wait_for("retrain", children)
         children.run("report", [*cli, "report"])

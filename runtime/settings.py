@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         3, ge=0, le=60, description="late events within this update state (<= 60 days)"
     )
 
+    # Serving
+    online_store: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="online store: sqlite (embedded, one file) or redis"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (online_store=redis)")
+
     # Batch
     churn_horizon_days: int = Field(30, ge=1, description="churn label horizon H (days)")
 
@@ -188,6 +194,11 @@ class Settings(BaseSettings):
     def state_dir(self) -> Path:
         """The speed layer's keyed per-customer state (derived data, not a checkpoint)."""
         return self.data_root / "state"
+
+    @property
+    def online_store_path(self) -> Path:
+        """The embedded online store (SQLite), one record per customer."""
+        return self.data_root / "online" / "customers.db"
 
     @property
     def models_dir(self) -> Path:

@@ -120,6 +120,7 @@ VIEW_EXTRA_COLUMNS: dict[str, str] = {
     "segment_name": "string",
     "segments_model_version": "string",
     "churn_probability": "double",
+    "churn_as_of": "timestamp",  # the stream clock the churn score was computed at
     "churn_model_version": "string",
     "recommendations": "array<string>",
     "recs_model_version": "string",

@@ -1,62 +1,128 @@
-"""Read the published customer view without Spark (pyarrow), for `pulse view`.
+"""Look-ups against the online store: one customer's view row, or the likeliest churners.
 
-The reader resolves ``settings.serving_dir/CURRENT`` once and reads that snapshot
-directory only, so it always sees one complete version of the view.
+``lookup`` is the function an application calls (``pulse view`` prints the same
+record). It reads one key from the online store and evaluates the features that age as
+of the stream clock with the one feature definition (``features.customer.features_table``),
+then assembles the row exactly as the Parquet snapshot does (``serving.view.assemble``).
+No Spark, no scan: the cost of one look-up does not depend on the customer count.
+
+    from runtime.settings import load_settings
+    from serving.read import lookup
+    row = lookup(load_settings(), "customer-42")   # dict: features, segment, churn, recs
+
+Time semantics: ``as_of`` is the stream clock at the last micro-batch the store holds
+(the latest event time the stream accepted); ``churn_as_of`` is the clock the churn
+score was computed at (its last batch, or the last full snapshot).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow as pa
 
+from features.customer import features_table
 from runtime.errors import PulseError
 from runtime.settings import Settings
-from storage import snapshots
+from serving.online import SCORE_COLUMNS, OnlineStore, open_store
+from serving.view import RECS_TABLE, SCORES, SEGMENT_TABLE, ModelOutputs, assemble
+from storage.state_table import state_from_record
+
+AT_RISK_COLUMNS = (
+    "customer_id",
+    "churn_probability",
+    "churn_as_of",
+    "recency_days",
+    "frequency",
+    "monetary",
+    "segment_name",
+    "at_risk",
+    "as_of",
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def current_snapshot(settings: Settings) -> Path:
-    """The current view snapshot directory; PulseError if none was published yet."""
-    path = snapshots.current(settings.serving_dir)
-    if path is None:
-        raise PulseError(
-            f"no customer view published yet under {settings.serving_dir} "
-            "(run `pulse stream` with a retrained model, or `pulse demo`)"
-        )
-    return path
+def _time(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(us))
 
 
-def _dataset(path: Path) -> ds.Dataset:
-    # Spark writes _SUCCESS and .crc files next to the Parquet parts: read Parquet only.
-    return ds.dataset(str(path), format="parquet", exclude_invalid_files=True)
+def open_reader(settings: Settings) -> OnlineStore:
+    """The online store for reading; PulseError when the stream has not written one yet."""
+    return open_store(settings, readonly=True)
 
 
-def customer(settings: Settings, customer_id: str) -> dict[str, Any]:
-    """One customer's view row as a plain dict; PulseError if the customer is unknown."""
-    path = current_snapshot(settings)
-    table = _dataset(path).to_table(filter=pc.field("customer_id") == customer_id)
-    if table.num_rows == 0:
-        raise PulseError(f"unknown customer {customer_id!r} (not in the view {path.name})")
-    return table.slice(0, 1).to_pylist()[0]
+def lookup(
+    settings: Settings, customer_id: str, store: OnlineStore | None = None
+) -> dict[str, Any]:
+    """One customer's view row as a dict; PulseError if the customer is unknown.
+
+    Pass an open ``store`` (``open_reader``) to look up many customers on one connection.
+    """
+    own = store is None
+    reader = open_reader(settings) if store is None else store
+    try:
+        record = reader.get(customer_id)
+        if record is None:
+            raise PulseError(f"unknown customer {customer_id!r} (not in the online store)")
+        return view_row(record, reader.meta())
+    finally:
+        if own:
+            reader.close()
+
+
+def view_row(record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """An online-store record + the store's meta -> the customer's view row."""
+    if "clock_us" not in meta:
+        raise PulseError("the online store has no stream clock yet (no batch written)")
+    features = features_table(state_from_record(record), _time(meta["clock_us"]))
+    score = {c: record.get(c) for c in SCORE_COLUMNS}
+    if score["churn_as_of"] is not None:
+        score["churn_as_of"] = _time(score["churn_as_of"])
+    scores = pa.Table.from_pylist([{"customer_id": record["customer_id"], **score}], SCORES)
+    versions = meta.get("versions") or {}
+    models = ModelOutputs(
+        segments=_one(record, "segments", SEGMENT_TABLE),
+        segments_version=versions.get("segments"),
+        recommendations=_one(record, "recommendations", RECS_TABLE),
+        popular=tuple(meta.get("popular") or ()) or None,
+        recs_version=versions.get("recommendations"),
+    )
+    return assemble(features, scores, models).to_pylist()[0]
+
+
+def _one(record: dict[str, Any], kind: str, schema: pa.Schema) -> pa.Table | None:
+    """The record's ``kind`` output as a one-row table (None: the customer has none)."""
+    value = record.get(f"output_{kind}")
+    if value is None:
+        return None
+    parsed = json.loads(value)
+    row = parsed if isinstance(parsed, dict) else {schema.names[1]: parsed}
+    return pa.Table.from_pylist([{"customer_id": record["customer_id"], **row}], schema)
+
+
+def live_clock(settings: Settings) -> datetime | None:
+    """The stream clock of the last batch the online store holds (None: none yet)."""
+    store = open_reader(settings)
+    try:
+        clock = store.meta().get("clock_us")
+        return None if clock is None else _time(clock)
+    finally:
+        store.close()
 
 
 def at_risk(settings: Settings, n: int) -> list[dict[str, Any]]:
-    """The ``n`` customers with the highest churn probability (nulls last), as dicts."""
-    columns = [
-        "customer_id",
-        "churn_probability",
-        "recency_days",
-        "frequency",
-        "monetary",
-        "segment_name",
-        "at_risk",
-        "as_of",
-    ]
-    table = _dataset(current_snapshot(settings)).to_table(columns=columns)
-    table = table.filter(pc.is_valid(table["churn_probability"]))
-    order = pc.sort_indices(
-        table, sort_keys=[("churn_probability", "descending"), ("customer_id", "ascending")]
-    )
-    return table.take(order).slice(0, n).to_pylist()
+    """The ``n`` customers with the highest churn probability, as short dicts."""
+    with_store = open_reader(settings)
+    try:
+        meta = with_store.meta()
+        rows = []
+        for customer_id in with_store.top_churn(n):
+            record = with_store.get(customer_id)
+            if record is not None:
+                row = view_row(record, meta)
+                rows.append({c: row[c] for c in AT_RISK_COLUMNS})
+        return rows
+    finally:
+        with_store.close()

@@ -1,33 +1,28 @@
-"""The live customer view: live features joined with the current model outputs.
+"""The customer view: live features, live scores and the CURRENT model outputs.
 
-``build_view`` is the pure transform: one live-feature row per customer plus
+A view row is one customer's live feature columns (``features.customer.features_table``)
+followed by ``schemas.tables.VIEW_EXTRA_COLUMNS``:
 
-- ``segment_id`` / ``segment_name``: the CURRENT segments table for the customers it
-  holds (their segment as trained: a segment is a model *output*, joined in, as
-  design.md's "Serving view" says); a customer the table does not hold (first seen
-  after that retrain) is assigned by the CURRENT segmentation PipelineModel applied to
-  its *live* features, named with the version's ``names.json``;
-- ``churn_probability``: the CURRENT churn PipelineModel applied to the *live*
-  features (joined with the customer attributes), so the score moves as the
-  customer buys or goes quiet;
-- ``recommendations``: the ``N_RECOMMENDATIONS`` (12) article ids of the CURRENT
-  recommendations table, in rank order; a customer the table does not hold gets that version's
-  popularity list (``popular.json``), as cold-start customers do at training time,
+- ``segment_id`` / ``segment_name``: the CURRENT segments table's row for a customer it
+  holds (a segment is a model *output*, design.md's "Serving view"); for any other
+  customer (first seen after that retrain), the segment the CURRENT segmentation model
+  assigns to their live features, named with the version's ``names.json``;
+- ``churn_probability``: the CURRENT churn model applied to the live features (joined
+  with the customer attributes), with ``churn_as_of``, the stream clock it was
+  computed at, and ``churn_model_version``;
+- ``recommendations``: the ``N_RECOMMENDATIONS`` article ids of the CURRENT table in rank
+  order; a customer it does not hold gets that version's popularity list.
 
-and the version of each model used. A model with no CURRENT version yet gives
-nulls, never an error. A registry version written before the segmentation model or
-the popularity list were kept next to it is served from its table alone: customers
-it does not hold get a null segment / null recommendations, as before.
+A model with no CURRENT version gives nulls, never an error.
 
-``publish_view`` is what the streaming job calls after each feature publish: it
-resolves CURRENT for every model *on every call* (so a retrain is picked up
-without restarting the stream), loads each model version once into the caller's
-``ModelCache`` (one per stream run), and publishes the view as a whole snapshot
-under ``settings.serving_dir`` with ``storage.snapshots.publish``.
+Three steps, each used by the stream (``serving.live``) and the read path
+(``serving.read``), so a look-up and the Parquet snapshot assemble a row the same way:
 
-Time semantics: the view is "as of" the live features' ``as_of`` (the latest
-event time the stream has seen); the model outputs are whatever version was
-CURRENT when the snapshot was built.
+- ``ModelCache.current``: resolves every CURRENT pointer, loads a version once (the
+  Spark ML models; the tables as Arrow);
+- ``score``: one Spark job applies the churn and segmentation models to live features
+  -> ``SCORE_COLUMNS`` (what the online store keeps per customer);
+- ``assemble``: features + scores + keyed outputs -> view rows (Arrow, no Spark).
 """
 
 from __future__ import annotations
@@ -36,77 +31,105 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from features.attributes import with_customer_attributes
 from runtime.settings import Settings
 from schemas.tables import (
+    CUSTOMER_ATTRIBUTES,
+    LIVE_FEATURE_COLUMNS,
     N_RECOMMENDATIONS,
     VIEW_EXTRA_COLUMNS,
-    serving_view_schema,
 )
+from serving.online import SCORE_COLUMNS
 from storage import registry, snapshots
 from storage.lake import customers_dir
 
 log = logging.getLogger(__name__)
 
-# Columns the view adds to the live features, in order, as Spark types: derived from
-# their one definition, schemas.tables.VIEW_EXTRA_COLUMNS.
-VIEW_COLUMNS: dict[str, T.DataType] = {
-    f.name: f.dataType for f in serving_view_schema().fields if f.name in VIEW_EXTRA_COLUMNS
+SEGMENT_TABLE = pa.schema([("customer_id", pa.string()), ("segment_id", pa.int32()),
+                           ("segment_name", pa.string())])  # fmt: skip
+RECS_TABLE = pa.schema([("customer_id", pa.string()), ("recommendations", pa.list_(pa.string()))])
+SCORES = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("churn_probability", pa.float64()),
+        ("churn_as_of", pa.timestamp("us", tz="UTC")),
+        ("churn_model_version", pa.string()),
+        ("segment_id", pa.int32()),
+        ("segment_name", pa.string()),
+        ("segments_model_version", pa.string()),
+    ]
+)
+assert tuple(SCORES.names[1:]) == SCORE_COLUMNS
+_ARROW_TYPES = {
+    "string": pa.string(),
+    "int": pa.int32(),
+    "double": pa.float64(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "array<string>": pa.list_(pa.string()),
 }
+# The view's extra columns as Arrow types, from their one definition in schemas.tables.
+VIEW_EXTRA = pa.schema([(n, _ARROW_TYPES[t]) for n, t in VIEW_EXTRA_COLUMNS.items()])
 
 
 @dataclass(frozen=True)
 class ModelOutputs:
-    """The CURRENT model outputs the view joins in; any part may be missing (None).
+    """The CURRENT model outputs; any part may be missing (None).
 
-    ``segments``: customer_id, segment_id, segment_name. ``segments_model``: the fitted
-    segmentation PipelineModel (live feature columns -> ``prediction``) and
-    ``segment_names`` its prediction -> name mapping; both needed to segment customers
-    absent from ``segments``. ``recommendations``: customer_id, rank, article_id (the
-    registry's table). ``popular``: the article ids given to customers absent from
-    ``recommendations``, in rank order. ``churn_model``: a fitted Spark ML PipelineModel
-    that outputs ``probability``. ``customers``: customer_id plus any of
-    ``CUSTOMER_ATTRIBUTES``.
+    ``segments``: ``SEGMENT_TABLE``. ``segments_model``: the fitted segmentation
+    PipelineModel (live feature columns -> ``prediction``), ``segment_names`` its
+    prediction -> name mapping. ``churn_model``: a PipelineModel that outputs
+    ``probability``. ``recommendations``: ``RECS_TABLE``; ``popular``: the list given
+    to customers absent from it. ``customers``: customer_id plus any of
+    ``CUSTOMER_ATTRIBUTES`` (Arrow).
     """
 
-    segments: DataFrame | None = None
+    segments: pa.Table | None = None
     segments_model: Any = None
     segment_names: dict[int, str] | None = None
     segments_version: str | None = None
     churn_model: Any = None
     churn_version: str | None = None
-    recommendations: DataFrame | None = None
+    recommendations: pa.Table | None = None
     popular: tuple[str, ...] | None = None
     recs_version: str | None = None
-    customers: DataFrame | None = None
+    customers: pa.Table | None = None
+
+    def versions(self) -> dict[str, str | None]:
+        """The version of each model in use (None: none yet)."""
+        return {
+            "segments": self.segments_version,
+            "churn": self.churn_version,
+            "recommendations": self.recs_version,
+        }
 
 
-def recommendation_lists(recommendations: DataFrame) -> DataFrame:
-    """Registry rows (customer_id, rank, article_id) -> customer_id, recommendations.
-
-    ``recommendations`` is the article ids ordered by rank, at most ``N_RECOMMENDATIONS``.
-    """
-    ranked = F.array_sort(F.collect_list(F.struct("rank", "article_id")))
-    return recommendations.groupBy("customer_id").agg(
-        F.slice(F.transform(ranked, lambda r: r["article_id"]), 1, N_RECOMMENDATIONS).alias(
-            "recommendations"
-        )
+def recommendation_lists(recommendations: pa.Table) -> pa.Table:
+    """Registry rows (customer_id, rank, article_id) -> ``RECS_TABLE`` (ids in rank order)."""
+    ranked = recommendations.select(["customer_id", "rank", "article_id"]).sort_by(
+        [("customer_id", "ascending"), ("rank", "ascending")]
     )
+    # Single-threaded grouping keeps each group's rows in input (rank) order.
+    grouped = ranked.group_by("customer_id", use_threads=False).aggregate([("article_id", "list")])
+    lists = pc.list_slice(grouped["article_id_list"], 0, N_RECOMMENDATIONS)
+    return pa.table([grouped["customer_id"], lists.cast(pa.list_(pa.string()))], schema=RECS_TABLE)
+
+
+# --- Scoring (Spark ML) ------------------------------------------------------------------------
 
 
 def churn_scores(features: DataFrame, model: Any, customers: DataFrame | None) -> DataFrame:
-    """Apply a churn PipelineModel to live features -> customer_id, churn_probability.
-
-    ``churn_probability`` is P(class 1 = churn) from the model's ``probability`` vector.
-    """
+    """Apply a churn PipelineModel to live features -> customer_id, churn_probability."""
     from pyspark.ml.functions import vector_to_array
 
     scored = model.transform(with_customer_attributes(features, customers))
@@ -117,12 +140,7 @@ def churn_scores(features: DataFrame, model: Any, customers: DataFrame | None) -
 
 
 def segment_assignments(features: DataFrame, model: Any, names: dict[int, str]) -> DataFrame:
-    """Apply a segmentation PipelineModel to live features -> customer_id, segment_id,
-    segment_name.
-
-    The pipeline starts from the feature columns (``batch.segments.build_pipeline``: log
-    RFM, scaling and KMeans inside it); ``names`` maps its ``prediction`` to a name.
-    """
+    """Apply a segmentation PipelineModel -> customer_id, segment_id, segment_name."""
     pairs = [F.lit(x) for sid, name in sorted(names.items()) for x in (int(sid), name)]
     segment_id = F.col("prediction").cast("int")
     return model.transform(features).select(
@@ -132,75 +150,130 @@ def segment_assignments(features: DataFrame, model: Any, names: dict[int, str]) 
     )
 
 
-def segments_for(features: DataFrame, models: ModelOutputs) -> DataFrame | None:
-    """customer_id, segment_id, segment_name for the view; None without a segments version.
+def score(
+    spark: SparkSession, features: pa.Table, models: ModelOutputs, as_of: datetime
+) -> pa.Table:
+    """Live features (Arrow) -> ``SCORES``: churn and the model's segment, one Spark job.
 
-    The table's row for a customer it holds; the model's assignment on the live features
-    for every other customer in ``features`` (when the version has a model and names).
+    ``as_of`` is the stream clock the features were evaluated at (``churn_as_of``).
+    Without a model the columns are null.
     """
-    table = None
+    n = features.num_rows
+    columns: dict[str, pa.Array] = {"customer_id": features["customer_id"]}
+    churn = models.churn_model
+    seg = models.segments_model if models.segment_names else None
+    scored: pa.Table | None = None
+    if n and (churn is not None or seg is not None):
+        df = spark.createDataFrame(features.drop_columns(["as_of"]))
+        parts = []
+        if churn is not None:
+            parts.append(churn_scores(df, churn, _attributes_frame(spark, models, features)))
+        if seg is not None:
+            parts.append(segment_assignments(df, seg, models.segment_names or {}))
+        joined = parts[0] if len(parts) == 1 else parts[0].join(parts[1], "customer_id")
+        scored = _align(features["customer_id"], joined.toArrow())
+    version = pa.array([models.churn_version] * n, pa.string())
+    if scored is not None and churn is not None:
+        columns["churn_probability"] = scored["churn_probability"]
+        columns["churn_as_of"] = pa.array([as_of] * n, pa.timestamp("us", tz="UTC"))
+        columns["churn_model_version"] = version
+    if scored is not None and seg is not None:
+        columns["segment_id"] = scored["segment_id"]
+        columns["segment_name"] = scored["segment_name"]
+        columns["segments_model_version"] = pa.array([models.segments_version] * n, pa.string())
+    return pa.table(
+        [columns.get(f.name, pa.nulls(n, f.type)).cast(f.type) for f in SCORES], schema=SCORES
+    )
+
+
+def _attributes_frame(
+    spark: SparkSession, models: ModelOutputs, features: pa.Table
+) -> DataFrame | None:
+    """The customer attributes of just these customers, as a small Spark frame."""
+    if models.customers is None:
+        return None
+    wanted = pc.is_in(models.customers["customer_id"], value_set=features["customer_id"])
+    return spark.createDataFrame(models.customers.filter(wanted))
+
+
+def _align(ids: pa.ChunkedArray | pa.Array, table: pa.Table) -> pa.Table:
+    """``table``'s rows in the order of ``ids`` (null rows for ids it lacks)."""
+    return table.take(pc.index_in(ids, value_set=table["customer_id"]))
+
+
+# --- Assembly (Arrow) --------------------------------------------------------------------------
+
+
+def assemble(features: pa.Table, scores: pa.Table, models: ModelOutputs) -> pa.Table:
+    """Live features + their scores + the keyed outputs -> view rows, in ``features`` order.
+
+    Segments: the table's row where it has one, else the model's assignment in
+    ``scores``. Recommendations: the table's list, else the popularity list.
+    """
+    ids = features["customer_id"]
+    n = features.num_rows
+    live = _align(ids, scores)
+    seg_id, seg_name = live["segment_id"], live["segment_name"]
     if models.segments is not None:
-        table = models.segments.select(
-            "customer_id",
-            F.col("segment_id").cast("int").alias("segment_id"),
-            F.col("segment_name").cast("string").alias("segment_name"),
-        )
-    if models.segments_model is None or not models.segment_names:
-        return table
-    unseen = features
-    if table is not None:
-        unseen = features.join(table.select("customer_id"), "customer_id", "left_anti")
-    assigned = segment_assignments(unseen, models.segments_model, models.segment_names)
-    return assigned if table is None else table.unionByName(assigned)
+        table = _align(ids, models.segments)
+        seg_id = pc.coalesce(table["segment_id"], seg_id)
+        seg_name = pc.if_else(pc.is_valid(table["segment_id"]), table["segment_name"], seg_name)
+    recs = pa.nulls(n, pa.list_(pa.string()))
+    if models.recommendations is not None:
+        recs = _align(ids, models.recommendations)["recommendations"]
+    if models.popular:
+        popular = pa.scalar(list(models.popular[:N_RECOMMENDATIONS]), pa.list_(pa.string()))
+        recs = pc.if_else(pc.is_valid(recs), recs, popular)
+    extra = {
+        "segment_id": seg_id,
+        "segment_name": seg_name,
+        "segments_model_version": _constant(models.segments_version, n),
+        "churn_probability": live["churn_probability"],
+        "churn_as_of": live["churn_as_of"],
+        "churn_model_version": live["churn_model_version"],
+        "recommendations": recs,
+        "recs_model_version": _constant(models.recs_version, n),
+    }
+    return pa.table(
+        [features[c] for c in LIVE_FEATURE_COLUMNS]
+        + [_flat(extra[f.name]).cast(f.type) for f in VIEW_EXTRA],
+        names=[*LIVE_FEATURE_COLUMNS, *VIEW_EXTRA.names],
+    )
 
 
-def build_view(features: DataFrame, models: ModelOutputs) -> DataFrame:
-    """Live features + CURRENT model outputs -> one view row per customer.
-
-    Columns: the live feature columns (unchanged), then ``VIEW_COLUMNS``. Customers in the
-    segments / recommendations tables get their rows there; the others get the segment the
-    segmentation model assigns to their live features and the popularity list (null where
-    the version has no model / list). The churn model scores every live customer.
-    """
-    view = features
-    seg = segments_for(features, models)
-    if seg is not None:
-        view = view.join(seg, "customer_id", "left").withColumn(
-            "segments_model_version", F.lit(models.segments_version).cast("string")
-        )
-    if models.churn_model is not None:
-        scores = churn_scores(features, models.churn_model, models.customers)
-        view = view.join(scores, "customer_id", "left").withColumn(
-            "churn_model_version", F.lit(models.churn_version).cast("string")
-        )
-    if models.recommendations is not None or models.popular:
-        if models.recommendations is not None:
-            recs = recommendation_lists(models.recommendations)
-            view = view.join(recs, "customer_id", "left")
-        else:
-            view = view.withColumn("recommendations", F.lit(None).cast("array<string>"))
-        if models.popular:
-            popular = F.array(*[F.lit(a) for a in models.popular[:N_RECOMMENDATIONS]])
-            view = view.withColumn("recommendations", F.coalesce(F.col("recommendations"), popular))
-        view = view.withColumn("recs_model_version", F.lit(models.recs_version).cast("string"))
-    for name, dtype in VIEW_COLUMNS.items():
-        if name not in view.columns:
-            view = view.withColumn(name, F.lit(None).cast(dtype))
-    return view.select(*features.columns, *VIEW_COLUMNS)
+def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks() if values.num_chunks else pa.array([], values.type)
+    return values
 
 
-# --- Registry access -------------------------------------------------------------------------
+def _constant(value: str | None, n: int) -> pa.Array:
+    return pa.array([value] * n, pa.string())
+
+
+def publish_view(settings: Settings, view: pa.Table) -> Path:
+    """Write the whole view as one atomic Parquet snapshot under ``settings.serving_dir``."""
+    return snapshots.publish(
+        settings.serving_dir, lambda tmp: _write_parquet(view.sort_by("customer_id"), tmp)
+    )
+
+
+def _write_parquet(table: pa.Table, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, directory / "part-00000.parquet", row_group_size=256_000)
+
+
+# --- Registry access ---------------------------------------------------------------------------
 # The registry (storage/registry.py) is owned by the batch layer; serving only reads it.
 
 
-def _load_segments(spark: SparkSession, settings: Settings, version: str) -> dict[str, Any]:
+def _load_segments(settings: Settings, version: str) -> dict[str, Any]:
     """The segments table, plus the segmentation model and its names when the version has
     them (older versions: the table only)."""
-    parts: dict[str, Any] = {
-        "segments": _read_parquet(
-            spark, registry.output_path(settings, "segments", version), cache=True
-        )
-    }
+    parts: dict[str, Any] = {}
+    table = _read_table(registry.output_path(settings, "segments", version))
+    if table is not None:
+        parts["segments"] = table.select(SEGMENT_TABLE.names).cast(SEGMENT_TABLE)
     model_path = registry.model_path(settings, "segments", version)
     names_file = registry.model_dir(settings, "segments", version) / registry.SEGMENT_NAMES_FILE
     if model_path.is_dir() and names_file.is_file():
@@ -216,18 +289,16 @@ def _load_segments(spark: SparkSession, settings: Settings, version: str) -> dic
     return parts
 
 
-def _load_churn(spark: SparkSession, settings: Settings, version: str) -> dict[str, Any]:
-    """The churn PipelineModel (applied to the live features at every publish)."""
+def _load_churn(settings: Settings, version: str) -> dict[str, Any]:
     return {"churn_model": _load_pipeline(registry.model_path(settings, "churn", version), "churn")}
 
 
-def _load_recommendations(spark: SparkSession, settings: Settings, version: str) -> dict[str, Any]:
-    """The recommendations table, plus the popularity list when the version has one."""
-    parts: dict[str, Any] = {
-        "recommendations": _read_parquet(
-            spark, registry.output_path(settings, "recommendations", version), cache=False
-        )
-    }
+def _load_recommendations(settings: Settings, version: str) -> dict[str, Any]:
+    """The recommendation lists, plus the popularity list when the version has one."""
+    parts: dict[str, Any] = {}
+    table = _read_table(registry.output_path(settings, "recommendations", version))
+    if table is not None:
+        parts["recommendations"] = recommendation_lists(table)
     popular_file = registry.model_dir(settings, "recommendations", version) / registry.POPULAR_FILE
     if popular_file.is_file():
         data = _read_json(popular_file)
@@ -237,7 +308,7 @@ def _load_recommendations(spark: SparkSession, settings: Settings, version: str)
     return parts
 
 
-Loader = Callable[[SparkSession, Settings, str], dict[str, Any]]
+Loader = Callable[[Settings, str], dict[str, Any]]
 
 # registry model name -> (the ModelOutputs field holding its version, its loader)
 MODEL_LOADERS: dict[str, tuple[str, Loader]] = {
@@ -250,42 +321,48 @@ MODEL_LOADERS: dict[str, tuple[str, Loader]] = {
 class ModelCache:
     """Loads each model version once; ``current()`` re-checks every CURRENT pointer.
 
-    Keyed by (model name, path of the version directory), so two data roots never share
-    an entry.
-
     Cheap to call per micro-batch: resolving CURRENT reads three small files, and a
-    version already loaded is reused (the Spark ML models and cached tables).
+    version already loaded is reused. ``loaded_now`` names the models whose version
+    changed in the last ``current()`` call (the stream logs and stores them).
     """
 
     def __init__(self) -> None:
         self._loaded: dict[tuple[str, str], dict[str, Any]] = {}
+        self._customers: tuple[float, pa.Table | None] | None = None
+        self.loaded_now: list[str] = []
 
-    def _get(self, key: tuple[str, str], load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if key not in self._loaded:
-            # Keep only the newest version of each kind: old ones are released.
-            for old in [k for k in self._loaded if k[0] == key[0]]:
-                for value in self._loaded.pop(old).values():
-                    if isinstance(value, DataFrame):
-                        value.unpersist()
-            self._loaded[key] = load()
-        return self._loaded[key]
-
-    def current(self, spark: SparkSession, settings: Settings) -> ModelOutputs:
+    def current(self, settings: Settings) -> ModelOutputs:
         """The CURRENT outputs of every model (None where there is no version yet)."""
         parts: dict[str, Any] = {}
+        self.loaded_now = []
         for name, (version_field, loader) in MODEL_LOADERS.items():
             version = _safe_version(settings, name)
             if version is None:
                 continue
             key = (name, str(registry.model_dir(settings, name, version)))
-            loaded = self._get(key, partial(loader, spark, settings, version))
+            if key not in self._loaded:
+                for old in [k for k in self._loaded if k[0] == name]:
+                    del self._loaded[old]  # keep only the newest version of each kind
+                self._loaded[key] = loader(settings, version)
+                self.loaded_now.append(name)
+            loaded = self._loaded[key]
             parts.update(loaded)
             if any(v is not None for v in loaded.values()):
                 parts[version_field] = version
-        cust = customers_dir(settings)
-        if cust.exists():
-            parts["customers"] = _read_parquet(spark, cust, cache=False)
+        parts["customers"] = self._customer_attributes(settings)
         return ModelOutputs(**parts)
+
+    def _customer_attributes(self, settings: Settings) -> pa.Table | None:
+        """The ingested customer attributes, re-read when the table changes."""
+        path = customers_dir(settings)
+        stamp = max((p.stat().st_mtime for p in path.rglob("*.parquet")), default=0.0)
+        if self._customers is None or self._customers[0] != stamp:
+            table = _read_table(path) if stamp else None
+            if table is not None:
+                present = [c for c in CUSTOMER_ATTRIBUTES if c in table.column_names]
+                table = table.select(["customer_id", *present])
+            self._customers = (stamp, table)
+        return self._customers[1]
 
 
 def _safe_version(settings: Settings, name: str) -> str | None:
@@ -297,13 +374,13 @@ def _safe_version(settings: Settings, name: str) -> str | None:
         return None
 
 
-def _read_parquet(spark: SparkSession, path: Path, cache: bool) -> DataFrame | None:
+def _read_table(path: Path) -> pa.Table | None:
+    """A Parquet directory written by Spark, as Arrow (its _SUCCESS and .crc files skipped)."""
     try:
-        df = spark.read.parquet(str(path))
-    except Exception as exc:
+        return ds.dataset(str(path), format="parquet", exclude_invalid_files=True).to_table()
+    except (OSError, ValueError, pa.ArrowException) as exc:
         log.warning("serving: cannot read %s: %s", path, exc)
         return None
-    return df.cache() if cache else df
 
 
 def _read_json(path: Path) -> Any:
@@ -322,20 +399,3 @@ def _load_pipeline(path: Path, name: str) -> Any:
     except Exception as exc:
         log.warning("serving: cannot load %s model %s: %s", name, path, exc)
         return None
-
-
-def publish_view(
-    spark: SparkSession, settings: Settings, features_df: DataFrame, models: ModelCache
-) -> Path:
-    """Build the view from ``features_df`` and the CURRENT models; publish a snapshot.
-
-    Reads: the registry's CURRENT pointers, model dirs and output tables, through
-    ``models``, the caller's cache (keep one for a stream run, so each model version is
-    loaded once, and released when CURRENT moves on). Writes: a new snapshot
-    ``settings.serving_dir/v=<version>/`` (Parquet) and moves CURRENT to it.
-    Returns the published directory.
-    """
-    view = build_view(features_df, models.current(spark, settings))
-    return snapshots.publish(
-        settings.serving_dir, lambda tmp: view.write.mode("overwrite").parquet(str(tmp))
-    )

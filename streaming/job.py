@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -49,7 +50,6 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.transaction import FIELD_NAMES
 from storage.customer_state import EVENT_COLUMNS, BatchResult, CustomerStateStore
-from storage.lake import lake_rows, write_lake_batch
 from streaming.parse import QUARANTINE_COLUMNS, classify_exact, tag
 from streaming.state import (
     check_store_matches_checkpoint,
@@ -91,6 +91,40 @@ def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
         .option("failOnDataLoss", str(settings.fail_on_data_loss).lower())
         .load()
     )
+
+
+def lake_rows(valid: pa.Table, seen_before: tuple[str, ...] = ()) -> pa.Table:
+    """Valid events -> lake rows (the contract columns): one copy per event id.
+
+    ``seen_before``: ids an earlier batch already wrote (re-sends), left out.
+    """
+    skip = set(seen_before)
+    keep = []
+    for event_id in valid.column("event_id").to_pylist():
+        keep.append(event_id not in skip)
+        skip.add(event_id)  # later copies in this batch are left out too
+    return valid.select(list(FIELD_NAMES)).filter(pa.array(keep, pa.bool_()))
+
+
+def write_lake_batch(settings: Settings, rows: pa.Table, batch_id: int) -> None:
+    """Write one batch's lake rows as ``event_date=D/part-b<batch id>-00000.parquet``.
+
+    One file per event date. The batch's files from a crashed attempt are deleted
+    first and each file appears whole (written aside, then renamed), so a replay
+    leaves exactly one copy. Readers list the ``event_date`` partitions
+    (``storage.lake.read_lake``).
+    """
+    lake = Path(settings.lake_dir)
+    prefix = f"part-b{batch_id:012d}-"
+    for old in lake.glob(f"event_date=*/{prefix}*"):
+        old.unlink()
+    dates = pc.cast(rows.column("event_time"), pa.date32())
+    for day in pc.unique(dates).to_pylist():
+        part = lake / f"event_date={day.isoformat()}"
+        part.mkdir(parents=True, exist_ok=True)
+        tmp = part / f".{prefix}{uuid.uuid4().hex[:8]}.tmp"
+        pq.write_table(rows.filter(pc.equal(dates, pa.scalar(day, pa.date32()))), tmp)
+        tmp.rename(part / f"{prefix}00000.parquet")
 
 
 def write_quarantine_batch(settings: Settings, rows: pa.Table, batch_id: int) -> None:

@@ -4,8 +4,10 @@ Per micro-batch the job folds its valid events into ``storage.customer_state``'s
 keyed store: the work is proportional to the batch's events and the customers they
 touch, never to the whole customer base. On a schedule (``snapshot_interval_seconds``)
 ``publish_snapshot`` evaluates every customer's features as of the stream clock with
-the batch layer's own ``features.customer.features_as_of``, so a silent customer still
-ages, and publishes them as one atomic Parquet snapshot.
+the one feature definition (``features.customer.features_table``), so a silent
+customer still ages, and publishes them as one atomic Parquet snapshot. A ``Sink``
+(the serving layer's live view, wired by ``pulse stream``) gets each batch's touched
+customers and each snapshot.
 
 ``seed_from_lake`` builds the store from a backfilled lake with the batch code
 (``customer_state(daily_activity(lake))``), so the stream reads only what came after.
@@ -13,29 +15,21 @@ ages, and publishes them as one atomic Parquet snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from features.customer import (
-    DAY_COLUMNS,
-    STATE_SCHEMA,
-    customer_state,
-    daily_activity,
-    day_row,
-    features_as_of,
-)
+from features.customer import customer_state, daily_activity, features_table
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from storage import snapshots
-from storage.customer_state import (
-    EPOCH,
-    TOTAL_COLUMNS,
-    CustomerStateStore,
-)
+from storage.customer_state import EPOCH, TOTAL_COLUMNS, BatchResult, CustomerStateStore
+from storage.state_table import state_table
 
 SEED_BATCH = -1  # the seeded state counts as batch -1, so Spark's batch 0 folds into it
 
@@ -45,64 +39,45 @@ def open_store(settings: Settings) -> CustomerStateStore:
     return CustomerStateStore(settings.state_dir / "customers", settings.allowed_lateness_days)
 
 
-def state_frame(spark: SparkSession, customers: pa.Table, days: pa.Table) -> DataFrame:
-    """The store's Arrow tables -> ``STATE_SCHEMA`` rows plus ``max_event_time``."""
-    epoch = F.lit(EPOCH.isoformat()).cast("date")
-    if not len(customers):
-        empty = spark.createDataFrame([], STATE_SCHEMA)
-        return empty.withColumn("max_event_time", F.lit(None).cast("timestamp"))
-    cust = spark.createDataFrame(customers)  # Arrow straight into Spark, no pandas step
-    day_frame = spark.createDataFrame(
-        days.cast(
-            pa.schema(
-                [("customer_id", pa.string())]
-                + [(c, pa.float64() if c == "spend" else pa.int64()) for c in DAY_COLUMNS]
-            )
-        )
-    ).withColumn("day", F.date_add(epoch, F.col("day").cast("int")))
-    history = day_frame.groupBy("customer_id").agg(
-        F.array_sort(F.collect_list(day_row(F.col))).alias("history")
-    )
-    dated = cust.select(
-        "customer_id",
-        *[
-            F.date_add(epoch, F.col(c).cast("int")).alias(c)
-            for c in ("first_purchase_date", "last_purchase_date")
-        ],
-        *[c for c in TOTAL_COLUMNS if c not in ("first_purchase_date", "last_purchase_date")],
-    ).withColumn("max_event_time", F.timestamp_micros("max_event_time"))
-    joined = dated.join(history, "customer_id", "left").withColumn(
-        "history", F.coalesce(F.col("history"), F.array().cast(STATE_SCHEMA["history"].dataType))
-    )
-    return joined.select(
-        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in STATE_SCHEMA], "max_event_time"
-    )
+class Sink(Protocol):
+    """Where the stream's output goes beyond its own state (``serving.live.LiveView``).
+
+    ``batch``: after each micro-batch, with the store (read the touched customers from
+    it) and what the batch did. ``snapshot``: after each full snapshot, with every
+    customer's state and features as of the stream clock.
+    """
+
+    def batch(self, store: CustomerStateStore, result: BatchResult) -> None:
+        """A micro-batch was folded (or replayed: ``result.applied`` is False)."""
+
+    def snapshot(self, state: pa.Table, features: pa.Table, as_of: datetime) -> None:
+        """A full snapshot was published."""
 
 
 def publish_snapshot(
-    spark: SparkSession,
-    settings: Settings,
-    store: CustomerStateStore,
-    on_publish: Callable[[DataFrame], None] | None = None,
+    settings: Settings, store: CustomerStateStore, sink: Sink | None = None
 ) -> Path | None:
-    """Every customer's features as of the stream clock -> one atomic snapshot.
+    """Every customer's features as of the stream clock -> one atomic Parquet snapshot.
 
     Reads the whole store (this is the scheduled step whose cost grows with the
-    customer base, not the per-batch one). Returns the published directory, or None
+    customer base, not the per-batch one), evaluates ``features_table`` in NumPy and
+    writes it with pyarrow: no Spark job. Returns the published directory, or None
     when the store is empty.
     """
     as_of = store.clock()
     if as_of is None:
         return None
-    customers, days = store.read()
-    state = state_frame(spark, customers, days)
-    features = features_as_of(state, as_of).orderBy("customer_id")
+    state = state_table(*store.read())
+    features = features_table(state, as_of).sort_by("customer_id")
     version = f"{max(store.last_batch or 0, 0):012d}-{snapshots.new_version()}"
-    path = snapshots.publish(
-        settings.features_dir, lambda tmp: features.write.parquet(str(tmp)), version=version
-    )
-    if on_publish is not None:
-        on_publish(spark.read.parquet(str(path)))
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        pq.write_table(features, tmp / "part-00000.parquet", row_group_size=256_000)
+
+    path = snapshots.publish(settings.features_dir, write, version=version)
+    if sink is not None:
+        sink.snapshot(state, features, as_of)
     return path
 
 
@@ -110,7 +85,7 @@ def seed_from_lake(
     spark: SparkSession,
     settings: Settings,
     store: CustomerStateStore,
-    on_publish: Callable[[DataFrame], None] | None = None,
+    sink: Sink | None = None,
 ) -> int | None:
     """On the stream's first start, build the per-customer state from the lake.
 
@@ -158,7 +133,7 @@ def seed_from_lake(
         events.unpersist()
     clock_us = int(pa.scalar(as_of, pa.timestamp("us")).value)
     seeded = store.load(customers, days, clock_us, SEED_BATCH)
-    publish_snapshot(spark, settings, store, on_publish)
+    publish_snapshot(settings, store, sink)
     return seeded
 
 

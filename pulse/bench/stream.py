@@ -243,7 +243,7 @@ def bench_stream(
         store = open_store(full)
         in_state = store.customer_count()
         t0 = time.perf_counter()
-        publish_snapshot(spark, full, store)
+        publish_snapshot(full, store)
         t_snapshot = time.perf_counter() - t0
         store.close()
         say(f"  full snapshot of {in_state:,} customers: {t_snapshot:.1f} s")

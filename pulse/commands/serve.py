@@ -14,7 +14,7 @@ from runtime.settings import Settings
 SHOWN = [
     ("as of", "as_of"),
     ("segment", "segment_name"),
-    ("churn probability", "churn_probability"),
+    ("churn probability / as of", ("churn_probability", "churn_as_of")),
     ("at risk (rule)", "at_risk"),
     ("first / last purchase", ("first_purchase_date", "last_purchase_date")),
     ("recency / tenure (days)", ("recency_days", "tenure_days")),
@@ -84,7 +84,7 @@ def _view(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not args.customer_id:
         raise PulseError("give a CUSTOMER_ID or --at-risk N")
-    row = read.customer(settings, args.customer_id)
+    row = read.lookup(settings, args.customer_id)
     print(json.dumps(row, default=str, indent=2) if args.json else format_customer(row))
     return 0
 

@@ -21,37 +21,20 @@ def check_topic(settings: Settings) -> None:
         )
 
 
-def _publish_view(settings: Settings):  # type: ignore[no-untyped-def]
-    """The stream's on_publish hook: rebuild the serving view from each feature snapshot.
-
-    Wired here, not in streaming/, so the speed layer does not depend on serving. The
-    hook owns one model cache for the stream run: each model version is loaded once.
-    """
-    from serving.view import ModelCache, publish_view
-
-    models = ModelCache()
-
-    def hook(features) -> None:  # type: ignore[no-untyped-def]
-        publish_view(features.sparkSession, settings, features, models)
-
-    return hook
-
-
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
     from runtime.spark import build_spark
+    from serving.live import LiveView
     from streaming.job import run
 
     check_topic(settings)
     spark = build_spark(settings, app_name="pulse-stream")
+    # The live view is wired here, not in streaming/, so the speed layer does not
+    # depend on serving: it keeps the online store and the view snapshot current.
+    live = LiveView(spark, settings)
     try:
-        run(
-            spark,
-            settings,
-            until_idle=args.until_idle,
-            on_publish=_publish_view(settings),
-            seed=args.seed_from_lake,
-        )
+        run(spark, settings, until_idle=args.until_idle, sink=live, seed=args.seed_from_lake)
     finally:
+        live.close()
         spark.stop()
     return 0
 

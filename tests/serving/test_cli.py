@@ -5,41 +5,53 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from datetime import UTC, date, datetime
+from datetime import date
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pulse.cli import main
 from pulse.demo import Children, write_backfill
-from storage import snapshots
 
 pytestmark = pytest.mark.unit
 
 
+SEP22 = 18527  # 2020-09-22 as a day number (days since 1970-01-01)
+US_PER_DAY = 86_400_000_000
+
+
 @pytest.fixture
 def view_root(tmp_path):
-    """A published view snapshot with three customers, written with pyarrow."""
-    as_of = datetime(2020, 9, 22, tzinfo=UTC)
-    table = pa.table(
-        {
-            "customer_id": ["a", "b", "c"],
-            "as_of": [as_of] * 3,
-            "recency_days": [1, 80, 40],
-            "frequency": [9, 2, 3],
-            "monetary": [1.5, 0.2, 0.4],
-            "at_risk": [False, True, False],
-            "segment_name": ["Champions", "Hibernating", None],
-            "churn_probability": [0.1, 0.9, None],
-            "churn_model_version": ["v1", "v1", "v1"],
-            "recommendations": [["0001", "0002"], None, None],
-        }
+    """An online store with three customers, written by hand (no JVM)."""
+    from serving.online import SqliteStore
+
+    store = SqliteStore(tmp_path / "online" / "customers.db")
+    clock = SEP22 * US_PER_DAY
+
+    def rec(cid, first, last, freq, n, monetary, history, p, seg):
+        return (cid, first, last, freq, n, monetary, 0, n, last * US_PER_DAY, history,
+                p, None if p is None else clock, "v1", seg and 0, seg, seg and "s1")  # fmt: skip
+
+    store.write_records(
+        [
+            # a bought 9 days, the last yesterday (5 events for 1.5 on Sep 21)
+            rec(
+                "a",
+                SEP22 - 300,
+                SEP22 - 1,
+                9,
+                20,
+                1.5,
+                f"[[{SEP22 - 1},5,5,1.5,0,5]]",
+                0.1,
+                "Champions",
+            ),
+            rec("b", SEP22 - 200, SEP22 - 80, 2, 2, 0.2, "[]", 0.9, "Hibernating"),
+            rec("c", SEP22 - 90, SEP22 - 40, 3, 3, 0.4, "[]", None, None),
+        ]  # fmt: skip
     )
-    snapshots.publish(
-        tmp_path / "serving" / "customer_view",
-        lambda d: (d.mkdir(), pq.write_table(table, d / "part-0.parquet")),
-    )
+    store.replace_output("recommendations", "r1", [("a", json.dumps(["0001", "0002"]))])
+    store.set_meta({"clock_us": clock, "versions": {"recommendations": "r1"}, "popular": []})
+    store.close()
     return tmp_path
 
 
@@ -47,6 +59,7 @@ def test_view_customer_readable_and_json(view_root, capsys):
     assert main(["--data-root", str(view_root), "view", "a"]) == 0
     out = capsys.readouterr().out
     assert "customer a" in out and "Champions" in out and "0001, 0002" in out
+    assert "2020-09-21" in out  # the last purchase day, from the stored state
     assert main(["--data-root", str(view_root), "view", "b", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert (row["customer_id"], row["churn_probability"], row["recency_days"]) == ("b", 0.9, 80)
@@ -58,9 +71,9 @@ def test_view_unknown_customer_is_one_clear_error(view_root, capsys):
     assert err.startswith("pulse: error: unknown customer 'nobody'")
 
 
-def test_view_without_snapshot_is_one_clear_error(tmp_path, capsys):
+def test_view_without_store_is_one_clear_error(tmp_path, capsys):
     assert main(["--data-root", str(tmp_path), "view", "a"]) != 0
-    assert "no customer view published yet" in capsys.readouterr().err
+    assert "no online store at" in capsys.readouterr().err
 
 
 def test_at_risk_orders_by_churn_probability(view_root, capsys):

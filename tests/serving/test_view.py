@@ -1,23 +1,26 @@
-"""The customer view on hand-built features and a hand-built registry output."""
+"""The customer view on hand-built features and hand-built model outputs: scoring (Spark ML),
+assembly (Arrow), and the live view's pick-up of new registry versions through the
+online store and the read path."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
+import pyarrow as pa
+import pyarrow.parquet
 import pytest
 from pyspark.ml import Pipeline
 from pyspark.ml.classification import GBTClassifier
 from pyspark.ml.feature import Imputer, VectorAssembler
 from pyspark.ml.linalg import Vectors
-from pyspark.testing import assertDataFrameEqual, assertSchemaEqual
 
 from batch.segments import build_pipeline
 from features.customer import compute_features
 from runtime.errors import PulseError
-from schemas.tables import VIEW_EXTRA_COLUMNS, serving_view_schema
+from schemas.tables import LIVE_FEATURE_COLUMNS, VIEW_EXTRA_COLUMNS
 from schemas.transaction import spark_schema
-from serving.view import ModelOutputs, build_view
+from serving.view import ModelOutputs, assemble, recommendation_lists, score
 
 pytestmark = pytest.mark.spark
 AS_OF = datetime(2020, 3, 31, 23, 59, 59, tzinfo=UTC)
@@ -29,8 +32,8 @@ def ev(i, day, customer):
 
 
 @pytest.fixture(scope="module")
-def features(spark):
-    events = spark.createDataFrame(
+def events(spark):
+    return spark.createDataFrame(
         [
             ev(1, "2020-03-01", "a"),
             ev(2, "2020-03-20", "a"),
@@ -42,7 +45,11 @@ def features(spark):
         ],
         spark_schema(),
     )
-    return compute_features(events, AS_OF)
+
+
+@pytest.fixture(scope="module")
+def features(events):
+    return compute_features(events, AS_OF).toArrow()
 
 
 @pytest.fixture(scope="module")
@@ -104,59 +111,69 @@ def segmentation(spark):
     return model, names, cluster
 
 
+SEGMENTS = pa.table(
+    {"customer_id": ["a", "b", "c"], "segment_id": pa.array([0, 1, 1], pa.int32()),
+     "segment_name": ["Champions", "Hibernating", "Hibernating"]}
+)  # fmt: skip
+
+
+def recs_table(rows):
+    names = ["customer_id", "rank", "article_id", "score", "source"]
+    return recommendation_lists(
+        pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows])
+    )
+
+
+def view_of(spark, features, models):
+    return assemble(features, score(spark, features, models, AS_OF), models)
+
+
+def by_id(view):
+    return {r["customer_id"]: r for r in view.to_pylist()}
+
+
 def test_view_joins_current_outputs(spark, features, churn_model):
     """Table-only outputs (a registry version with no segmentation model or popularity
     list): customers absent from a table get nulls there."""
-    segments = spark.createDataFrame(
-        [("a", 0, "Champions"), ("b", 1, "Hibernating"), ("c", 1, "Hibernating")],
-        "customer_id string, segment_id int, segment_name string",
-    )
     # a has 13 ranked rows (given out of order): the view keeps ranks 1..12 in order.
     recs_rows = [("a", r, f"art{r:02d}", 1.0 / r, "als") for r in [13, 2, 1, *range(3, 13)]]
     recs_rows += [("b", 2, "pop2", 0.5, "popularity"), ("b", 1, "pop1", 0.9, "popularity")]
-    recs = spark.createDataFrame(
-        recs_rows, "customer_id string, rank int, article_id string, score double, source string"
-    )
-    customers = spark.createDataFrame(
-        [("a", 20), ("b", 60), ("zz", 33)], "customer_id string, age int"
-    )
+    customers = pa.table({"customer_id": ["a", "b", "zz"], "age": [20.0, 60.0, 33.0]})
     models = ModelOutputs(
-        segments=segments,
+        segments=SEGMENTS,
         segments_version="s1",
         churn_model=churn_model,
         churn_version="c1",
-        recommendations=recs,
+        recommendations=recs_table(recs_rows),
         recs_version="r1",
         customers=customers,
     )
-    view = build_view(features, models)
+    view = view_of(spark, features, models)
 
-    # exactly the table contract: live feature columns, then the view's, with their types
-    assertSchemaEqual(view.schema, serving_view_schema(), ignoreNullable=True)
+    # exactly the table contract: live feature columns, then the view's, in order
+    assert view.column_names == [*LIVE_FEATURE_COLUMNS, *VIEW_EXTRA_COLUMNS]
     a_recs = [f"art{r:02d}" for r in range(1, 13)]
-    expected = spark.createDataFrame(
-        [
-            ("a", 1, 3, "Champions", "s1", a_recs, "r1", "c1"),
-            ("b", 100, 1, "Hibernating", "s1", ["pop1", "pop2"], "r1", "c1"),
-            ("c", 39, 2, "Hibernating", "s1", None, "r1", "c1"),
-            ("d", 0, 1, None, "s1", None, "r1", "c1"),
-        ],
-        "customer_id string, recency_days int, frequency long, segment_name string, "
-        "segments_model_version string, recommendations array<string>, "
-        "recs_model_version string, churn_model_version string",
-    )
-    got = view.select(*expected.columns)
-    assertDataFrameEqual(got, expected)
+    expected = {
+        "a": (1, 3, "Champions", "s1", a_recs, "r1", "c1"),
+        "b": (100, 1, "Hibernating", "s1", ["pop1", "pop2"], "r1", "c1"),
+        "c": (39, 2, "Hibernating", "s1", None, "r1", "c1"),
+        "d": (0, 1, None, "s1", None, "r1", "c1"),
+    }
+    keys = ["recency_days", "frequency", "segment_name", "segments_model_version",
+            "recommendations", "recs_model_version", "churn_model_version"]  # fmt: skip
+    rows = by_id(view)
+    assert {c: tuple(r[k] for k in keys) for c, r in rows.items()} == expected
+    assert {r["churn_as_of"] for r in rows.values()} == {AS_OF}
 
     # churn_probability is the GBT's P(churn) for the live feature row; checked against the
     # model's own single-vector API (no DataFrame path). c and d have no age: imputed with
     # the training mean (40).
     gbt = churn_model.stages[-1]
     inputs = {"a": (1, 3, 20.0), "b": (100, 1, 60.0), "c": (39, 2, 40.0), "d": (0, 1, 40.0)}
-    probs = {r["customer_id"]: r["churn_probability"] for r in view.collect()}
     for cid, vec in inputs.items():
-        assert probs[cid] == pytest.approx(gbt.predictProbability(Vectors.dense(vec))[1])
-    assert probs["b"] > 0.5 > probs["a"]
+        want = gbt.predictProbability(Vectors.dense(vec))[1]
+        assert rows[cid]["churn_probability"] == pytest.approx(want)
+    assert rows["b"]["churn_probability"] > 0.5 > rows["a"]["churn_probability"]
 
 
 def test_unseen_customers_get_model_segment_and_popular_list(spark, features, segmentation):
@@ -164,18 +181,13 @@ def test_unseen_customers_get_model_segment_and_popular_list(spark, features, se
     (recency 0, frequency 1, monetary 10: the "new" cluster), and it gets exactly the
     popularity list. Customers in the tables keep their table rows."""
     model, names, cluster = segmentation
-    segments = spark.createDataFrame(
-        [("a", 0, "Champions"), ("b", 1, "Hibernating"), ("c", 1, "Hibernating")],
-        "customer_id string, segment_id int, segment_name string",
-    )
     a_recs = [f"art{r:02d}" for r in range(1, 13)]
-    recs = spark.createDataFrame(
+    recs = recs_table(
         [("a", r, a, 1.0, "als") for r, a in enumerate(a_recs, 1)]
-        + [("b", 1, "pop1", 0.9, "popularity"), ("b", 2, "pop2", 0.5, "popularity")],
-        "customer_id string, rank int, article_id string, score double, source string",
+        + [("b", 1, "pop1", 0.9, "popularity"), ("b", 2, "pop2", 0.5, "popularity")]
     )
     models = ModelOutputs(
-        segments=segments,
+        segments=SEGMENTS,
         segments_model=model,
         segment_names=names,
         segments_version="s1",
@@ -183,41 +195,32 @@ def test_unseen_customers_get_model_segment_and_popular_list(spark, features, se
         popular=POPULAR,
         recs_version="r1",
     )
-    view = build_view(features, models)
-
-    assertSchemaEqual(view.schema, serving_view_schema(), ignoreNullable=True)
-    d = view.where("customer_id = 'd'").first()
+    rows = by_id(view_of(spark, features, models))
+    d = rows["d"]
     assert (d["recency_days"], d["frequency"], d["monetary"]) == (0, 1, 10.0)
     new = cluster["new"]
-    expected = spark.createDataFrame(
-        [
-            ("a", 0, "Champions", a_recs),
-            ("b", 1, "Hibernating", ["pop1", "pop2"]),
-            ("c", 1, "Hibernating", list(POPULAR)),  # segmented, but not in the recs table
-            ("d", new, "model new", list(POPULAR)),
-        ],
-        "customer_id string, segment_id int, segment_name string, recommendations array<string>",
-    )
-    got = view.select("customer_id", "segment_id", "segment_name", "recommendations")
-    assertDataFrameEqual(got, expected)
-    pairs = view.select("segments_model_version", "recs_model_version").distinct().collect()
-    assert [tuple(r) for r in pairs] == [("s1", "r1")]
+    got = {c: (r["segment_id"], r["segment_name"], r["recommendations"]) for c, r in rows.items()}
+    assert got == {
+        "a": (0, "Champions", a_recs),
+        "b": (1, "Hibernating", ["pop1", "pop2"]),
+        "c": (1, "Hibernating", list(POPULAR)),  # segmented, but not in the recs table
+        "d": (new, "model new", list(POPULAR)),
+    }
+    assert {(r["segments_model_version"], r["recs_model_version"]) for r in rows.values()} == {
+        ("s1", "r1")
+    }
 
     # The model alone (no table read): every live customer is assigned by the model.
-    alone = build_view(features, ModelOutputs(segments_model=model, segment_names=names))
-    by_model = {r["customer_id"]: r["segment_id"] for r in alone.collect()}
+    alone = view_of(spark, features, ModelOutputs(segments_model=model, segment_names=names))
+    by_model = {c: r["segment_id"] for c, r in by_id(alone).items()}
     assert by_model["d"] == new and None not in by_model.values()
 
 
 def test_missing_models_give_nulls(spark, features):
-    view = build_view(features, ModelOutputs())
-    assert view.count() == 4
-    nulls = view.where(" AND ".join(f"{c} IS NULL" for c in VIEW_EXTRA_COLUMNS)).select(
-        "customer_id"
-    )
-    assertDataFrameEqual(
-        nulls, spark.createDataFrame([("a",), ("b",), ("c",), ("d",)], "customer_id string")
-    )
+    view = view_of(spark, features, ModelOutputs())
+    assert view.num_rows == 4
+    for row in view.to_pylist():
+        assert all(row[c] is None for c in VIEW_EXTRA_COLUMNS), row
 
 
 def _register(settings, name, version, write):
@@ -229,17 +232,38 @@ def _register(settings, name, version, write):
     registry.promote(settings, name, version)
 
 
+@pytest.fixture(scope="module")
+def state(spark, events):
+    """The same customers' absolute state, as the stream's store holds it (Arrow)."""
+    from pyspark.sql import functions as F
+
+    from features.customer import customer_state, daily_activity
+
+    latest = events.groupBy("customer_id").agg(F.max("event_time").alias("max_event_time"))
+    rows = customer_state(daily_activity(events), AS_OF).join(latest, "customer_id")
+    return rows.toArrow().sort_by("customer_id")
+
+
 def test_publish_picks_up_new_versions_and_reads_back(
-    spark, settings, features, churn_model, segmentation
+    spark, settings, state, churn_model, segmentation
 ):
+    """The live view (one object, as one stream run keeps it) picks up each promoted
+    version without a restart; the online store and the read path serve it."""
+    from features.customer import features_table
     from serving import read
-    from serving.view import ModelCache, publish_view
+    from serving.live import LiveView
     from storage import registry, snapshots
 
-    models = ModelCache()  # one per stream run, as `pulse stream` keeps it
+    logs: list[str] = []
+    live = LiveView(spark, settings, log=logs.append)
+    features = features_table(state, AS_OF)
+
+    def publish() -> None:
+        live.snapshot(state, features, AS_OF)
+
     # No model yet: the view is published with nulls.
-    publish_view(spark, settings, features, models)
-    assert read.customer(settings, "a")["churn_probability"] is None
+    publish()
+    assert read.lookup(settings, "a")["churn_probability"] is None
 
     segs = spark.createDataFrame(
         [("a", 0, "Champions")], "customer_id string, segment_id int, segment_name string"
@@ -256,15 +280,18 @@ def test_publish_picks_up_new_versions_and_reads_back(
         "c1",
         lambda: churn_model.save(str(registry.model_path(settings, "churn", "c1"))),
     )
-    first = publish_view(spark, settings, features, models)
-    assert snapshots.current(settings.serving_dir) == first
-    row = read.customer(settings, "b")
+    publish()
+    assert any("model picked up: segments s1, churn c1" in line for line in logs), logs
+    row = read.lookup(settings, "b")
     assert (row["churn_model_version"], row["recency_days"]) == ("c1", 100)
-    assert row["churn_probability"] > 0.5
-    assert read.customer(settings, "a")["segment_name"] == "Champions"
+    assert row["churn_probability"] > 0.5 and row["churn_as_of"] == AS_OF
+    assert read.lookup(settings, "a")["segment_name"] == "Champions"
     # s1 is a version with the table only (as written before retrain kept the model):
     # served from the table alone, so d (not in it) has no segment.
-    assert read.customer(settings, "d")["segment_name"] is None
+    assert read.lookup(settings, "d")["segment_name"] is None
+    # The Parquet snapshot holds the same rows the look-ups return.
+    snapshot = pa.parquet.read_table(snapshots.current(settings.serving_dir))
+    assert by_id(snapshot)["b"] == read.lookup(settings, "b")
 
     # A retrain promotes c2 (labels flipped): the next publish uses it, same process.
     flipped = spark.createDataFrame(
@@ -278,15 +305,15 @@ def test_publish_picks_up_new_versions_and_reads_back(
     _register(
         settings, "churn", "c2", lambda: c2.save(str(registry.model_path(settings, "churn", "c2")))
     )
-    publish_view(spark, settings, features, models)
-    row = read.customer(settings, "b")
+    publish()
+    row = read.lookup(settings, "b")
     assert row["churn_model_version"] == "c2"
     assert row["churn_probability"] < 0.5
     top = read.at_risk(settings, 2)
     assert [r["customer_id"] for r in top][0] in {"a", "d"}  # now the recent buyers "churn"
 
     with pytest.raises(PulseError, match="unknown customer"):
-        read.customer(settings, "nobody")
+        read.lookup(settings, "nobody")
 
     # Versions laid out as `pulse retrain` writes them: the segmentation model with its
     # names next to the segments table, the popularity list next to the recommendations.
@@ -308,8 +335,8 @@ def test_publish_picks_up_new_versions_and_reads_back(
 
     _register(settings, "segments", "s2", write_segments_v2)
     _register(settings, "recommendations", "r1", write_recs_r1)
-    publish_view(spark, settings, features, models)
-    a, d = read.customer(settings, "a"), read.customer(settings, "d")
+    publish()
+    a, d = read.lookup(settings, "a"), read.lookup(settings, "d")
     assert (a["segment_name"], a["recommendations"]) == ("Champions", ["art01"])
     assert (d["segment_id"], d["segment_name"]) == (cluster["new"], "model new")
     assert d["recommendations"] == list(POPULAR)

@@ -1,0 +1,347 @@
+"""The online store: one keyed record per customer, read in one look-up.
+
+The speed layer writes it (``serving.live``): per micro-batch the touched customers'
+absolute state and their scores under the CURRENT models; when a retrain moves
+CURRENT, the model outputs keyed by customer (segments, recommendation lists) and the
+popularity list. The read path (``serving.read``) fetches one record and evaluates the
+features that age as of the stream clock (``features.customer.features_table``).
+
+Two backends with the same methods, chosen by ``settings.online_store``:
+
+- ``sqlite`` (the default): embedded, no server, like Feast's local online store; one
+  file ``settings.online_store_path``. WAL mode, so readers never block the writer.
+- ``redis``: for more than one machine (``settings.redis_url``). A hash per customer,
+  a sorted set of churn scores for ``--at-risk``, model outputs under versioned keys
+  switched by one pointer.
+
+What a record holds (``RECORD_COLUMNS``): the ``STATE_SCHEMA`` totals (days as day
+numbers since 1970-01-01, null for none), the latest event time, the history as JSON
+(``[[day, n_events, n_purchases, spend, n_online, n_with_channel], ...]``), and the
+live scores: ``churn_probability`` with ``churn_as_of`` (the stream clock it was
+computed at, microseconds) and the model version, and the segment the CURRENT
+segmentation model assigns to the live features (served only for customers the
+segments table does not hold). All writes are upserts of absolute values, so a
+replayed batch writes the same record again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from typing_extensions import override
+
+from runtime.errors import PulseError
+from runtime.settings import Settings
+
+STATE_COLUMNS = (
+    "first_purchase_date",
+    "last_purchase_date",
+    "purchase_days",
+    "n_events",
+    "monetary",
+    "n_online",
+    "n_with_channel",
+    "max_event_time",
+    "history",
+)
+SCORE_COLUMNS = (
+    "churn_probability",
+    "churn_as_of",
+    "churn_model_version",
+    "segment_id",
+    "segment_name",
+    "segments_model_version",
+)
+RECORD_COLUMNS = ("customer_id", *STATE_COLUMNS, *SCORE_COLUMNS)
+OUTPUT_KINDS = ("segments", "recommendations")
+
+
+class OnlineStore(ABC):
+    """The methods both backends provide. Values are plain Python (str, int, float, None)."""
+
+    name: str
+
+    @abstractmethod
+    def write_records(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Upsert whole records (``RECORD_COLUMNS`` order)."""
+
+    @abstractmethod
+    def replace_output(self, kind: str, version: str, rows: Iterable[tuple[str, str]]) -> None:
+        """Make ``rows`` (customer_id, JSON value) the ``kind`` output, version ``version``,
+        in one switch: readers see the old version or the new one, never a mix."""
+
+    @abstractmethod
+    def get(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer's record plus its outputs (``output_<kind>``), or None."""
+
+    @abstractmethod
+    def top_churn(self, n: int) -> list[str]:
+        """The ``n`` customer ids with the highest churn probability (ties by id)."""
+
+    @abstractmethod
+    def set_meta(self, values: dict[str, Any]) -> None:
+        """Store JSON-able values under their keys (clock, batch, versions, popular...)."""
+
+    @abstractmethod
+    def meta(self) -> dict[str, Any]:
+        """Every meta value."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Customers held."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release connections."""
+
+
+# --- SQLite ------------------------------------------------------------------------------------
+
+
+class SqliteStore(OnlineStore):
+    """The embedded store: one SQLite file, WAL, customer_id as the clustered key."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.exists():
+                raise PulseError(f"no online store at {self.path} yet (run `pulse stream`)")
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            self.db.execute("PRAGMA query_only=1")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Spark calls foreachBatch on its own Python thread; the stream never writes
+            # from two threads at once, so one connection may move between them.
+            self.db = sqlite3.connect(self.path, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; derived data
+            self._create()
+        self.db.execute("PRAGMA cache_size=-262144")  # 256 MB page cache
+
+    def _create(self) -> None:
+        cols = ", ".join(f"{c}" for c in RECORD_COLUMNS[1:])
+        with self.db:
+            self.db.execute(
+                f"CREATE TABLE IF NOT EXISTS customer (customer_id TEXT PRIMARY KEY, {cols})"
+                " WITHOUT ROWID"
+            )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS output (kind TEXT, customer_id TEXT, value TEXT,"
+                " PRIMARY KEY (kind, customer_id)) WITHOUT ROWID"
+            )
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+
+    @override
+    def write_records(self, rows: Iterable[Sequence[Any]]) -> None:
+        marks = ", ".join("?" for _ in RECORD_COLUMNS)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in RECORD_COLUMNS[1:])
+        with self.db:
+            self.db.executemany(
+                f"INSERT INTO customer VALUES ({marks})"
+                f" ON CONFLICT(customer_id) DO UPDATE SET {updates}",
+                rows,
+            )
+
+    @override
+    def replace_output(self, kind: str, version: str, rows: Iterable[tuple[str, str]]) -> None:
+        with self.db:  # one transaction: WAL readers see the old rows until it commits
+            self.db.execute("DELETE FROM output WHERE kind=?", (kind,))
+            self.db.executemany(
+                "INSERT INTO output VALUES (?, ?, ?)", ((kind, c, v) for c, v in rows)
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                (f"{kind}_output_version", json.dumps(version)),
+            )
+
+    @override
+    def get(self, customer_id: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT * FROM customer WHERE customer_id=?", (customer_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        record = dict(zip(RECORD_COLUMNS, row, strict=True))
+        for kind, value in self.db.execute(
+            "SELECT kind, value FROM output WHERE customer_id=? AND kind IN (?, ?)",
+            (customer_id, *OUTPUT_KINDS),
+        ):
+            record[f"output_{kind}"] = value
+        return record
+
+    @override
+    def top_churn(self, n: int) -> list[str]:
+        # A scan of one column: ~0.3 s at 1.37M customers, and no index to maintain on
+        # every micro-batch's upserts.
+        rows = self.db.execute(
+            "SELECT customer_id FROM customer WHERE churn_probability IS NOT NULL"
+            " ORDER BY churn_probability DESC, customer_id LIMIT ?",
+            (n,),
+        )
+        return [r[0] for r in rows]
+
+    @override
+    def set_meta(self, values: dict[str, Any]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                ((k, json.dumps(v)) for k, v in values.items()),
+            )
+
+    @override
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+
+    @override
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM customer").fetchone()[0])
+
+    @override
+    def close(self) -> None:
+        self.db.close()
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+_PIPELINE_ROWS = 5_000  # commands per round trip
+
+
+def _chunks(rows: Iterable[Any], size: int = _PIPELINE_ROWS) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _encode(value: Any) -> str:
+    return "" if value is None else json.dumps(value)
+
+
+def _decode(value: str | None) -> Any:
+    return None if value is None or value == "" else json.loads(value)
+
+
+class RedisStore(OnlineStore):
+    """Redis: ``<prefix>c:<id>`` hashes, a ``<prefix>churn`` sorted set, versioned outputs.
+
+    Every field is stored as JSON (empty for null), so values read back with their types.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str = "pulse:") -> None:
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        # Any: redis-py's stubs type every reply as a union of bytes, str and more.
+        self.r: Any = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True
+        )
+        try:
+            self.r.ping()
+        except redis.RedisError as exc:
+            raise PulseError(f"cannot reach Redis at {url}: {exc}") from None
+
+    def _key(self, customer_id: str) -> str:
+        return f"{self.prefix}c:{customer_id}"
+
+    @override
+    def write_records(self, rows: Iterable[Sequence[Any]]) -> None:
+        churn = self.prefix + "churn"
+        at = RECORD_COLUMNS.index("churn_probability")
+        for chunk in _chunks(rows):
+            pipe = self.r.pipeline(transaction=False)
+            scored = {}
+            for row in chunk:
+                fields = {c: _encode(v) for c, v in zip(RECORD_COLUMNS[1:], row[1:], strict=True)}
+                pipe.hset(self._key(row[0]), mapping=fields)
+                if row[at] is not None:
+                    scored[row[0]] = row[at]
+            if scored:
+                pipe.zadd(churn, scored)
+            pipe.sadd(self.prefix + "ids", *[row[0] for row in chunk])
+            pipe.execute()
+
+    @override
+    def replace_output(self, kind: str, version: str, rows: Iterable[tuple[str, str]]) -> None:
+        # Write the new version's keys, switch the pointer, then drop the old keys.
+        base = f"{self.prefix}o:{kind}:"
+        for chunk in _chunks(rows):
+            pipe = self.r.pipeline(transaction=False)
+            for customer_id, value in chunk:
+                pipe.set(f"{base}{version}:{customer_id}", value)
+            pipe.execute()
+        old = _decode(self.r.hget(self.prefix + "meta", f"{kind}_output_version"))
+        self.set_meta({f"{kind}_output_version": version})
+        if old is not None and old != version:
+            for keys in _chunks(self.r.scan_iter(f"{base}{old}:*", count=10_000)):
+                self.r.unlink(*keys)
+
+    @override
+    def get(self, customer_id: str) -> dict[str, Any] | None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self._key(customer_id))
+        pipe.hmget(self.prefix + "meta", [f"{k}_output_version" for k in OUTPUT_KINDS])
+        fields, versions = pipe.execute()
+        if not fields:
+            return None
+        record: dict[str, Any] = {"customer_id": customer_id}
+        for c in RECORD_COLUMNS[1:]:
+            record[c] = _decode(fields.get(c))
+        keys = {
+            kind: f"{self.prefix}o:{kind}:{_decode(v)}:{customer_id}"
+            for kind, v in zip(OUTPUT_KINDS, versions, strict=True)
+            if v is not None
+        }
+        if keys:
+            for kind, value in zip(keys, self.r.mget(list(keys.values())), strict=True):
+                if value is not None:
+                    record[f"output_{kind}"] = value
+        return record
+
+    @override
+    def top_churn(self, n: int) -> list[str]:
+        # Highest score first; among equal scores Redis orders by member, descending, so
+        # take the whole tie at the boundary and order it by id ascending, as SQLite does.
+        churn = self.prefix + "churn"
+        top = self.r.zrevrange(churn, 0, n - 1, withscores=True)
+        if not top:
+            return []
+        last = top[-1][1]
+        ties = self.r.zrangebyscore(churn, last, last)
+        above = [m for m, s in top if s > last]
+        return (above + sorted(ties))[:n]
+
+    @override
+    def set_meta(self, values: dict[str, Any]) -> None:
+        self.r.hset(self.prefix + "meta", mapping={k: json.dumps(v) for k, v in values.items()})
+
+    @override
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.r.hgetall(self.prefix + "meta").items()}
+
+    @override
+    def count(self) -> int:
+        return int(self.r.scard(self.prefix + "ids"))
+
+    @override
+    def close(self) -> None:
+        self.r.close()
+
+
+def open_store(settings: Settings, readonly: bool = False) -> OnlineStore:
+    """The online store the settings name (``PULSE_ONLINE_STORE``: sqlite or redis)."""
+    if settings.online_store == "redis":
+        return RedisStore(settings.redis_url)
+    return SqliteStore(settings.online_store_path, readonly=readonly)

@@ -1,0 +1,121 @@
+"""The stream's stored state as ``STATE_SCHEMA`` rows, and back from the online store's JSON.
+
+``CustomerStateStore.read`` returns two flat Arrow tables (per customer, per customer-day,
+days as day numbers since 1970-01-01, which *are* Arrow ``date32`` values).
+``state_table`` nests them into the rows ``features.customer.features_table`` takes; no
+Spark, so the stream's snapshot and each micro-batch's touched customers cost NumPy
+time only. ``history_json`` / ``state_from_record`` carry one customer's history
+through the online store and back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.customer import DAY_COLUMNS, STATE_SCHEMA
+
+_DAY_VALUES = [(c, pa.float64() if c == "spend" else pa.int64()) for c in DAY_COLUMNS[1:]]
+DAY_TYPE = pa.struct([("day", pa.date32()), *_DAY_VALUES])
+_DAY_NUMBERS = pa.struct([("day", pa.int32()), *_DAY_VALUES])  # day as a day number
+STATE_ARROW = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("first_purchase_date", pa.date32()),
+        ("last_purchase_date", pa.date32()),
+        ("purchase_days", pa.int64()),
+        ("n_events", pa.int64()),
+        ("monetary", pa.float64()),
+        ("n_online", pa.int64()),
+        ("n_with_channel", pa.int64()),
+        ("history", pa.list_(DAY_TYPE)),
+        ("max_event_time", pa.timestamp("us", tz="UTC")),
+    ]
+)
+assert STATE_ARROW.names[:-1] == [f.name for f in STATE_SCHEMA]
+
+
+def state_table(customers: pa.Table, days: pa.Table) -> pa.Table:
+    """Store tables -> ``STATE_ARROW`` rows, in ``customers`` order.
+
+    ``customers``: customer_id, the totals (purchase dates as day numbers or null) and
+    ``max_event_time`` (microseconds); ``days``: customer_id, day (a day number) and the
+    day's values. Each history is sorted by day.
+    """
+    n = customers.num_rows
+    owner = pc.index_in(days["customer_id"], value_set=customers["customer_id"])
+    owner_np = pc.fill_null(owner, -1).to_numpy(zero_copy_only=False)
+    day_np = days["day"].to_numpy(zero_copy_only=False).astype(np.int64)
+    keep = owner_np >= 0
+    order = np.lexsort((day_np[keep], owner_np[keep]))
+    idx = np.flatnonzero(keep)[order]
+    picked = days.take(pa.array(idx, pa.int64()))
+    offsets = np.concatenate(([0], np.cumsum(np.bincount(owner_np[idx], minlength=n))))
+    values = pa.StructArray.from_arrays(
+        [pa.array(day_np[idx].astype(np.int32)).cast(pa.date32())]
+        + [picked[c].combine_chunks().cast(DAY_TYPE.field(c).type) for c in DAY_COLUMNS[1:]],
+        fields=list(DAY_TYPE),
+    )
+    history = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+    cols = {
+        "customer_id": customers["customer_id"],
+        **{
+            c: customers[c].cast(pa.int32()).cast(pa.date32())
+            for c in ("first_purchase_date", "last_purchase_date")
+        },
+        **{c: customers[c].cast(STATE_ARROW.field(c).type) for c in STATE_ARROW.names[3:8]},
+        "history": history,
+        "max_event_time": customers["max_event_time"].cast(pa.timestamp("us", tz="UTC")),
+    }
+    return pa.table([cols[c] for c in STATE_ARROW.names], schema=STATE_ARROW)
+
+
+def history_json(state: pa.Table) -> pa.Array:
+    """Each row's history as JSON text: ``[[day, n_events, n_purchases, spend, ...], ...]``.
+
+    Vectorised (Arrow string kernels): a micro-batch writes this for every touched customer.
+    """
+    history = state["history"].combine_chunks()
+    flat = pc.list_flatten(history)
+    parts = [pc.cast(pc.cast(flat.field("day"), pa.int32()), pa.string())]
+    parts += [pc.cast(flat.field(c), pa.string()) for c in DAY_COLUMNS[1:]]
+    row = pc.binary_join_element_wise(*parts, ",")
+    row = pc.binary_join_element_wise("[", row, "]", "")
+    lists = pa.ListArray.from_arrays(_offsets(history), row)
+    return pc.binary_join_element_wise("[", pc.binary_join(lists, ","), "]", "")
+
+
+def _offsets(lists: pa.ListArray) -> pa.Array:
+    """``lists``' offsets rebased to its flattened values (it may be a slice)."""
+    offsets = lists.offsets.to_numpy()
+    return pa.array(offsets - offsets[0], pa.int32())
+
+
+def state_from_record(record: dict[str, Any]) -> pa.Table:
+    """One online-store record (``serving.online.RECORD_COLUMNS``) -> a one-row state."""
+    days: Sequence[Sequence[Any]] = json.loads(record["history"] or "[]")
+    history = [
+        {"day": int(d[0]), "n_events": int(d[1]), "n_purchases": int(d[2]), "spend": float(d[3]),
+         "n_online": int(d[4]), "n_with_channel": int(d[5])}
+        for d in days
+    ]  # fmt: skip
+    row = {c: record.get(c) for c in STATE_ARROW.names if c != "history"}
+    for c in ("first_purchase_date", "last_purchase_date"):
+        value = row[c]
+        row[c] = None if value is None else int(value)
+    arrays = []
+    for field in STATE_ARROW:
+        if field.name == "history":
+            arrays.append(pa.array([history], pa.list_(_DAY_NUMBERS)).cast(field.type))
+        elif field.type == pa.date32():
+            arrays.append(pa.array([row[field.name]], pa.int32()).cast(pa.date32()))
+        elif field.name == "max_event_time":
+            arrays.append(pa.array([row[field.name]], pa.int64()).cast(field.type))
+        else:
+            arrays.append(pa.array([row[field.name]], field.type))
+    return pa.Table.from_arrays(arrays, schema=STATE_ARROW)
