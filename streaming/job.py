@@ -37,7 +37,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -50,8 +49,10 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.transaction import FIELD_NAMES
 from storage.customer_state import EVENT_COLUMNS, BatchResult, CustomerStateStore
+from storage.lake import lake_rows, write_lake_batch
 from streaming.parse import QUARANTINE_COLUMNS, classify_exact, tag
 from streaming.state import (
+    Sink,
     check_store_matches_checkpoint,
     open_store,
     publish_snapshot,
@@ -91,40 +92,6 @@ def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
         .option("failOnDataLoss", str(settings.fail_on_data_loss).lower())
         .load()
     )
-
-
-def lake_rows(valid: pa.Table, seen_before: tuple[str, ...] = ()) -> pa.Table:
-    """Valid events -> lake rows (the contract columns): one copy per event id.
-
-    ``seen_before``: ids an earlier batch already wrote (re-sends), left out.
-    """
-    skip = set(seen_before)
-    keep = []
-    for event_id in valid.column("event_id").to_pylist():
-        keep.append(event_id not in skip)
-        skip.add(event_id)  # later copies in this batch are left out too
-    return valid.select(list(FIELD_NAMES)).filter(pa.array(keep, pa.bool_()))
-
-
-def write_lake_batch(settings: Settings, rows: pa.Table, batch_id: int) -> None:
-    """Write one batch's lake rows as ``event_date=D/part-b<batch id>-00000.parquet``.
-
-    One file per event date. The batch's files from a crashed attempt are deleted
-    first and each file appears whole (written aside, then renamed), so a replay
-    leaves exactly one copy. Readers list the ``event_date`` partitions
-    (``storage.lake.read_lake``).
-    """
-    lake = Path(settings.lake_dir)
-    prefix = f"part-b{batch_id:012d}-"
-    for old in lake.glob(f"event_date=*/{prefix}*"):
-        old.unlink()
-    dates = pc.cast(rows.column("event_time"), pa.date32())
-    for day in pc.unique(dates).to_pylist():
-        part = lake / f"event_date={day.isoformat()}"
-        part.mkdir(parents=True, exist_ok=True)
-        tmp = part / f".{prefix}{uuid.uuid4().hex[:8]}.tmp"
-        pq.write_table(rows.filter(pc.equal(dates, pa.scalar(day, pa.date32()))), tmp)
-        tmp.rename(part / f"{prefix}00000.parquet")
 
 
 def write_quarantine_batch(settings: Settings, rows: pa.Table, batch_id: int) -> None:
@@ -190,14 +157,14 @@ class StreamJob:
         *,
         log: Callable[[str], None] = print,
         on_batch: Callable[[BatchResult], None] | None = None,
-        on_publish: Callable[[DataFrame], None] | None = None,
+        sink: Sink | None = None,
     ) -> None:
         self.spark = spark
         self.settings = settings
         self.store = store
         self.log = log
         self.on_batch = on_batch
-        self.on_publish = on_publish
+        self.sink = sink
         self.stats = RunStats()
         self._published_at = time.monotonic()
         self._unpublished = False
@@ -214,6 +181,8 @@ class StreamJob:
         s.late_dropped += result.late
         if self.on_batch is not None:
             self.on_batch(result)
+        if self.sink is not None:
+            self.sink.batch(self.store, result)
         self._unpublished |= result.applied and result.counted > 0
         self.log(
             f"batch {batch_id}: {result.events + quarantined} records, "
@@ -234,7 +203,7 @@ class StreamJob:
         if not self._unpublished:
             return
         t0 = time.perf_counter()
-        path = publish_snapshot(self.spark, self.settings, self.store, self.on_publish)
+        path = publish_snapshot(self.settings, self.store, self.sink)
         self._unpublished = False
         self._published_at = time.monotonic()
         if path is not None:
@@ -319,7 +288,7 @@ def run(
     *,
     until_idle: bool,
     log: Callable[[str], None] = print,
-    on_publish: Callable[[DataFrame], None] | None = None,
+    sink: Sink | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
     seed: bool = False,
     raw: DataFrame | None = None,
@@ -327,17 +296,18 @@ def run(
     """Run the job on the topic (or ``raw``); with ``until_idle`` stop once caught up.
 
     ``seed``: on the first start, build the state from the lake first, after checking
-    that the topic starts after the lake ends. Publishes a final snapshot on the way out.
+    that the topic starts after the lake ends. ``sink`` gets each batch and snapshot
+    (``streaming.state.Sink``). Publishes a final snapshot on the way out.
     """
     store = open_store(settings)
     try:
         if seed:
             if raw is None:
                 check_topic_after_lake(settings)
-            seeded = seed_from_lake(spark, settings, store, on_publish)
+            seeded = seed_from_lake(spark, settings, store, sink)
             if seeded is not None:
                 log(f"stream state seeded from the lake: {seeded:,} customers")
-        job = StreamJob(spark, settings, store, log=log, on_batch=on_batch, on_publish=on_publish)
+        job = StreamJob(spark, settings, store, log=log, on_batch=on_batch, sink=sink)
         query = job.start(
             raw if raw is not None else kafka_source(spark, settings), until_idle=until_idle
         )
