@@ -31,6 +31,19 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libblas.so.3'; then
   fi
 fi
 
+# redis-server: the online store's multi-machine backend; the tests start one on a free
+# port (the default embedded store, SQLite, needs nothing).
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing redis-server (Debian's package, for the Redis online store tests)"
+    (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+      (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq redis-server >/dev/null 2>&1)) \
+      || echo "setup: warning: could not install redis-server; the Redis store tests will skip"
+  else
+    echo "setup: note: no redis-server; 'apt-get install redis-server' runs the Redis store tests"
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PY"
   "$PY" -m venv .venv

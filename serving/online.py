@@ -313,15 +313,15 @@ class RedisStore(OnlineStore):
     @override
     def top_churn(self, n: int) -> list[str]:
         # Highest score first; among equal scores Redis orders by member, descending, so
-        # take the whole tie at the boundary and order it by id ascending, as SQLite does.
+        # add the whole tie at the boundary and order by (score desc, id asc), as SQLite.
         churn = self.prefix + "churn"
         top = self.r.zrevrange(churn, 0, n - 1, withscores=True)
         if not top:
             return []
         last = top[-1][1]
-        ties = self.r.zrangebyscore(churn, last, last)
-        above = [m for m, s in top if s > last]
-        return (above + sorted(ties))[:n]
+        tied = [(m, last) for m in self.r.zrangebyscore(churn, last, last)]
+        ranked = sorted({*top, *tied}, key=lambda ms: (-ms[1], ms[0]))
+        return [m for m, _ in ranked[:n]]
 
     @override
     def set_meta(self, values: dict[str, Any]) -> None:

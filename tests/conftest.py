@@ -105,6 +105,49 @@ def kafka_bootstrap(jvm_settings: Settings, session_root: Path) -> Iterator[str]
 
 
 @pytest.fixture(scope="session")
+def redis_url(session_root: Path) -> Iterator[str]:
+    """A real redis-server (Debian's package, installed by `make setup`) on a free port.
+
+    PULSE_TEST_REDIS_URL points the tests at an existing server instead.
+    """
+    external = os.environ.get("PULSE_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        pytest.skip("redis-server is not installed (`make setup` installs Debian's package)")
+    import redis
+
+    port = free_port()
+    work = session_root / "redis"
+    work.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(work)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited ({proc.returncode})") from None
+                import time
+
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
 def kafka_settings(base_settings: Settings, kafka_bootstrap: str) -> Settings:
     """Settings pointing at the session broker."""
     return base_settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap})

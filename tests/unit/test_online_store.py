@@ -1,0 +1,63 @@
+"""Both online-store backends keep the same contract: real SQLite, real redis-server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from serving.online import RECORD_COLUMNS, OnlineStore, RedisStore, SqliteStore
+
+pytestmark = pytest.mark.unit
+
+
+def record(cid: str, p: float | None, monetary: float = 1.0) -> tuple:
+    values = {c: None for c in RECORD_COLUMNS}
+    values |= {"customer_id": cid, "purchase_days": 1, "n_events": 1, "monetary": monetary,
+               "n_online": 0, "n_with_channel": 1, "max_event_time": 5, "history": "[]",
+               "churn_probability": p, "churn_model_version": "c1"}  # fmt: skip
+    return tuple(values[c] for c in RECORD_COLUMNS)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path) -> Iterator[OnlineStore]:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        s: OnlineStore = SqliteStore(tmp_path / "online.db")
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url, prefix=f"test-{tmp_path.name}:")
+    yield s
+    s.close()
+
+
+def test_records_upsert_and_read_back_with_their_types(store: OnlineStore) -> None:
+    store.write_records([record("a", 0.25, monetary=0.1 + 0.2), record("b", None)])
+    store.write_records([record("b", 0.5)])  # an upsert of absolute values
+    a, b = store.get("a"), store.get("b")
+    assert a is not None and b is not None
+    assert a["monetary"] == 0.1 + 0.2 and a["churn_probability"] == 0.25
+    assert (b["churn_probability"], b["first_purchase_date"], b["max_event_time"]) == (0.5, None, 5)
+    assert store.get("nobody") is None
+    assert store.count() == 2
+
+
+def test_top_churn_orders_by_score_then_id(store: OnlineStore) -> None:
+    store.write_records(
+        [record("d", 0.9), record("c", 0.7), record("b", 0.7), record("a", 0.1), record("x", None)]
+    )
+    assert store.top_churn(3) == ["d", "b", "c"]
+    assert store.top_churn(10) == ["d", "b", "c", "a"]  # x has no score
+
+
+def test_an_output_version_replaces_the_last_one_whole(store: OnlineStore) -> None:
+    store.write_records([record("a", 0.1), record("b", 0.2)])
+    store.replace_output("recommendations", "r1", [("a", json.dumps(["x1"])), ("b", "[]")])
+    store.replace_output("recommendations", "r2", [("b", json.dumps(["y1", "y2"]))])
+    a, b = store.get("a"), store.get("b")
+    assert a is not None and b is not None
+    assert "output_recommendations" not in a  # r2 does not hold a: nothing of r1 remains
+    assert json.loads(b["output_recommendations"]) == ["y1", "y2"]
+    store.set_meta({"clock_us": 7, "versions": {"recommendations": "r2"}})
+    assert store.meta()["versions"] == {"recommendations": "r2"}
+    assert store.meta()["clock_us"] == 7
