@@ -1,4 +1,4 @@
-"""A contract rule, defined once and read three ways: Python value, pandas Series, Spark Column.
+"""A contract rule, defined once and read four ways: Python value, pandas Series, Arrow, Spark.
 
 A ``Rule`` names a field, one of a few ``TESTS`` with its argument (for example
 ``below 0``) and the one reason string a validator reports when a value breaks it.
@@ -9,7 +9,9 @@ says what each test means in each engine:
 - ``Rule.broken_series(series)``: the adapters' vectorised check (nulls never break
   a rule here: the caller decides what a null means);
 - ``Rule.broken_column(column)``: the Spark streaming validator's check, a boolean
-  ``Column`` (null when the value is null).
+  ``Column`` (null when the value is null);
+- ``Rule.broken_arrow(array)``: the stream's driver-side check on a typed Arrow array,
+  a boolean array (null where the value is null), as ``broken_column``.
 
 Every test is spelled with operations that mean the same in all three (``strip``
 with an explicit character set rather than "whitespace", which differs between
@@ -117,6 +119,30 @@ class Rule:
             return value < arg
         if test == "not_in":
             return ~value.isin(*arg)
+        raise AssertionError(test)
+
+    def broken_arrow(self, value: Any) -> Any:
+        """A boolean Arrow array: whether each value breaks the rule (null for a null value)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        test, arg = self.test, self.arg
+        if test == "blank":
+            return pc.equal(pc.utf8_trim(value, characters=arg), "")
+        if test == "longer_than":
+            return pc.greater(pc.utf8_length(value), arg)  # code points, as len()
+        if test == "outside":
+            return pc.or_(pc.less(value, arg[0]), pc.greater(value, arg[1]))
+        if test == "not_finite":
+            return pc.invert(pc.is_finite(value))
+        if test == "equals":
+            return pc.equal(value, arg)
+        if test == "below":
+            return pc.less(value, arg)
+        if test == "not_in":
+            # A null stays null (is_in would say False): nulls never break a rule here.
+            outside = pc.invert(pc.is_in(value, value_set=pa.array(arg)))
+            return pc.if_else(pc.is_valid(value), outside, None)
         raise AssertionError(test)
 
     def probes(self) -> list[Any]:

@@ -13,13 +13,22 @@ its rules), then unknown extra fields; the first failing check is the reason.
 offset, timestamp) -> the same rows plus the typed contract columns and
 ``reason`` (null for a valid event). Stateless, so it works on batch and
 streaming DataFrames alike.
+
+``classify_arrow(spark, kafka)`` is the same transform for a micro-batch already on
+the driver as Arrow, which is how the job runs: records in the producer's canonical
+form (nearly all) are typed and checked with pyarrow (``split_canonical``), on the
+driver's cores, while Spark only reads the bytes; the rest go to ``classify_exact``.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from pyspark.sql import Column, DataFrame
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from schemas.transaction import (
@@ -94,7 +103,9 @@ def _field(spec: FieldSpec) -> tuple[Column, Column]:
         typed = checked = text
         type_ok = pytype == "str"
     elif kind == "timestamp":
-        typed = checked = F.try_to_timestamp(text)
+        parsed = F.try_to_timestamp(text)
+        # Spark's calendar has a year 0 (and beyond 9999); Python's datetime has not.
+        typed = checked = F.when(F.year(parsed).between(1, 9999), parsed)
         type_ok = pytype == "str"
     elif kind == "int":
         # The rules read the value as a bigint (so "out of int range" can be told);
@@ -138,7 +149,9 @@ KAFKA_COLUMNS = ("value", "topic", "partition", "offset", "timestamp")
 # path below. tests/streaming/test_parse.py runs every probe through both.
 _TOKENS = {
     "string": r'"[^"\\\x00-\x1f]*"',
-    "timestamp": r'"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3})?Z"',
+    # a year from 0001 (Python's first; Spark would read 0000)
+    "timestamp": r'"(?:[0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)'
+    r'-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3})?Z"',
     "int": r"-?(?:0|[1-9][0-9]{0,8})",  # 9 digits at most: always an int32
     "double": r"-?(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,17})?",  # no exponent, never infinite
 }
@@ -268,6 +281,222 @@ def classify_exact(raw: DataFrame) -> DataFrame:
         *[typed[n].alias(n) for n in FIELD_NAMES],
         F.coalesce(*reasons).alias("reason"),
     )
+
+
+# --- The driver-side fast path ----------------------------------------------------------
+#
+# The same canonical form, read with pyarrow from the Kafka bytes Spark collected. In a
+# canonical record every string value is quoted and holds no quote (no escapes), so
+# splitting the record at its quotes puts each field's value at a fixed piece: the
+# string and timestamp values whole, the numbers as ":<token>," between two keys. Each
+# token then already has the JSON type the contract wants, and its conversion is the
+# one json.loads makes (tests/unit/test_parse_arrow.py checks values and reasons against
+# the Python validator; tests/streaming/test_parse.py against Spark's).
+
+_ARROW_TYPES = {
+    "string": pa.string(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "int": pa.int32(),
+    "double": pa.float64(),
+}
+#: The Arrow schema of ``classify``'s output (what Spark's ``toArrow`` gives for it).
+CLASSIFIED_SCHEMA = pa.schema(
+    [
+        ("value", pa.binary()),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        *[(f.name, _ARROW_TYPES[f.kind]) for f in FIELDS],
+        ("reason", pa.string()),
+    ]
+)
+
+
+def _piece_layout() -> tuple[int, dict[str, int]]:
+    """(pieces of a canonical record split at '"', the piece holding each field's value).
+
+    ``{"a":"x","n":1,...}`` splits into ``{``, ``a``, ``:``, ``x``, ``,``, ``n``, ``:1,``, ...
+    """
+    at, piece = {}, 1  # piece 0 is "{"
+    for spec in FIELDS:
+        if spec.kind in ("string", "timestamp"):
+            if spec.nullable:  # an unquoted null would shift the pieces after it
+                raise ValueError(f"{spec.name}: the fast path has no nullable strings")
+            at[spec.name] = piece + 2  # key, ":", value, then "," (the last: "}")
+            piece += 4
+        else:
+            at[spec.name] = piece + 1  # key, then ":<token>," (the last: ":<token>}")
+            piece += 2
+    return piece, at
+
+
+_PIECES, _PIECE_AT = _piece_layout()
+_US_PER_DAY = 86_400_000_000
+
+
+def _digits(data: np.ndarray, start: np.ndarray, first: int, last: int) -> np.ndarray:
+    """The decimal number of characters ``first..last-1`` of each string (ASCII digits)."""
+    value = np.zeros(len(start), np.int64)
+    top = len(data) - 1
+    for k in range(first, last):
+        value = value * 10 + (data[np.minimum(start + k, top)].astype(np.int64) - 48)
+    return value
+
+
+def _iso_us(tokens: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Canonical timestamps (no nulls) -> (timestamp[us, UTC], converted).
+
+    The tokens are ``YYYY-MM-DDTHH:MM:SS[.mmm]Z`` (``_TOKENS``); converted is False
+    where datetime.fromisoformat refuses the value (month 13, 30 February, hour 24,
+    second 60, year 0): those records take the exact path.
+    """
+    n = len(tokens)
+    if n == 0:
+        return pa.array([], _ARROW_TYPES["timestamp"]), np.ones(0, bool)
+    offsets = np.frombuffer(tokens.buffers()[1], np.int32)[tokens.offset : tokens.offset + n + 1]
+    data = np.frombuffer(tokens.buffers()[2], np.uint8)
+    start = offsets[:-1].astype(np.int64)
+    year, month, day = (_digits(data, start, a, b) for a, b in ((0, 4), (5, 7), (8, 10)))
+    hour, minute, second = (_digits(data, start, a, b) for a, b in ((11, 13), (14, 16), (17, 19)))
+    ms = np.where(np.diff(offsets) == 24, _digits(data, start, 20, 23), 0)
+    months = (year - 1970) * 12 + np.clip(month, 1, 12) - 1
+    first = months.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
+    after = (months + 1).astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
+    converted = (
+        (year >= 1)
+        & (month >= 1)
+        & (month <= 12)
+        & (day >= 1)
+        & (day <= after - first)
+        & (hour < 24)
+        & (minute < 60)
+        & (second < 60)
+    )
+    us = (first + day - 1) * _US_PER_DAY + ((hour * 60 + minute) * 60 + second) * 1_000_000
+    return pa.array(us + ms * 1000).view(_ARROW_TYPES["timestamp"]), converted
+
+
+def _typed(spec: FieldSpec, token: pa.Array) -> tuple[pa.Array, np.ndarray | None]:
+    """One field's canonical tokens -> (typed values, converted or None when always)."""
+    if spec.kind == "string":
+        return token, None
+    if spec.kind == "timestamp":
+        return _iso_us(token)
+    if spec.nullable:  # a number or null
+        token = pc.if_else(pc.equal(token, "null"), None, token)
+    if spec.kind == "int":
+        return pc.cast(token, pa.int32()), None  # 9 digits at most: always an int32
+    # json.loads reads "-0" as the int 0 (then 0.0), where a float parser gives -0.0.
+    token = pc.if_else(pc.equal(token, "-0"), "0", token)
+    return pc.cast(token, pa.float64()), None
+
+
+def _utf8(values: pa.Array) -> pa.Array:
+    """Binary values -> strings; a value that is not valid UTF-8 becomes null."""
+    try:
+        return values.cast(pa.string())
+    except pa.ArrowInvalid:  # rare: find the bad values one by one
+        ok = [v is not None and _decodes(v) for v in values.to_pylist()]
+        return pc.if_else(pa.array(ok), values, pa.scalar(None, pa.binary())).cast(pa.string())
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _reason_arrow(typed: dict[str, pa.Array]) -> pa.Array:
+    """The first broken rule's reason per row (null: valid), in the contract's order."""
+    n = len(typed[FIELDS[0].name])
+    checks = [
+        (rule.broken_arrow(typed[spec.name]), rule.message)
+        for spec in FIELDS
+        for rule in rules_for(spec.name)
+    ]
+    ahead_us = MAX_AHEAD_OF_PRODUCER // timedelta(microseconds=1)
+    event_us = pc.cast(typed["event_time"], pa.int64())
+    produced_us = pc.cast(typed["produced_at"], pa.int64())
+    checks.append((pc.greater(event_us, pc.add(produced_us, ahead_us)), AHEAD_OF_PRODUCER))
+    reason = pa.nulls(n, pa.string())
+    for broken, message in reversed(checks):  # the first broken check is written last
+        reason = pc.if_else(pc.fill_null(broken, False), message, reason)
+    return reason
+
+
+def split_canonical(kafka: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Kafka rows -> (``CLASSIFIED_SCHEMA`` rows of the canonical records, the others).
+
+    Reads columns value (binary), topic, partition, offset, timestamp. A record is
+    typed and checked here when it is in canonical form (``CANONICAL``, valid UTF-8)
+    and its timestamps convert; its ``reason`` is then the one ``validate`` gives, and
+    a valid one drops its bytes (``value`` null), as in ``tag``. The other records come
+    back as they were, for ``classify_exact``. Pure pyarrow and NumPy.
+    """
+    kafka = kafka.select(list(KAFKA_COLUMNS)).combine_chunks()
+    text = _utf8(kafka.column("value").combine_chunks())
+    canonical = pc.fill_null(pc.match_substring_regex(text, CANONICAL), False)
+    rows = kafka.filter(canonical)
+    pieces = pc.list_flatten(pc.split_pattern(text.filter(canonical), '"'))
+    base = np.arange(len(rows), dtype=np.int64) * _PIECES
+    typed: dict[str, pa.Array] = {}
+    converted = np.ones(len(rows), bool)
+    for spec in FIELDS:
+        token = pieces.take(pa.array(base + _PIECE_AT[spec.name]))
+        if spec.kind not in ("string", "timestamp"):
+            token = pc.utf8_slice_codeunits(token, 1, -1)  # ":<token>," -> <token>
+        typed[spec.name], ok = _typed(spec, token)
+        if ok is not None:
+            converted &= ok
+    reason = _reason_arrow(typed)
+    # A valid record drops its bytes: only quarantine keeps them.
+    value = pc.if_else(pc.is_valid(reason), rows.column("value"), pa.scalar(None, pa.binary()))
+    fast = pa.table({"value": value, **{c: rows.column(c) for c in KAFKA_COLUMNS[1:]}, **typed})
+    fast = fast.append_column("reason", reason).cast(CLASSIFIED_SCHEMA)
+    if converted.all():
+        return fast, kafka.filter(pc.invert(canonical))
+    # A canonical-looking record whose timestamp does not convert takes the exact path,
+    # which words the reason.
+    handed_on = np.ones(len(kafka), bool)
+    handed_on[np.flatnonzero(canonical.to_numpy(zero_copy_only=False))] = ~converted
+    return fast.filter(pa.array(converted)), kafka.filter(pa.array(handed_on))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max(1, pa.cpu_count()), thread_name_prefix="pulse-parse")
+    return _POOL
+
+
+def classify_arrow(spark: SparkSession, kafka: pa.Table) -> pa.Table:
+    """``classify`` for a batch on the driver: Kafka rows (Arrow) -> ``CLASSIFIED_SCHEMA``.
+
+    Canonical records are typed and checked by ``split_canonical``, in slices on the
+    driver's cores (pyarrow's kernels release the GIL); the others, if any, by
+    ``classify_exact`` in one small Spark job. Canonical rows come first, each group
+    in its input order.
+    """
+    slices = max(1, min(pa.cpu_count(), len(kafka) // 20_000))
+    bounds = [len(kafka) * k // slices for k in range(slices + 1)]
+    parts = list(
+        _pool().map(
+            split_canonical,
+            [kafka.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+        )
+    )
+    fast = pa.concat_tables([f for f, _ in parts])
+    others = pa.concat_tables([o for _, o in parts])
+    if not len(others):
+        return fast
+    exact = classify_exact(spark.createDataFrame(others)).toArrow()
+    return pa.concat_tables([fast, exact.cast(CLASSIFIED_SCHEMA)])
 
 
 #: The quarantine's columns: the raw bytes, where they were in Kafka, and why.
