@@ -36,6 +36,7 @@ from batch import churn as churn_mod
 from batch import recommend as rec_mod
 from batch import segments as seg_mod
 from batch.evaluate import ranking_metrics
+from batch.state import write_state
 from features.attributes import with_customer_attributes
 from features.customer import compute_features
 from features.time import as_of_for, cutoff_ts
@@ -405,6 +406,9 @@ def retrain(spark: SparkSession, settings: Settings, opts: RetrainOptions) -> di
         )
     if "segments" in opts.models:
         out["segments"] = retrain_segments(spark, settings, events, cutoff, version, opts, window)
+    with stage("customer state for the speed layer", opts.progress):
+        # Every run: the stream takes it at its next batch (the lambda correction).
+        write_state(settings, events, cutoff, version)
     events.unpersist()
     if opts.progress:
         print(f"[retrain] version {version} in {time.perf_counter() - start:.1f}s", file=sys.stderr)

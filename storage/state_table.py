@@ -1,5 +1,10 @@
 """The stream's stored state as ``STATE_SCHEMA`` rows, and back from the online store's JSON.
 
+``store_tables`` goes the other way, from events to the store's two tables, with the
+batch code (``customer_state(daily_activity(events))``): the stream seeds itself with it,
+and each retrain writes it as of its cutoff, so the stream can take the batch layer's
+state (the lambda correction, ``streaming.state.correct_from_batch``).
+
 ``CustomerStateStore.read`` returns two flat Arrow tables (per customer, per customer-day,
 days as day numbers since 1970-01-01, which *are* Arrow ``date32`` values).
 ``state_table`` nests them into the rows ``features.customer.features_table`` takes; no
@@ -17,8 +22,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from features.customer import DAY_COLUMNS, STATE_SCHEMA
+from features.customer import DAY_COLUMNS, STATE_SCHEMA, customer_state, daily_activity
 
 _DAY_VALUES = [(c, pa.float64() if c == "spend" else pa.int64()) for c in DAY_COLUMNS[1:]]
 DAY_TYPE = pa.struct([("day", pa.date32()), *_DAY_VALUES])
@@ -119,3 +126,88 @@ def state_from_record(record: dict[str, Any]) -> pa.Table:
         else:
             arrays.append(pa.array([row[field.name]], field.type))
     return pa.Table.from_arrays(arrays, schema=STATE_ARROW)
+
+
+def store_tables(events: DataFrame, as_of: Any) -> tuple[pa.Table, pa.Table]:
+    """Events (``event_time <= as_of``) -> the store's (customers, customer_days) tables.
+
+    Dates as day numbers since 1970-01-01, ``max_event_time`` in microseconds: what
+    ``CustomerStateStore.load`` takes. The days are those of the history (the last
+    ``HISTORY_DAYS`` before ``as_of``).
+    """
+    latest = events.groupBy("customer_id").agg(F.max("event_time").alias("max_event_time"))
+    state = customer_state(daily_activity(events), as_of).join(latest, "customer_id")
+    epoch = F.lit("1970-01-01").cast("date")
+    dates = ("first_purchase_date", "last_purchase_date")
+    customers = state.select(
+        "customer_id",
+        *[F.datediff(c, epoch).cast("long").alias(c) for c in dates],
+        *[c for c in STATE_ARROW.names[3:8]],
+        F.unix_micros("max_event_time").alias("max_event_time"),
+    ).toArrow()
+    days = (
+        state.select("customer_id", F.explode("history").alias("d"))
+        .select("customer_id", "d.*")
+        .withColumn("day", F.datediff("day", epoch).cast("long"))
+        .toArrow()
+    )
+    return customers, days
+
+
+_SUMS = ("n_events", "monetary", "n_online", "n_with_channel", "purchase_days")
+
+
+def merge_state(
+    batch: tuple[pa.Table, pa.Table], stream: tuple[pa.Table, pa.Table], cutoff_day: int
+) -> tuple[pa.Table, pa.Table]:
+    """The batch layer's state before ``cutoff_day`` + the stream's days from it on.
+
+    Both are (customers, customer_days) as the store holds them. The batch state
+    supersedes the stream's up to the cutoff (it counts late and re-sent events the
+    stream could not); each total is then the batch total plus the stream's days on or
+    after the cutoff, and the history is the batch's days followed by those. A customer
+    the stream holds but neither part has (none can, when the lake holds what the
+    stream wrote) keeps the stream's row.
+    """
+    import pandas as pd
+
+    b_cust, b_days = batch
+    s_cust, s_days = stream
+    after = s_days.filter(pc.greater_equal(s_days["day"], cutoff_day)).to_pandas()
+    bought = after["n_purchases"] > 0
+    after = after.assign(purchase_days=bought.astype("int64"), pday=after["day"].where(bought))
+    moved = after.groupby("customer_id").agg(
+        n_events=("n_events", "sum"),
+        monetary=("spend", "sum"),
+        n_online=("n_online", "sum"),
+        n_with_channel=("n_with_channel", "sum"),
+        purchase_days=("purchase_days", "sum"),
+        first=("pday", "min"),
+        last=("pday", "max"),
+    )
+    b = b_cust.to_pandas().set_index("customer_id")
+    s = s_cust.to_pandas().set_index("customer_id")
+    ids = b.index.union(moved.index)
+    out = pd.DataFrame(index=ids)
+    for c in _SUMS:
+        out[c] = b[c].reindex(ids).fillna(0) + moved[c].reindex(ids).fillna(0)
+    out["first_purchase_date"] = pd.concat(
+        [b["first_purchase_date"].reindex(ids), moved["first"].reindex(ids)], axis=1
+    ).min(axis=1)
+    out["last_purchase_date"] = pd.concat(
+        [b["last_purchase_date"].reindex(ids), moved["last"].reindex(ids)], axis=1
+    ).max(axis=1)
+    out["max_event_time"] = pd.concat(
+        [b["max_event_time"].reindex(ids), s["max_event_time"].reindex(ids)], axis=1
+    ).max(axis=1)
+    kept = s.loc[s.index.difference(ids)]
+    merged = pd.concat([out, kept[out.columns]]).rename_axis("customer_id").reset_index()
+    schema = s_cust.schema
+    customers = pa.Table.from_pandas(merged[schema.names], preserve_index=False).cast(schema)
+    days = pa.concat_tables(
+        [
+            b_days.select(s_days.column_names).cast(s_days.schema),
+            s_days.filter(pc.greater_equal(s_days["day"], cutoff_day)),
+        ]
+    )
+    return customers, days

@@ -15,7 +15,9 @@ customers and each snapshot.
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -24,12 +26,12 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from features.customer import customer_state, daily_activity, features_table
+from features.customer import HISTORY_DAYS, features_table
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from storage import snapshots
-from storage.customer_state import EPOCH, TOTAL_COLUMNS, BatchResult, CustomerStateStore
-from storage.state_table import state_table
+from storage.customer_state import BatchResult, CustomerStateStore, day_number
+from storage.state_table import merge_state, state_table, store_tables
 
 SEED_BATCH = -1  # the seeded state counts as batch -1, so Spark's batch 0 folds into it
 
@@ -107,34 +109,64 @@ def seed_from_lake(
         as_of = None if row is None else row[0]
         if as_of is None:
             return None
-        latest = events.groupBy("customer_id").agg(F.max("event_time").alias("max_event_time"))
-        state = customer_state(daily_activity(events), as_of).join(latest, "customer_id")
-        epoch = F.lit(EPOCH.isoformat()).cast("date")
-        customers = state.select(
-            "customer_id",
-            *[
-                F.datediff(c, epoch).cast("long").alias(c)
-                for c in ("first_purchase_date", "last_purchase_date")
-            ],
-            *[
-                c
-                for c in TOTAL_COLUMNS
-                if c not in ("first_purchase_date", "last_purchase_date", "max_event_time")
-            ],
-            F.unix_micros("max_event_time").alias("max_event_time"),
-        ).toArrow()
-        days = (
-            state.select("customer_id", F.explode("history").alias("d"))
-            .select("customer_id", "d.*")
-            .withColumn("day", F.datediff("day", epoch).cast("long"))
-            .toArrow()
-        )
+        customers, days = store_tables(events, as_of)
     finally:
         events.unpersist()
     clock_us = int(pa.scalar(as_of, pa.timestamp("us")).value)
     seeded = store.load(customers, days, clock_us, SEED_BATCH)
     publish_snapshot(settings, store, sink)
     return seeded
+
+
+CORRECTION_MARKER = "batch_state.json"  # in settings.state_dir: the batch state applied
+
+
+def correct_from_batch(
+    settings: Settings, store: CustomerStateStore, log: Callable[[str], None] = print
+) -> bool:
+    """Take the batch layer's state when a retrain promoted a new one (the lambda correction).
+
+    The retrain's state (``batch.state``) counts every event before its cutoff that the
+    lake holds, late and re-sent ones included; it supersedes the store's up to the
+    cutoff, and the store's days on or after it are added on top
+    (``storage.state_table.merge_state``). The store keeps every day since
+    ``clock - HISTORY_DAYS``, so a cutoff older than that cannot be merged, and one
+    past the stream's clock would count the same days twice: both are skipped, with a
+    line. Returns True when the state changed (the caller republishes every customer).
+    """
+    from storage import registry
+
+    try:
+        version = registry.current_version(settings, "state")
+    except Exception as exc:  # a half-written registry must not stop the stream
+        log(f"batch state: cannot resolve CURRENT: {exc}")
+        return False
+    marker = settings.state_dir / CORRECTION_MARKER
+    applied = json.loads(marker.read_text()).get("version") if marker.is_file() else None
+    clock = store.clock()
+    if version is None or version == applied or clock is None:
+        return False
+    meta = registry.read_meta(settings, "state", version)
+    cutoff = date.fromisoformat(meta["cutoff_exclusive"])
+    clock_day = clock.date()
+    if cutoff <= clock_day - timedelta(days=HISTORY_DAYS) or cutoff > clock_day + timedelta(days=1):
+        log(f"batch state {version} (before {cutoff}) not taken: the stream clock is {clock_day}")
+        changed = False
+    else:
+        folder = registry.output_path(settings, "state", version)
+        batch = tuple(pq.read_table(folder / f) for f in ("customers.parquet", "days.parquet"))
+        merged = merge_state(batch, store.read(), day_number(cutoff))  # type: ignore[arg-type]
+        clock_us = int(pa.scalar(clock, pa.timestamp("us", tz="UTC")).value)
+        last = store.last_batch if store.last_batch is not None else SEED_BATCH
+        store.load(*merged, clock_us=clock_us, batch_id=last, keep_seen=True)
+        log(
+            f"batch state {version} taken: the lake's state before {cutoff} replaces the "
+            f"stream's, {store.customer_count():,} customers"
+        )
+        changed = True
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"version": version}))
+    return changed
 
 
 def check_store_matches_checkpoint(settings: Settings, store: CustomerStateStore) -> None:
