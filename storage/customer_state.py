@@ -40,6 +40,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -224,23 +225,28 @@ class CustomerStateStore:
             return BatchResult(
                 batch_id, applied=False, clock_us=self.clock_us, duplicate_ids=recorded
             )
+        # Per-id work is C-level iteration (map, compress, zip) over one list of ids: a
+        # Python loop per event cost more than the arithmetic of the whole fold.
         n = len(events)
         ids = events.column("event_id").to_pylist()
         times = pc.cast(events.column("event_time"), pa.int64()).to_numpy(zero_copy_only=False)
-        in_batch_dup = pd.Series(ids).duplicated().to_numpy() if n else np.zeros(0, bool)
+        if len(set(ids)) == n:
+            in_batch_dup = np.zeros(n, bool)
+        else:
+            in_batch_dup = pd.Series(ids).duplicated().to_numpy()
         watermark = None if self.clock_us is None else self.clock_us - self.lateness_us
         late = times < watermark if watermark is not None else np.zeros(n, bool)
         seen = self._seen
-        seen_before = np.fromiter((i in seen for i in ids), bool, n) & ~in_batch_dup
+        seen_before = np.fromiter(map(seen.__contains__, ids), bool, n) & ~in_batch_dup
         first_seen = ~in_batch_dup & ~seen_before  # late ones too: the lake keeps them
         counted = first_seen & ~late
-        duplicate_ids = tuple(i for i, s in zip(ids, seen_before, strict=True) if s)
+        duplicate_ids = tuple(compress(ids, seen_before))
 
         days = (times // US_PER_DAY).astype(np.int64)
-        new_ids = [i for i, c in zip(ids, first_seen, strict=True) if c]
+        new_ids = list(compress(ids, first_seen))
         new_days = days[first_seen]
         now = time.time_ns() // 1000
-        seen.update(zip(new_ids, ((d, now) for d in new_days.tolist()), strict=True))
+        seen.update(zip(new_ids, zip(new_days.tolist(), repeat(now)), strict=True))
 
         touched_rows, touched_keys = self._fold(events, counted, times, days)
         candidate = robust_clock(times[~late], self.clock_us)
@@ -249,7 +255,7 @@ class CustomerStateStore:
         self._forget()
         self.last_batch = batch_id
         self._last_duplicates = duplicate_ids
-        self._write_changelog(batch_id, touched_rows, touched_keys, new_ids, new_days)
+        self._write_changelog(batch_id, touched_rows, touched_keys, new_ids, new_days, now)
         if (batch_id + 1) % SNAPSHOT_EVERY == 0:
             self.write_snapshot()
         return BatchResult(
@@ -262,23 +268,21 @@ class CustomerStateStore:
             touched=len(touched_rows),
             clock_us=self.clock_us,
             duplicate_ids=duplicate_ids,
-            touched_ids=tuple(self._ids[r] for r in touched_rows),
+            touched_ids=tuple(map(self._ids.__getitem__, touched_rows.tolist())),
         )
 
     def _rows_for(self, customers: list[str]) -> np.ndarray:
-        """Row numbers of ``customers``, appending the ones not seen before."""
+        """Row numbers of ``customers``, appending the ones not seen before (in order)."""
         row, ids = self._row, self._ids
-        out = np.empty(len(customers), dtype=np.int64)
-        fresh: list[str] = []
-        for k, cid in enumerate(customers):
-            r = row.get(cid)
-            if r is None:
-                r = len(ids) + len(fresh)
-                row[cid] = r
-                fresh.append(cid)
-            out[k] = r
-        if fresh:
+        out = np.fromiter(map(row.get, customers, repeat(-1)), np.int64, len(customers))
+        missing = out < 0
+        if missing.any():
+            fresh = list(dict.fromkeys(compress(customers, missing)))  # first appearance
+            row.update(zip(fresh, range(len(ids), len(ids) + len(fresh)), strict=True))
             ids.extend(fresh)
+            out[missing] = np.fromiter(
+                map(row.__getitem__, compress(customers, missing)), np.int64, int(missing.sum())
+            )
             new_rows = self._totals.grow(len(fresh))
             for col in ("first_purchase_date", "last_purchase_date"):
                 self._totals.data[col][new_rows] = NO_DAY
@@ -412,7 +416,7 @@ class CustomerStateStore:
 
     def _customers_table(self, rows: np.ndarray) -> pa.Table:
         cols: dict[str, pa.Array] = {
-            "customer_id": pa.array([self._ids[r] for r in rows], pa.string())
+            "customer_id": pa.array(list(map(self._ids.__getitem__, rows.tolist())), pa.string())
         }
         for c in TOTAL_COLUMNS:
             values = self._totals[c][rows]
@@ -432,7 +436,9 @@ class CustomerStateStore:
     def _day_rows_table(self, idx: np.ndarray) -> pa.Table:
         keys = self._day_keys[idx]
         cols: dict[str, pa.Array] = {
-            "customer_id": pa.array([self._ids[r] for r in keys >> _DAY_BITS], pa.string()),
+            "customer_id": pa.array(
+                list(map(self._ids.__getitem__, (keys >> _DAY_BITS).tolist())), pa.string()
+            ),
             "day": pa.array(keys & ((1 << _DAY_BITS) - 1)),
         }
         for c in DAY_VALUE_COLUMNS:
@@ -464,6 +470,7 @@ class CustomerStateStore:
         keys: np.ndarray,
         new_ids: list[str],
         new_days: np.ndarray,
+        arrived_us: int,
     ) -> None:
         """The batch's effect, as absolute values, in one atomically renamed directory."""
         self._changelog_dir.mkdir(parents=True, exist_ok=True)
@@ -472,7 +479,13 @@ class CustomerStateStore:
             {
                 "customers": self._customers_table(rows),
                 "days": self._days_table_for_keys(keys),
-                "seen": _seen_table(new_ids, [self._seen[i] for i in new_ids]),
+                "seen": pa.table(
+                    {
+                        "event_id": pa.array(new_ids, pa.string()),
+                        "day": pa.array(new_days, pa.int64()),
+                        "arrived_us": pa.array(np.full(len(new_ids), arrived_us), pa.int64()),
+                    }
+                ),
             },
             self._meta(),
         )

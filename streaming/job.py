@@ -1,9 +1,10 @@
 """The streaming job: Kafka -> quarantine, lake and the per-customer state, one query.
 
 One named query (``pulse-stream``) reads the topic with Spark's own Kafka source and
-hands each micro-batch to ``process_batch``: one Spark job parses every record once
-(``streaming.parse``) and collects the batch to the driver as Arrow; every write
-that follows is idempotent per batch id, so a batch that Spark replays after a crash
+hands each micro-batch to ``process_batch``: one Spark job collects the batch's Kafka
+records to the driver as Arrow, where ``streaming.parse`` parses each record once with
+pyarrow (Spark's JSON parsing cost four times the read itself); every write that
+follows is idempotent per batch id, so a batch that Spark replays after a crash
 changes nothing twice:
 
 - invalid records -> ``quarantine/batch=<id>/`` (raw bytes, topic, partition,
@@ -47,10 +48,9 @@ from pyspark.sql.streaming import StreamingQuery
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
-from schemas.transaction import FIELD_NAMES
 from storage.customer_state import EVENT_COLUMNS, BatchResult, CustomerStateStore
 from storage.lake import lake_rows, write_lake_batch
-from streaming.parse import QUARANTINE_COLUMNS, classify_exact, tag
+from streaming.parse import KAFKA_COLUMNS, QUARANTINE_COLUMNS, classify_arrow
 from streaming.state import (
     Sink,
     check_store_matches_checkpoint,
@@ -109,27 +109,15 @@ def process_batch(
 ) -> tuple[int, BatchResult]:
     """One micro-batch of Kafka records -> quarantine, lake and the state store.
 
-    One Spark job reads and parses the batch (``streaming.parse.tag``) and collects it
-    to the driver as Arrow; records not in the producer's canonical form (rare) get a
-    second, small job on just those rows. The writes that follow are plain files. Returns
-    (quarantined records, what the store did). Idempotent per ``batch_id``.
+    One Spark job reads the batch's Kafka rows and collects them to the driver as Arrow,
+    unparsed; ``streaming.parse.classify_arrow`` types and checks them there with
+    pyarrow, on all the driver's cores (records not in the producer's canonical form,
+    rare, get a second, small Spark job on just those rows). The writes that follow are
+    plain files. Returns (quarantined records, what the store did). Idempotent per
+    ``batch_id``.
     """
-    columns = [*FIELD_NAMES, "reason", "value", "topic", "partition", "offset", "kafka_ts"]
-    tagged = tag(raw).withColumnRenamed("timestamp", "kafka_ts").toArrow()
-    fast = tagged.column("fast")
-    table = tagged.filter(fast).select(columns)
-    others = tagged.filter(pc.invert(fast))
-    if len(others):
-        # The rare records not in canonical form: the exact path, on those rows only.
-        kafka = others.select(["value", "topic", "partition", "offset", "kafka_ts"])
-        kafka = kafka.rename_columns(["value", "topic", "partition", "offset", "timestamp"])
-        exact = (
-            classify_exact(raw.sparkSession.createDataFrame(kafka))
-            .withColumnRenamed("timestamp", "kafka_ts")
-            .select(*columns)
-            .toArrow()
-        )
-        table = pa.concat_tables([table, exact.cast(table.schema)])
+    kafka = raw.select(*KAFKA_COLUMNS).toArrow()
+    table = classify_arrow(raw.sparkSession, kafka).rename_columns({"timestamp": "kafka_ts"})
     invalid = pc.is_valid(table.column("reason"))
     quarantined = table.filter(invalid).select(list(QUARANTINE_COLUMNS))
     if len(quarantined):
