@@ -7,6 +7,7 @@ import json
 from datetime import date, datetime
 from typing import Any
 
+from pulse.commands.args import positive_int
 from runtime.errors import PulseError
 from runtime.settings import Settings
 
@@ -105,6 +106,24 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
             seed=args.seed,
         ),
     )
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from pulse.bench.view import bench_view
+
+    bench_view(settings, args.customers, args.store, lookups=args.lookups, as_json=args.json)
+    return 0
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `pulse bench view`."""
+    p = bench_sub.add_parser("view", help="online-store look-ups at H&M's customer count")
+    p.add_argument("--customers", type=positive_int, default=1_370_000, help="records in the store")
+    p.add_argument("--store", choices=("sqlite", "redis"), default="sqlite",
+                   help="backend (redis: the server at PULSE_REDIS_URL, flushed)")  # fmt: skip
+    p.add_argument("--lookups", type=positive_int, default=10_000, help="timed look-ups")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_bench)
 
 
 def _positive(text: str) -> int:
