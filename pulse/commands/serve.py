@@ -126,34 +126,29 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     p.set_defaults(handler=_bench)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `pulse view` and `pulse demo`."""
     p = sub.add_parser("view", help="one customer's live view, or the most likely churners")
     p.add_argument("customer_id", nargs="?", metavar="CUSTOMER_ID")
-    p.add_argument("--at-risk", type=_positive, metavar="N", help="the N most likely churners")
+    p.add_argument("--at-risk", type=positive_int, metavar="N", help="the N most likely churners")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_view)
 
     p = sub.add_parser("demo", help="the whole loop end to end on generated (or H&M) data")
     p.add_argument("--source", help="run on a real H&M folder instead (hm:PATH)")
     p.add_argument(
-        "--customers", type=_positive, default=50_000, help="generated customers (~1.2M rows)"
+        "--customers", type=positive_int, default=50_000, help="generated customers (~1.2M rows)"
     )
-    p.add_argument("--articles", type=_positive, default=5_000, help="generated articles")
-    p.add_argument("--days", type=_positive, default=730, help="generated days of history")
-    p.add_argument("--replay-days", type=_positive, default=90, help="the last N days are streamed")
+    p.add_argument("--articles", type=positive_int, default=5_000, help="generated articles")
+    p.add_argument("--days", type=positive_int, default=730, help="generated days of history")
+    p.add_argument(
+        "--replay-days", type=positive_int, default=90, help="the last N days are streamed"
+    )
     p.add_argument(
         "--speedup", type=float, default=86_400.0, help="replay pace (simulated s per wall s)"
     )
     p.add_argument(
-        "--retrain-every", type=_positive, default=60, help="seconds between live retrains"
+        "--retrain-every", type=positive_int, default=60, help="seconds between live retrains"
     )
     p.add_argument("--seed", type=int, default=42, help="generator seed")
     p.set_defaults(handler=_demo)

@@ -245,6 +245,8 @@ UNIT_CASES = [
     Case("view-no-customer-given", ["view"], "give a CUSTOMER_ID or --at-risk N"),
     Case("demo-missing-source", ["demo", "--source", "hm:nowhere"], "nowhere is not a folder"),
     Case("bench-zero-events", ["bench", "stream", "--events", "0"], "not a whole number >= 1"),
+    Case("bench-view-store", ["bench", "view", "--store", "mongo"], "invalid choice: 'mongo'"),
+    Case("view-at-risk-word", ["view", "--at-risk", "lots"], "not a whole number >= 1: 'lots'"),
     Case("bench-zero-size", ["bench", "batch", "--sizes", "0"], "--sizes: not a whole number"),
     Case("bench-producer-no-events", ["bench", "producer", "--events", "-5"], "'-5'"),
 ]
