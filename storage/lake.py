@@ -33,10 +33,12 @@ Reads (``read_lake``) ask the log for the live files of the wanted event dates
 reads an earlier state of the table (time travel).
 
 Why delta-rs for the writes and not Spark's Delta: the stream's batch is already an
-Arrow table on the driver, and a Spark MERGE per micro-batch costs seconds of Spark
-jobs for a few thousand rows; delta-rs commits it in milliseconds, and the format is
-the standard Delta protocol that Spark with delta-spark (``delta-spark_4.2_2.13``)
-reads too.
+Arrow table on the driver, so delta-rs commits it without another Spark job (about
+0.1 s a micro-batch of ~500 events, over 1,000 batches on a busy 2-core machine), and
+ingest needs no Spark at all. The format is the standard Delta protocol: Spark with
+delta-spark (``io.delta:delta-spark_4.2_2.13`` 4.4.0, on Maven Central) reads the same
+table, time travel included. Until the Spark session loads that jar, ``read_lake``
+asks delta-rs for the file list instead.
 
 A lake written before this protocol (``event_date=*`` folders of plain Parquet, no
 ``_delta_log``) is read as it is, and adopted into a Delta table by the first write;
