@@ -229,7 +229,7 @@ class Watcher:
         done = chunk.rfind(b"\n") + 1
         self.log_offset += done
         for line in chunk[:done].decode(errors="replace").splitlines():
-            if line.startswith(("batch ", "model picked up", "snapshot ")):
+            if line.startswith(("batch ", "live view", "model picked up", "snapshot ", "batch state")):
                 print(f"[stream] {line}", flush=True)
 
     def tick(self) -> None:

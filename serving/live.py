@@ -1,11 +1,15 @@
 """The live view: keeps the online store current as the stream runs (a ``streaming.state.Sink``).
 
-Per micro-batch, for the customers the batch touched only:
-
-1. read their absolute state from the stream's store, evaluate their features as of the
-   stream clock (``features_table``), and score them with the CURRENT churn and
-   segmentation models (``serving.view.score``: one small Spark job);
-2. upsert their records (state + scores) into the online store, with the clock.
+Per micro-batch, for the customers the batch touched only: their absolute state is read
+from the stream's store on the stream's thread (it changes with the next batch), and
+handed to one worker thread, which evaluates their features as of the stream clock
+(``features_table``), scores them with the CURRENT churn and segmentation models
+(``serving.view.score``: one Spark job) and upserts their records (state + scores) into
+the online store, with the clock. The stream goes on meanwhile: scoring 186k customers
+through Spark ML takes seconds, longer than the batch's own fold. When the worker is
+behind, the queued batches are merged (a customer's latest state wins) and scored in one
+job; at most two batches wait, then the stream waits. ``churn_as_of`` in each record
+says which clock its score was computed at.
 
 Before that, it re-resolves every CURRENT pointer (three small files): when a retrain
 moved one, the new version's keyed outputs (segments, recommendation lists, the
@@ -24,8 +28,11 @@ batch, or a restart, writes the same records again.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -93,7 +100,15 @@ class LiveView:
         self.log = log
         self.online = online if online is not None else open_store(settings)
         self.models = ModelCache()
-        self.last_batch_seconds: float | None = None
+        self.read_seconds: float | None = None  # the stream thread's part of the last batch
+        self.update_seconds: float | None = None  # the worker's last round
+        # One worker thread scores and stores the touched customers while the stream
+        # goes on to its next batch; at most two batches wait for it.
+        self._queue: queue.Queue[_Update | None] = queue.Queue(maxsize=2)
+        self._lock = threading.Lock()  # the online store and models: worker or snapshot
+        self._failure: Exception | None = None
+        self._worker = threading.Thread(target=self._work, name="pulse-live-view", daemon=True)
+        self._worker.start()
 
     def current_models(self) -> ModelOutputs:
         """The CURRENT models; loads a newly promoted version's outputs into the store."""
@@ -133,29 +148,97 @@ class LiveView:
         self.log(f"model picked up: {picked} ({time.perf_counter() - t0:.1f} s, no restart)")
 
     def batch(self, store: CustomerStateStore, result: BatchResult) -> None:
-        """Score and upsert the customers this batch touched."""
-        t0 = time.perf_counter()
-        models = self.current_models()
+        """Hand the touched customers' new state to the worker (read here: the store is
+        the stream's, and changes with its next batch). Blocks only when the worker is
+        two batches behind; raises the worker's error, if it had one."""
+        self._raise_failure()
         clock = store.clock()
-        if result.touched_ids and clock is not None:
-            state = state_table(*store.read(list(result.touched_ids)))
-            features = features_table(state, clock)
-            self.online.write_records(records(state, score(self.spark, features, models, clock)))
-        if clock is not None:
-            self.online.set_meta({"clock_us": _clock_us(clock), "last_batch": result.batch_id})
-        self.last_batch_seconds = time.perf_counter() - t0
+        if clock is None:
+            return
+        t0 = time.perf_counter()
+        state = state_table(*store.read(list(result.touched_ids))) if result.touched_ids else None
+        self.read_seconds = time.perf_counter() - t0
+        self._queue.put(_Update(state, clock, result.batch_id))
+
+    def _work(self) -> None:
+        """The worker: merge what is queued, score it, upsert it (one Spark job per round)."""
+        while True:
+            updates = [self._queue.get()]
+            while not self._queue.empty():
+                updates.append(self._queue.get_nowait())
+            try:
+                if any(u is None for u in updates):
+                    return  # closing (None is queued last)
+                with self._lock:
+                    self._apply([u for u in updates if u is not None])
+            except Exception as exc:  # surfaced on the stream thread at its next batch
+                self._failure = exc
+            finally:
+                for _ in updates:
+                    self._queue.task_done()
+
+    def _apply(self, updates: list[_Update]) -> None:
+        t0 = time.perf_counter()
+        last = updates[-1]
+        states = [u.state for u in updates if u.state is not None and u.state.num_rows]
+        models = self.current_models()
+        if states:
+            state = _latest_rows(states)
+            features = features_table(state, last.clock)
+            scores = score(self.spark, features, models, last.clock)
+            self.online.write_records(records(state, scores))
+        self.online.set_meta({"clock_us": _clock_us(last.clock), "last_batch": last.batch_id})
+        self.update_seconds = time.perf_counter() - t0
+        self.log(
+            f"live view: {sum(0 if u.state is None else u.state.num_rows for u in updates):,} "
+            f"customers of {len(updates)} batch(es) scored and stored, "
+            f"{self.update_seconds * 1000:.0f} ms"
+        )
+
+    def flush(self) -> None:
+        """Wait until every queued update is in the online store."""
+        self._queue.join()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise RuntimeError(f"the live view's update failed: {failure}") from failure
 
     def snapshot(self, state: pa.Table, features: pa.Table, as_of: datetime) -> None:
         """Re-score every customer as of ``as_of``; publish the whole view."""
-        models = self.current_models()
-        scores = score(self.spark, features, models, as_of)
-        self.online.write_records(records(state, scores))
-        self.online.set_meta({"clock_us": _clock_us(as_of)})
-        publish_view(self.settings, assemble(features, scores, models))
+        self.flush()
+        with self._lock:
+            models = self.current_models()
+            scores = score(self.spark, features, models, as_of)
+            self.online.write_records(records(state, scores))
+            self.online.set_meta({"clock_us": _clock_us(as_of)})
+            publish_view(self.settings, assemble(features, scores, models))
 
     def close(self) -> None:
-        """Close the online store."""
-        self.online.close()
+        """Finish the queued updates, stop the worker, close the online store."""
+        try:
+            self.flush()
+        finally:
+            self._queue.put(None)
+            self._worker.join(timeout=60)
+            self.online.close()
+
+
+@dataclass(frozen=True)
+class _Update:
+    state: pa.Table | None  # the touched customers' state after the batch (None: none)
+    clock: datetime
+    batch_id: int
+
+
+def _latest_rows(states: list[pa.Table]) -> pa.Table:
+    """The tables concatenated, keeping each customer's row from the last table holding it."""
+    if len(states) == 1:
+        return states[0]
+    table = pa.concat_tables(states)
+    last = {cid: i for i, cid in enumerate(table["customer_id"].to_pylist())}
+    return table.take(pa.array(sorted(last.values()), pa.int64()))
 
 
 def _clock_us(clock: datetime) -> int:
