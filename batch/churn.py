@@ -60,13 +60,13 @@ CATEGORICAL = ["club_member_status", "fashion_news_frequency"]
 
 @dataclass(frozen=True)
 class ChurnParams:
-    """GBT hyper-parameters; ``shuffle_labels`` is a test hook that sabotages training."""
+    """GBT hyper-parameters; ``invert_labels`` is a test hook that sabotages training."""
 
     max_iter: int = 30
     max_depth: int = 4
     step_size: float = 0.1
     seed: int = 42
-    shuffle_labels: bool = False
+    invert_labels: bool = False
 
 
 def labelled(
@@ -128,9 +128,11 @@ def feature_names() -> list[str]:
 
 
 def fit(train: DataFrame, params: ChurnParams) -> PipelineModel:
-    """Fit the pipeline (labels shuffled across rows when the sabotage hook is on)."""
-    if params.shuffle_labels:
-        train = train.withColumn("label", F.when(F.rand(params.seed) < 0.5, 1.0).otherwise(0.0))
+    """Fit the pipeline (labels inverted when the sabotage hook is on)."""
+    if params.invert_labels:
+        # Inverted, not random: random labels on a small set can beat the baseline by
+        # chance, and which rows get which label depends on the lake's row order.
+        train = train.withColumn("label", 1.0 - F.col("label"))
     return build_pipeline(params).fit(train)
 
 

@@ -84,7 +84,7 @@ def test_retrain_outputs_and_gate_keeps_current(spark, settings):
     # What serving reads for customers first seen after this run, as retrain wrote it:
     # the popularity list of the cutoff, and the segmentation model with its names, which
     # applied to the features as of the cutoff gives back the segments table.
-    served = ModelCache().current(spark, settings)
+    served = ModelCache().current(settings)
     lake = read_lake(spark, settings, as_of)
     top = popular(lake, as_of, RecParams().popular_days).orderBy("pos").collect()
     assert served.popular == tuple(r.article_id for r in top)
@@ -94,17 +94,21 @@ def test_retrain_outputs_and_gate_keeps_current(spark, settings):
     reassigned = segment_assignments(feats, served.segments_model, served.segment_names)
     assertDataFrameEqual(reassigned, seg.select("customer_id", "segment_id", "segment_name"))
 
+    # The customer state as of the cutoff, for the speed layer's correction (no gate).
+    state_meta = registry.read_meta(settings, "state", registry.current_version(settings, "state"))
+    assert (state_meta["cutoff_exclusive"], state_meta["customers"]) == ("2020-04-20", 40)
+
     good = registry.current_version(settings, "churn")
     assert good == churn_meta["version"] and churn_meta["promoted"]
 
-    # Sabotage: shuffled labels make the GBT worse than the recency baseline -> gate fails
+    # Sabotage: inverted labels make the GBT worse than the recency baseline -> gate fails
     bad = retrain(
         spark,
         settings,
         RetrainOptions(
             as_of=as_of,
             models=("churn",),
-            **(SMALL | {"churn": ChurnParams(max_iter=3, max_depth=3, shuffle_labels=True)}),
+            **(SMALL | {"churn": ChurnParams(max_iter=3, max_depth=3, invert_labels=True)}),
         ),
     )["churn"]
     assert bad["version"] != good
