@@ -33,14 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from features.attributes import with_customer_attributes
 from runtime.settings import Settings
@@ -53,6 +50,9 @@ from schemas.tables import (
 from serving.online import SCORE_COLUMNS
 from storage import registry, snapshots
 from storage.lake import customers_dir
+
+if TYPE_CHECKING:  # Spark and pyarrow.dataset (pandas) load only when scoring or reading
+    from pyspark.sql import DataFrame, SparkSession  # outputs: a look-up starts faster
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def recommendation_lists(recommendations: pa.Table) -> pa.Table:
 def churn_scores(features: DataFrame, model: Any, customers: DataFrame | None) -> DataFrame:
     """Apply a churn PipelineModel to live features -> customer_id, churn_probability."""
     from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
 
     scored = model.transform(with_customer_attributes(features, customers))
     return scored.select(
@@ -141,6 +142,8 @@ def churn_scores(features: DataFrame, model: Any, customers: DataFrame | None) -
 
 def segment_assignments(features: DataFrame, model: Any, names: dict[int, str]) -> DataFrame:
     """Apply a segmentation PipelineModel -> customer_id, segment_id, segment_name."""
+    from pyspark.sql import functions as F
+
     pairs = [F.lit(x) for sid, name in sorted(names.items()) for x in (int(sid), name)]
     segment_id = F.col("prediction").cast("int")
     return model.transform(features).select(
@@ -376,6 +379,8 @@ def _safe_version(settings: Settings, name: str) -> str | None:
 
 def _read_table(path: Path) -> pa.Table | None:
     """A Parquet directory written by Spark, as Arrow (its _SUCCESS and .crc files skipped)."""
+    import pyarrow.dataset as ds
+
     try:
         return ds.dataset(str(path), format="parquet", exclude_invalid_files=True).to_table()
     except (OSError, ValueError, pa.ArrowException) as exc:
