@@ -208,6 +208,11 @@ def _customer_to_watch(view: Any) -> str:
     return view["customer_id"][i].as_py()
 
 
+# The stream's log lines the demo echoes: each batch's latency, the live view's rounds,
+# a retrained model or batch state picked up, each full snapshot.
+SHOWN_STREAM_LINES = ("batch ", "live view", "model picked up", "snapshot ")
+
+
 class Watcher:
     """Prints, per tick: the stream's new batch and model pick-up lines (from its log),
     and one customer's live view, looked up in the online store, when it changed."""
@@ -229,7 +234,7 @@ class Watcher:
         done = chunk.rfind(b"\n") + 1
         self.log_offset += done
         for line in chunk[:done].decode(errors="replace").splitlines():
-            if line.startswith(("batch ", "live view", "model picked up", "snapshot ", "batch state")):
+            if line.startswith(SHOWN_STREAM_LINES):
                 print(f"[stream] {line}", flush=True)
 
     def tick(self) -> None:
