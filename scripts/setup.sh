@@ -19,30 +19,22 @@ command -v java >/dev/null || die "java not found: install a JDK 17+ (Debian: ap
 java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || die "Java 17+ required: $(java -version 2>&1 | head -1)"
 command -v mvn >/dev/null || die "mvn not found: install Maven 3.8+ (Debian: apt-get install maven)"
 
-# Native BLAS makes Spark ALS ~20 % faster; best effort, never fatal.
-if ! ldconfig -p 2>/dev/null | grep -q 'libblas.so.3'; then
+# Debian packages, best effort, never fatal: apt_install PACKAGE WHAT-IT-IS-FOR
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing libopenblas0-pthread (native BLAS for Spark ALS)"
-    (apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 || \
-      (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1)) \
-      || echo "setup: warning: could not install libopenblas0-pthread; ALS uses Java BLAS"
+    echo "setup: installing $1 ($2)"
+    (apt-get install -y -qq "$1" >/dev/null 2>&1 || \
+      (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$1" >/dev/null 2>&1)) \
+      || echo "setup: warning: could not install $1 ($2)"
   else
-    echo "setup: note: no native BLAS; 'apt-get install libopenblas0-pthread' speeds up ALS"
+    echo "setup: note: 'apt-get install $1' for $2"
   fi
-fi
-
-# redis-server: the online store's multi-machine backend; the tests start one on a free
-# port (the default embedded store, SQLite, needs nothing).
-if ! command -v redis-server >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing redis-server (Debian's package, for the Redis online store tests)"
-    (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
-      (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq redis-server >/dev/null 2>&1)) \
-      || echo "setup: warning: could not install redis-server; the Redis store tests will skip"
-  else
-    echo "setup: note: no redis-server; 'apt-get install redis-server' runs the Redis store tests"
-  fi
-fi
+}
+# Native BLAS makes Spark ALS ~20 % faster (else Java BLAS).
+ldconfig -p 2>/dev/null | grep -q 'libblas.so.3' || apt_install libopenblas0-pthread "native BLAS for Spark ALS"
+# redis-server: the Redis online store; its tests start one on a free port, and skip
+# without it (the default store, SQLite, needs nothing).
+command -v redis-server >/dev/null || apt_install redis-server "the Redis online store tests"
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PY"

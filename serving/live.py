@@ -42,20 +42,12 @@ from pyspark.sql import SparkSession
 
 from features.customer import features_table
 from runtime.settings import Settings
-from serving.online import OnlineStore, open_store
+from serving.online import STATE_COLUMNS, OnlineStore, open_store
 from serving.view import ModelCache, ModelOutputs, assemble, publish_view, score
 from storage.customer_state import BatchResult, CustomerStateStore
 from storage.state_table import history_json, state_table
 
-TOTALS = (
-    "first_purchase_date",
-    "last_purchase_date",
-    "purchase_days",
-    "n_events",
-    "monetary",
-    "n_online",
-    "n_with_channel",
-)
+TOTALS = STATE_COLUMNS[:7]  # the totals; then max_event_time and the history
 
 
 def _micros(column: pa.ChunkedArray | pa.Array) -> list[Any]:

@@ -13,35 +13,13 @@ import pytest
 
 from features.customer import features_table
 from schemas.tables import LIVE_FEATURE_COLUMNS
+from storage.state_table import STATE_ARROW
 
 pytestmark = pytest.mark.unit
 
-DAY = pa.struct(
-    [
-        ("day", pa.date32()),
-        ("n_events", pa.int64()),
-        ("n_purchases", pa.int64()),
-        ("spend", pa.float64()),
-        ("n_online", pa.int64()),
-        ("n_with_channel", pa.int64()),
-    ]
-)
-
 
 def state(rows: list[dict]) -> pa.Table:
-    schema = pa.schema(
-        [
-            ("customer_id", pa.string()),
-            ("first_purchase_date", pa.date32()),
-            ("last_purchase_date", pa.date32()),
-            ("purchase_days", pa.int64()),
-            ("n_events", pa.int64()),
-            ("monetary", pa.float64()),
-            ("n_online", pa.int64()),
-            ("n_with_channel", pa.int64()),
-            ("history", pa.list_(DAY)),
-        ]
-    )
+    schema = STATE_ARROW.remove(STATE_ARROW.get_field_index("max_event_time"))
     return pa.Table.from_pylist(rows, schema)
 
 
