@@ -7,6 +7,8 @@ integration tier runs the same job on a real Kafka topic.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +54,7 @@ class FileTopic:
         self.path = path
         self.name = name
         self.offset = 0
+        self._mtime_ns = 0
         path.mkdir(parents=True, exist_ok=True)
 
     def send(self, values: list[bytes | dict[str, Any]], per_file: int = 7) -> None:
@@ -83,6 +86,10 @@ class FileTopic:
         self.offset += n
         tmp = self.path / f".{uuid.uuid4().hex}.tmp"
         pq.write_table(table, tmp)
+        # Spark's file source takes files in modification-time order (milliseconds): two
+        # files written in the same millisecond could be read out of order.
+        self._mtime_ns = max(time.time_ns(), self._mtime_ns + 5_000_000)
+        os.utime(tmp, ns=(self._mtime_ns, self._mtime_ns))
         tmp.rename(self.path / f"{self.offset:012d}.parquet")  # appear whole, in order
 
     def stream(self, spark):  # type: ignore[no-untyped-def]
