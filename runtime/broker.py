@@ -168,6 +168,7 @@ def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # typ
     if pid is not None:
         log(f"broker already running (pid {pid}) on 127.0.0.1:{settings.broker_port}")
         return pid
+    kafka_classpath(settings)  # no jars: say so first (nothing else can help then)
     for port in (settings.broker_port, settings.controller_port):
         if _port_open(port):
             raise PulseError(
