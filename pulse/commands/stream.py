@@ -24,17 +24,21 @@ def check_topic(settings: Settings) -> None:
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
     from runtime.spark import build_spark
     from serving.live import LiveView
+    from serving.online import open_store
     from streaming.job import run
 
     check_topic(settings)
+    open_store(settings).close()  # an unreachable Redis is one line here, before Spark starts
     spark = build_spark(settings, app_name="pulse-stream")
-    # The live view is wired here, not in streaming/, so the speed layer does not
-    # depend on serving: it keeps the online store and the view snapshot current.
-    live = LiveView(spark, settings)
     try:
-        run(spark, settings, until_idle=args.until_idle, sink=live, seed=args.seed_from_lake)
+        # The live view is wired here, not in streaming/, so the speed layer does not
+        # depend on serving: it keeps the online store and the view snapshot current.
+        live = LiveView(spark, settings)
+        try:
+            run(spark, settings, until_idle=args.until_idle, sink=live, seed=args.seed_from_lake)
+        finally:
+            live.close()
     finally:
-        live.close()
         spark.stop()
     return 0
 
