@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -128,29 +128,37 @@ def recommendation_lists(recommendations: pa.Table) -> pa.Table:
 # --- Scoring (Spark ML) ------------------------------------------------------------------------
 
 
-def churn_scores(features: DataFrame, model: Any, customers: DataFrame | None) -> DataFrame:
-    """Apply a churn PipelineModel to live features -> customer_id, churn_probability."""
+def churn_scores(
+    features: DataFrame, model: Any, customers: DataFrame | None, carry: Sequence[str] = ()
+) -> DataFrame:
+    """Apply a churn PipelineModel to live features -> customer_id, *carry, churn_probability."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
     scored = model.transform(with_customer_attributes(features, customers))
     return scored.select(
         "customer_id",
+        *carry,
         vector_to_array(F.col("probability"))[1].cast("double").alias("churn_probability"),
     )
 
 
-def segment_assignments(features: DataFrame, model: Any, names: dict[int, str]) -> DataFrame:
-    """Apply a segmentation PipelineModel -> customer_id, segment_id, segment_name."""
+def with_segment(features: DataFrame, model: Any, names: dict[int, str]) -> DataFrame:
+    """Apply a segmentation PipelineModel: ``features`` + segment_id, segment_name."""
     from pyspark.sql import functions as F
 
     pairs = [F.lit(x) for sid, name in sorted(names.items()) for x in (int(sid), name)]
     segment_id = F.col("prediction").cast("int")
     return model.transform(features).select(
-        "customer_id",
+        *features.columns,
         segment_id.alias("segment_id"),
         F.create_map(*pairs)[segment_id].cast("string").alias("segment_name"),
     )
+
+
+def segment_assignments(features: DataFrame, model: Any, names: dict[int, str]) -> DataFrame:
+    """Apply a segmentation PipelineModel -> customer_id, segment_id, segment_name."""
+    return with_segment(features, model, names).select("customer_id", "segment_id", "segment_name")
 
 
 def score(
@@ -167,14 +175,23 @@ def score(
     seg = models.segments_model if models.segment_names else None
     scored: pa.Table | None = None
     if n and (churn is not None or seg is not None):
-        df = spark.createDataFrame(features.drop_columns(["as_of"]))
-        parts = []
-        if churn is not None:
-            parts.append(churn_scores(df, churn, _attributes_frame(spark, models, features)))
-        if seg is not None:
-            parts.append(segment_assignments(df, seg, models.segment_names or {}))
-        joined = parts[0] if len(parts) == 1 else parts[0].join(parts[1], "customer_id")
-        scored = _align(features["customer_id"], joined.toArrow())
+        # One narrow plan (segment, then churn, on the same rows: no join) over a cached
+        # frame: the models' plans read their input more than once, and every read of a
+        # frame made from local Arrow data re-sends it. 186k customers: 40 s -> 3 s.
+        df = spark.createDataFrame(features.drop_columns(["as_of"])).cache()
+        try:
+            frame, carry = df, ["customer_id"]
+            if seg is not None:
+                frame = with_segment(frame, seg, models.segment_names or {})
+                carry += ["segment_id", "segment_name"]
+            if churn is not None:
+                attrs = _attributes_frame(spark, models, features)
+                frame = churn_scores(frame, churn, attrs, carry[1:])
+            else:
+                frame = frame.select(*carry)
+            scored = _align(features["customer_id"], frame.toArrow())
+        finally:
+            df.unpersist()
     version = pa.array([models.churn_version] * n, pa.string())
     if scored is not None and churn is not None:
         columns["churn_probability"] = scored["churn_probability"]
