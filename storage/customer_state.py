@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import compress, repeat
 from pathlib import Path
@@ -105,6 +105,8 @@ class BatchResult:
     # ids of this batch seen in an earlier one (also on a replay: recorded at the time)
     duplicate_ids: tuple[str, ...] = ()
     touched_ids: tuple[str, ...] = ()  # the customers whose state changed
+    # wall seconds per stage of the micro-batch (read, parse, state, lake), for its log
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def day_number(d: date) -> int:

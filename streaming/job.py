@@ -116,19 +116,38 @@ def process_batch(
     plain files. Returns (quarantined records, what the store did). Idempotent per
     ``batch_id``.
     """
+    clock = _Stages()
     kafka = raw.select(*KAFKA_COLUMNS).toArrow()
+    clock.lap("read")
     table = classify_arrow(raw.sparkSession, kafka).rename_columns({"timestamp": "kafka_ts"})
     invalid = pc.is_valid(table.column("reason"))
     quarantined = table.filter(invalid).select(list(QUARANTINE_COLUMNS))
     if len(quarantined):
         write_quarantine_batch(settings, quarantined, batch_id)
     valid = table.filter(pc.invert(invalid))
+    clock.lap("parse")
     # The state first: it knows which ids were seen before, and records them, so a
     # replayed batch writes the lake just as its first attempt did.
     result = store.apply_batch(batch_id, valid.select(list(EVENT_COLUMNS)))
+    clock.lap("state")
     if len(valid):
         write_lake_batch(settings, lake_rows(valid, result.duplicate_ids), batch_id)
+    clock.lap("lake")
+    result.stage_seconds.update(clock.seconds)
     return len(quarantined), result
+
+
+class _Stages:
+    """Wall time per stage of one micro-batch, for its log line."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._t
+        self._t = now
 
 
 def _trigger(settings: Settings, until_idle: bool) -> dict[str, Any]:
@@ -180,7 +199,9 @@ class StreamJob:
             f"batch {batch_id}: {result.events + quarantined} records, "
             f"{result.counted} counted, {result.duplicates} duplicate, {result.late} late, "
             f"{quarantined} quarantined, {result.touched} customers updated, "
-            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms ("
+            + ", ".join(f"{k} {v * 1000:.0f}" for k, v in result.stage_seconds.items())
+            + ")"
             + ("" if result.applied else " (replayed: already in the state)")
         )
         if self._snapshot_due():
