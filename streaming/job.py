@@ -1,11 +1,12 @@
 """The streaming job: Kafka -> quarantine, lake and the per-customer state, one query.
 
-One named query (``pulse-stream``) reads the topic with Spark's own Kafka source and
-hands each micro-batch to ``process_batch``: one Spark job collects the batch's Kafka
-records to the driver as Arrow, where ``streaming.parse`` parses each record once with
-pyarrow (Spark's JSON parsing cost four times the read itself); every write that
-follows is idempotent per batch id, so a batch that Spark replays after a crash
-changes nothing twice:
+One named query (``pulse-stream``) reads the topic with Spark's own Kafka source; one
+Spark job per micro-batch collects its Kafka records to the driver as Arrow, into the
+inbox (``streaming.inbox``), and the job's worker thread hands them to
+``process_batch`` while Spark reads the next batch. There ``streaming.parse`` parses
+each record once with pyarrow (Spark's JSON parsing cost four times the read itself);
+every write that follows is idempotent per batch id, so a batch that Spark replays
+after a crash, or that a restart finds in the inbox, changes nothing twice:
 
 - invalid records -> ``quarantine/batch=<id>/`` (raw bytes, topic, partition,
   offset, reason), overwritten by a replay;
@@ -34,6 +35,8 @@ outlier: ``storage.customer_state.robust_clock``), never the wall clock.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -50,6 +53,7 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 from storage.customer_state import EVENT_COLUMNS, BatchResult, CustomerStateStore
 from storage.lake import lake_rows, write_lake_batch
+from streaming.inbox import Inbox
 from streaming.parse import KAFKA_COLUMNS, QUARANTINE_COLUMNS, classify_arrow
 from streaming.state import (
     Sink,
@@ -105,21 +109,21 @@ def write_quarantine_batch(settings: Settings, rows: pa.Table, batch_id: int) ->
 
 
 def process_batch(
-    settings: Settings, store: CustomerStateStore, raw: DataFrame, batch_id: int
+    settings: Settings,
+    store: CustomerStateStore,
+    spark: SparkSession,
+    kafka: pa.Table,
+    batch_id: int,
 ) -> tuple[int, BatchResult]:
-    """One micro-batch of Kafka records -> quarantine, lake and the state store.
+    """One micro-batch of Kafka records (``KAFKA_COLUMNS``, Arrow) -> quarantine, lake, state.
 
-    One Spark job reads the batch's Kafka rows and collects them to the driver as Arrow,
-    unparsed; ``streaming.parse.classify_arrow`` types and checks them there with
-    pyarrow, on all the driver's cores (records not in the producer's canonical form,
-    rare, get a second, small Spark job on just those rows). The writes that follow are
-    plain files. Returns (quarantined records, what the store did). Idempotent per
-    ``batch_id``.
+    ``streaming.parse.classify_arrow`` types and checks the records on the driver with
+    pyarrow, on all its cores (records not in the producer's canonical form, rare, get
+    a small Spark job on just those rows). The writes that follow are plain files.
+    Returns (quarantined records, what the store did). Idempotent per ``batch_id``.
     """
     clock = _Stages()
-    kafka = raw.select(*KAFKA_COLUMNS).toArrow()
-    clock.lap("read")
-    table = classify_arrow(raw.sparkSession, kafka).rename_columns({"timestamp": "kafka_ts"})
+    table = classify_arrow(spark, kafka).rename_columns({"timestamp": "kafka_ts"})
     invalid = pc.is_valid(table.column("reason"))
     quarantined = table.filter(invalid).select(list(QUARANTINE_COLUMNS))
     if len(quarantined):
@@ -155,7 +159,17 @@ def _trigger(settings: Settings, until_idle: bool) -> dict[str, Any]:
 
 
 class StreamJob:
-    """The running speed layer: one query, its store, its snapshot schedule."""
+    """The running speed layer: one query, its store, its inbox, its snapshot schedule.
+
+    Two threads: Spark's calls ``_receive`` per micro-batch, which collects the batch's
+    Kafka records to the driver as Arrow (one Spark job), puts them in the inbox
+    (``streaming.inbox``) and returns, so Spark commits the batch and reads the next
+    one; the job's worker thread processes the batches in order (``process_batch``,
+    then the sink, the stats, the log line and the snapshot schedule) and empties the
+    inbox. Spark is at most two batches ahead. A failure in the worker stops the query
+    at its next batch (and ``run`` at once); the batches it had not processed stay in
+    the inbox for the restart.
+    """
 
     def __init__(
         self,
@@ -174,15 +188,70 @@ class StreamJob:
         self.on_batch = on_batch
         self.sink = sink
         self.stats = RunStats()
+        self.inbox = Inbox(settings.state_dir / "inbox")
         self._published_at = time.monotonic()
         self._unpublished = False
+        self._queue: queue.Queue[tuple[int, float] | None] = queue.Queue(maxsize=1)
+        self._failure: BaseException | None = None
+        self._worker: threading.Thread | None = None
 
-    def _batch(self, batch: DataFrame, batch_id: int) -> None:
+    # --- Spark's thread ------------------------------------------------------------------
+
+    def _receive(self, batch: DataFrame, batch_id: int) -> None:
+        """foreachBatch: the batch's records into the inbox, then hand it to the worker."""
+        self._raise_failure()
+        t0 = time.perf_counter()
+        self.inbox.put(batch_id, batch.select(*KAFKA_COLUMNS).toArrow())
+        self._queue.put((batch_id, time.perf_counter() - t0))  # waits while one is queued
+
+    # --- the worker ----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._failure is None:  # after a failure, later batches stay in the inbox
+                    self._process(*item)
+            except BaseException as exc:  # surfaced on Spark's thread and by ``run``
+                self._failure = exc
+            finally:
+                self._queue.task_done()
+
+    def failed(self) -> bool:
+        """True once the worker failed (``drain`` raises its error)."""
+        return self._failure is not None
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise PulseError(f"the stream's processing failed: {self._failure}") from (
+                self._failure
+            )
+
+    def drain(self) -> None:
+        """Wait until every handed-over batch is processed; raise the worker's failure."""
+        self._queue.join()
+        self._raise_failure()
+
+    def close(self) -> None:
+        """Stop the worker (after the batches handed to it)."""
+        if self._worker is not None and self._worker.is_alive():
+            self._queue.put(None)
+            self._worker.join()
+        self._worker = None
+
+    def _process(self, batch_id: int, read_seconds: float) -> None:
+        """One batch from the inbox: process it, account for it, then drop it from the inbox."""
         if correct_from_batch(self.settings, self.store, self.log):
             self._unpublished = True  # every customer may have moved: republish them all
             self.publish()
         t0 = time.perf_counter()
-        quarantined, result = process_batch(self.settings, self.store, batch, batch_id)
+        quarantined, result = process_batch(
+            self.settings, self.store, self.spark, self.inbox.get(batch_id), batch_id
+        )
+        self.inbox.done(batch_id)
+        result.stage_seconds["read"] = read_seconds
         s = self.stats
         s.batches += 1
         s.input_rows += result.events + quarantined
@@ -201,7 +270,7 @@ class StreamJob:
             f"{quarantined} quarantined, {result.touched} customers updated, "
             f"{(time.perf_counter() - t0) * 1000:.0f} ms ("
             + ", ".join(f"{k} {v * 1000:.0f}" for k, v in result.stage_seconds.items())
-            + ")"
+            + " ms; read overlaps the previous batch)"
             + ("" if result.applied else " (replayed: already in the state)")
         )
         if self._snapshot_due():
@@ -226,12 +295,28 @@ class StreamJob:
                 f"{self.store.clock()}, {time.perf_counter() - t0:.1f} s"
             )
 
+    def recover(self) -> int:
+        """Process the batches a previous run left in the inbox; returns how many."""
+        pending = self.inbox.pending()
+        for batch_id in pending:
+            self._process(batch_id, 0.0)
+        if pending:
+            self.log(f"recovered {len(pending)} batch(es) the last run received, not processed")
+        return len(pending)
+
     def start(self, raw: DataFrame, *, until_idle: bool) -> StreamingQuery:
-        """Start the query on ``raw`` (Kafka-shaped rows: a Kafka, file or memory stream)."""
+        """Start the query on ``raw`` (Kafka-shaped rows: a Kafka, file or memory stream).
+
+        First the batches left in the inbox by a stopped run; then the store must have
+        every batch the checkpoint has committed. ``close`` stops the worker.
+        """
+        self.recover()
         check_store_matches_checkpoint(self.settings, self.store)
+        self._worker = threading.Thread(target=self._work, name="pulse-stream-batches", daemon=True)
+        self._worker.start()
         return (
             raw.writeStream.queryName(QUERY_NAME)
-            .foreachBatch(self._batch)
+            .foreachBatch(self._receive)
             .option("checkpointLocation", str(self.settings.checkpoint_dir / "stream"))
             .trigger(**_trigger(self.settings, until_idle))
             .start()
@@ -324,7 +409,11 @@ def run(
         query = job.start(
             raw if raw is not None else kafka_source(spark, settings), until_idle=until_idle
         )
-        monitor([query], log=log)
+        try:
+            monitor([query], log=log, stop_when=job.failed)
+            job.drain()
+        finally:
+            job.close()
         job.publish()
         s = job.stats
         log(

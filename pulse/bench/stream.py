@@ -195,6 +195,7 @@ def _latency(
     finally:
         stop.set()
         thread.join(10)
+        job.close()
         store.close()
     durations = [p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress]
     return latencies, durations
