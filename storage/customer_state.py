@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 
 from features.customer import DAY_COLUMNS, HISTORY_DAYS, STATE_SCHEMA
+from storage.seen_ids import SeenIds, id_hashes
 
 EPOCH = date(1970, 1, 1)
 US_PER_DAY = 86_400_000_000
@@ -193,7 +194,7 @@ class CustomerStateStore:
         self._days: dict[str, Any] = {
             c: np.zeros(0, dtype=_DAY_TYPES.get(c, np.int64)) for c in DAY_VALUE_COLUMNS
         }
-        self._seen: dict[str, tuple[int, int]] = {}  # event id -> (day, arrival time)
+        self._seen = SeenIds()  # event id -> (day, arrival time)
         self._last_duplicates: tuple[str, ...] = ()
 
     def clock(self) -> datetime | None:
@@ -230,25 +231,27 @@ class CustomerStateStore:
         # Per-id work is C-level iteration (map, compress, zip) over one list of ids: a
         # Python loop per event cost more than the arithmetic of the whole fold.
         n = len(events)
-        ids = events.column("event_id").to_pylist()
+        id_column = pc.cast(events.column("event_id").combine_chunks(), pa.string())
+        ids = id_column.to_numpy(zero_copy_only=False)
+        hashes = id_hashes(ids)
         times = pc.cast(events.column("event_time"), pa.int64()).to_numpy(zero_copy_only=False)
-        if len(set(ids)) == n:
+        ordered = np.sort(hashes)
+        if not (ordered[1:] == ordered[:-1]).any():  # distinct hashes: distinct ids
             in_batch_dup = np.zeros(n, bool)
         else:
             in_batch_dup = pd.Series(ids).duplicated().to_numpy()
         watermark = None if self.clock_us is None else self.clock_us - self.lateness_us
         late = times < watermark if watermark is not None else np.zeros(n, bool)
-        seen = self._seen
-        seen_before = np.fromiter(map(seen.__contains__, ids), bool, n) & ~in_batch_dup
+        seen_before = self._seen.contains(ids, hashes) & ~in_batch_dup
         first_seen = ~in_batch_dup & ~seen_before  # late ones too: the lake keeps them
         counted = first_seen & ~late
-        duplicate_ids = tuple(compress(ids, seen_before))
+        duplicate_ids = tuple(ids[seen_before].tolist())
 
         days = (times // US_PER_DAY).astype(np.int64)
-        new_ids = list(compress(ids, first_seen))
+        new_ids = id_column.filter(pa.array(first_seen))
         new_days = days[first_seen]
         now = time.time_ns() // 1000
-        seen.update(zip(new_ids, zip(new_days.tolist(), repeat(now)), strict=True))
+        self._seen.add(new_ids, hashes[first_seen], new_days, now)
 
         touched_rows, touched_keys = self._fold(events, counted, times, days)
         candidate = robust_clock(times[~late], self.clock_us)
@@ -383,23 +386,19 @@ class CustomerStateStore:
             self._days = {c: v[in_window] for c, v in self._days.items()}
         seen_from = (self.clock_us - self.lateness_us) // US_PER_DAY
         arrived_from = time.time_ns() // 1000 - RESEND_WINDOW_US
-        if not self._seen:
+        seen = self._seen
+        if not len(seen):
             return
-        # The dict is in arrival order, roughly event-time order: while its first entry
-        # is still kept and it is not far over the cap, the full pass is skipped.
-        first = next(iter(self._seen.values()))
-        expired = first[0] < seen_from and first[1] < arrived_from
-        if not expired and len(self._seen) <= 2 * RESEND_MAX_IDS:
+        # Arrival order is roughly event-time order: while the first entry is still
+        # kept and the set is not far over the cap, the pass is skipped.
+        expired = seen.day[0] < seen_from and seen.arrived_us[0] < arrived_from
+        if not expired and len(seen) <= 2 * RESEND_MAX_IDS:
             return
-        kept: dict[str, tuple[int, int]] = {}
-        budget = RESEND_MAX_IDS
-        for event_id, (day, arrived) in reversed(self._seen.items()):  # newest first
-            if day >= seen_from:
-                kept[event_id] = (day, arrived)
-            elif budget > 0 and arrived >= arrived_from:
-                kept[event_id] = (day, arrived)
-                budget -= 1
-        self._seen = dict(reversed(kept.items()))
+        in_window = seen.day >= seen_from
+        recent = ~in_window & (seen.arrived_us >= arrived_from)
+        kept_for_arrival = np.flatnonzero(recent)
+        recent[kept_for_arrival[: max(0, len(kept_for_arrival) - RESEND_MAX_IDS)]] = False
+        seen.keep(in_window | recent)  # the newest RESEND_MAX_IDS kept for their arrival
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -470,7 +469,7 @@ class CustomerStateStore:
         batch_id: int,
         rows: np.ndarray,
         keys: np.ndarray,
-        new_ids: list[str],
+        new_ids: pa.Array,
         new_days: np.ndarray,
         arrived_us: int,
     ) -> None:
@@ -483,7 +482,7 @@ class CustomerStateStore:
                 "days": self._days_table_for_keys(keys),
                 "seen": pa.table(
                     {
-                        "event_id": pa.array(new_ids, pa.string()),
+                        "event_id": new_ids,
                         "day": pa.array(new_days, pa.int64()),
                         "arrived_us": pa.array(np.full(len(new_ids), arrived_us), pa.int64()),
                     }
@@ -504,7 +503,7 @@ class CustomerStateStore:
         if self.last_batch is None:
             return
         rows = np.arange(len(self._ids))
-        seen = _seen_table(list(self._seen), list(self._seen.values()))
+        seen = self._seen.table()
         self._snapshot_dir.mkdir(parents=True, exist_ok=True)
         name = f"{self.last_batch + 1:012d}"  # +1: the seed's batch -1 sorts as 0
         _write_atomically(
@@ -553,7 +552,7 @@ class CustomerStateStore:
         rows = self._totals.grow(len(self._ids))
         self._set_totals(rows, customers)
         self._set_days(days)
-        self._seen = _seen_dict(seen)
+        self._seen = SeenIds.from_table(seen)
         self._apply_meta(meta)
 
     def _set_totals(self, rows: np.ndarray, customers: pa.Table) -> None:
@@ -575,7 +574,7 @@ class CustomerStateStore:
         self._set_totals(rows, customers)
         self._set_days(tables["days"])
         seen = tables["seen"]
-        self._seen.update(_seen_dict(seen))
+        self._seen.extend(seen)
         self._apply_meta(meta)
         self._forget()
 
@@ -618,39 +617,12 @@ class CustomerStateStore:
         (a correction: a later re-send of them must still count once). Writes a
         snapshot; returns the customers.
         """
-        if keep_seen:
-            seen = _seen_table(list(self._seen), list(self._seen.values()))
-        else:
-            seen = _seen_table([], [])
+        seen = (self._seen if keep_seen else SeenIds()).table()
         self._load_tables(customers, days, seen, {"batch_id": batch_id, "clock_us": clock_us})
         self._forget()
         shutil.rmtree(self._changelog_dir, ignore_errors=True)
         self.write_snapshot()
         return len(self._ids)
-
-
-def _seen_table(ids: list[str], entries: list[tuple[int, int]]) -> pa.Table:
-    return pa.table(
-        {
-            "event_id": pa.array(ids, pa.string()),
-            "day": pa.array([e[0] for e in entries], pa.int64()),
-            "arrived_us": pa.array([e[1] for e in entries], pa.int64()),
-        }
-    )
-
-
-def _seen_dict(table: pa.Table) -> dict[str, tuple[int, int]]:
-    return dict(
-        zip(
-            table.column("event_id").to_pylist(),
-            zip(
-                table.column("day").to_pylist(),
-                table.column("arrived_us").to_pylist(),
-                strict=True,
-            ),
-            strict=True,
-        )
-    )
 
 
 def _write_atomically(target: Path, tables: dict[str, pa.Table], meta: dict[str, Any]) -> None:
