@@ -63,6 +63,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -253,7 +254,8 @@ def new_events(rows: pa.Table, known_ids: pa.Array) -> pa.Table:
     """``rows`` less the ids in ``known_ids`` and less repeats within ``rows`` (first kept)."""
     ids = rows.column("event_id").combine_chunks()
     # index_in gives the position of an id's first copy; a row is kept where it is that.
-    first = pc.equal(pc.index_in(ids, value_set=ids), pa.array(range(len(rows)), pa.int32()))
+    positions = pa.array(np.arange(len(rows), dtype=np.int32))
+    first = pc.equal(pc.index_in(ids, value_set=ids), positions)
     unseen = pc.invert(pc.is_in(ids, value_set=known_ids))
     return rows.filter(pc.and_(first, unseen))
 
@@ -328,7 +330,12 @@ def write_events(settings: Settings, rows: pa.Table, writer: str, batch_id: int)
 
 
 def _digest(ids: pa.ChunkedArray | pa.Array) -> str:
-    return hashlib.sha1("\0".join(ids.to_pylist()).encode()).hexdigest()[:12]
+    """sha1 of the ids joined by NUL (joined by Arrow: no Python string per id)."""
+    flat = pc.cast(ids, pa.string())
+    flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
+    one_list = pa.ListArray.from_arrays(pa.array([0, len(flat)], pa.int32()), flat)
+    joined = pc.binary_join(one_list, "\0")[0].as_buffer()
+    return hashlib.sha1(b"" if joined is None else joined).hexdigest()[:12]
 
 
 # -- the stream's writer --------------------------------------------------------------
@@ -340,12 +347,7 @@ def lake_rows(valid: pa.Table, seen_before: tuple[str, ...] = ()) -> pa.Table:
     ``seen_before``: ids the stream's state already counted (re-sends within its
     window), left out early; ``write_events`` drops the rest of the repeats.
     """
-    skip = set(seen_before)
-    keep = []
-    for event_id in valid.column("event_id").to_pylist():
-        keep.append(event_id not in skip)
-        skip.add(event_id)  # later copies in this batch are left out too
-    return valid.select(list(FIELD_NAMES)).filter(pa.array(keep, pa.bool_()))
+    return new_events(valid.select(list(FIELD_NAMES)), pa.array(seen_before, pa.string()))
 
 
 def write_lake_batch(settings: Settings, rows: pa.Table, batch_id: int) -> int:
