@@ -41,7 +41,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.pulse-installed
-if [ ! -f "$stamp" ] || [ requirements.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ requirements.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+   || [ scripts/setup.sh -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check uv==0.9.9
   # --compile-bytecode: uv does not write .pyc files by default, and a process that
   # cannot write them (PYTHONDONTWRITEBYTECODE) recompiles pandas and pyspark at every
