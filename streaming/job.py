@@ -191,7 +191,7 @@ class StreamJob:
         self.inbox = Inbox(settings.state_dir / "inbox")
         self._published_at = time.monotonic()
         self._unpublished = False
-        self._queue: queue.Queue[tuple[int, float] | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[tuple[int, pa.Table, float] | None] = queue.Queue(maxsize=1)
         self._failure: BaseException | None = None
         self._worker: threading.Thread | None = None
 
@@ -201,8 +201,9 @@ class StreamJob:
         """foreachBatch: the batch's records into the inbox, then hand it to the worker."""
         self._raise_failure()
         t0 = time.perf_counter()
-        self.inbox.put(batch_id, batch.select(*KAFKA_COLUMNS).toArrow())
-        self._queue.put((batch_id, time.perf_counter() - t0))  # waits while one is queued
+        records = batch.select(*KAFKA_COLUMNS).toArrow()
+        self.inbox.put(batch_id, records)  # kept for a restart; the worker gets them here
+        self._queue.put((batch_id, records, time.perf_counter() - t0))  # waits while one is queued
 
     # --- the worker ----------------------------------------------------------------------
 
@@ -241,14 +242,14 @@ class StreamJob:
             self._worker.join()
         self._worker = None
 
-    def _process(self, batch_id: int, read_seconds: float) -> None:
-        """One batch from the inbox: process it, account for it, then drop it from the inbox."""
+    def _process(self, batch_id: int, records: pa.Table, read_seconds: float) -> None:
+        """One batch of the inbox: process it, account for it, then drop it from the inbox."""
         if correct_from_batch(self.settings, self.store, self.log):
             self._unpublished = True  # every customer may have moved: republish them all
             self.publish()
         t0 = time.perf_counter()
         quarantined, result = process_batch(
-            self.settings, self.store, self.spark, self.inbox.get(batch_id), batch_id
+            self.settings, self.store, self.spark, records, batch_id
         )
         self.inbox.done(batch_id)
         result.stage_seconds["read"] = read_seconds
@@ -299,7 +300,7 @@ class StreamJob:
         """Process the batches a previous run left in the inbox; returns how many."""
         pending = self.inbox.pending()
         for batch_id in pending:
-            self._process(batch_id, 0.0)
+            self._process(batch_id, self.inbox.get(batch_id), 0.0)
         if pending:
             self.log(f"recovered {len(pending)} batch(es) the last run received, not processed")
         return len(pending)
