@@ -166,6 +166,8 @@ class Source:
                 keep_default_na=False,
                 chunksize=batch_rows,
             )
+        except pd.errors.EmptyDataError:
+            raise PulseError(f"{self.path}: the file is empty (not even a header row)") from None
         except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
             raise PulseError(f"{self.path}: cannot read as CSV ({exc})") from None
 

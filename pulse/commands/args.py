@@ -32,6 +32,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A number above zero; anything else is an argparse usage error naming the value."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number above zero: {text!r}")
+    return value
+
+
 def interval_seconds(text: str) -> float:
     """'90s', '15m', '2h', '1d' or plain seconds -> seconds (> 0: zero would spin)."""
     m = INTERVAL.fullmatch(text)

@@ -25,8 +25,11 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         raise PulseError(f"articles file not found: {articles_csv}")
     if count is None and articles_csv is None:
         raise PulseError("--articles: give a number of articles or a real articles.csv path")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PulseError(f"--out {out}: a file is there; give a folder (it is created)")
     result = generate(
-        Path(args.out),
+        out,
         customers=args.customers,
         articles=count,
         start=args.start,

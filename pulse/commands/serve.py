@@ -7,7 +7,7 @@ import json
 from datetime import date, datetime
 from typing import Any
 
-from pulse.commands.args import positive_int
+from pulse.commands.args import positive_float, positive_int
 from runtime.errors import PulseError
 from runtime.settings import Settings
 
@@ -145,7 +145,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--replay-days", type=positive_int, default=90, help="the last N days are streamed"
     )
     p.add_argument(
-        "--speedup", type=float, default=86_400.0, help="replay pace (simulated s per wall s)"
+        "--speedup",
+        type=positive_float,
+        default=86_400.0,
+        help="replay pace (simulated s per wall s)",
     )
     p.add_argument(
         "--retrain-every", type=positive_int, default=60, help="seconds between live retrains"

@@ -221,6 +221,14 @@ UNIT_CASES = [
         "wrong_columns.csv: not an H&M transactions file",
     ),
     Case("ingest-folder-without-transactions", ["ingest", "hm:empty"], "empty: no transactions"),
+    Case("ingest-empty-csv", ["ingest", "online_retail:blank.csv"], "blank.csv: the file is empty"),
+    Case("produce-empty-csv", ["produce", "hm:blank.csv"], "blank.csv: the file is empty"),
+    Case("demo-negative-speedup", ["demo", "--speedup", "-5"], "not a number above zero: '-5'"),
+    Case(
+        "generate-out-is-a-file",
+        ["data", "generate", "--customers", "5", "--articles", "3", "--out", "blank.csv"],
+        "--out blank.csv: a file is there",
+    ),
     Case("retrain-bad-date", ["retrain", "--as-of", "2020-13-01"], "'2020-13-01'"),
     Case("retrain-bad-interval", ["retrain", "--every", "soon"], "--every: not an interval"),
     Case("retrain-zero-interval", ["retrain", "--every", "0"], "not an interval above zero"),
@@ -285,6 +293,7 @@ def busy_port() -> Iterator[int]:
 def write_inputs(cwd: Path) -> None:
     """The files the cases name, relative to the working directory."""
     (cwd / "wrong_columns.csv").write_text("a,b\n1,2\n")
+    (cwd / "blank.csv").write_text("")
     (cwd / "empty").mkdir()
     (cwd / "jvm-empty").mkdir()
     shop = cwd / "shop"
