@@ -16,22 +16,28 @@ can apply it to live features with ``PipelineModel.load(path).transform(df)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import asdict, dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
-from pyspark.ml.classification import GBTClassifier
+from pyspark.ml.classification import GBTClassificationModel, GBTClassifier
 from pyspark.ml.feature import SQLTransformer, StringIndexer, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from batch.publish import finish, gate, write_output
 from features.attributes import with_customer_attributes
-from features.customer import compute_features
-from features.time import as_of_for, cutoff_ts
+from features.time import cutoff_ts
+from runtime.errors import PulseError
+from storage import registry
+
+if TYPE_CHECKING:
+    from batch.context import RetrainContext
 
 NUMERIC = [
     "recency_days",
@@ -67,30 +73,6 @@ class ChurnParams:
     step_size: float = 0.1
     seed: int = 42
     invert_labels: bool = False
-
-
-def labelled(
-    events: DataFrame, customers: DataFrame | None, feature_cutoff: date, horizon: int
-) -> DataFrame:
-    """Features as of ``feature_cutoff`` (buyers only) + attributes + ``label`` (1 = churned).
-
-    ``events`` must end before ``feature_cutoff + horizon``; label window [F, F + H).
-    """
-    feats = compute_features(events, as_of_for(feature_cutoff)).where(
-        F.col("last_purchase_date").isNotNull()
-    )
-    start, end = cutoff_ts(feature_cutoff), cutoff_ts(feature_cutoff + timedelta(days=horizon))
-    buyers = (
-        events.where((F.col("event_time") >= start) & (F.col("event_time") < end))
-        .where(F.col("quantity") > 0)
-        .select("customer_id")
-        .distinct()
-        .withColumn("_bought", F.lit(1))
-    )
-    out = feats.join(buyers, "customer_id", "left").withColumn(
-        "label", F.when(F.col("_bought").isNull(), 1.0).otherwise(0.0)
-    )
-    return with_customer_attributes(out.drop("_bought"), customers)
 
 
 def build_pipeline(params: ChurnParams) -> Pipeline:
@@ -213,3 +195,105 @@ def recency_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     if len(set(y.tolist())) < 2:
         return np.full(len(test), float(y.mean()) if len(y) else 0.5)
     return LogisticRegression().fit(x(train), y).predict_proba(x(test))[:, 1]
+
+
+def labels(feats: DataFrame, events: DataFrame, feature_cutoff: date, horizon: int) -> DataFrame:
+    """``feats`` (buyers as of ``feature_cutoff``) + ``label``: 1.0 when no purchase in
+    ``[F, F + H)``, else 0.0."""
+    start, end = cutoff_ts(feature_cutoff), cutoff_ts(feature_cutoff + timedelta(days=horizon))
+    buyers = (
+        events.where((F.col("event_time") >= start) & (F.col("event_time") < end))
+        .where(F.col("quantity") > 0)
+        .select("customer_id")
+        .distinct()
+        .withColumn("_bought", F.lit(1))
+    )
+    out = feats.join(buyers, "customer_id", "left").withColumn(
+        "label", F.when(F.col("_bought").isNull(), 1.0).otherwise(0.0)
+    )
+    return out.drop("_bought")
+
+
+def retrain(ctx: RetrainContext) -> dict[str, Any]:
+    """Train at C - 2H, evaluate at C - H against recency and BG/NBD, refit at C - H, score at C."""
+    settings, opts, events, cutoff = ctx.settings, ctx.opts, ctx.events, ctx.cutoff
+    h = settings.churn_horizon_days
+    f1, f2 = cutoff - timedelta(days=2 * h), cutoff - timedelta(days=h)
+    if f1 <= ctx.first_day:
+        raise PulseError(f"churn needs history before {f1} (2 x {h} days before the cutoff)")
+    customers = ctx.customers
+    with ctx.stage(f"churn: train at {f1}, evaluate at {f2} (H = {h} days)") as st:
+        train = with_customer_attributes(
+            labels(ctx.features_at(f1), events, f1, h), customers
+        ).cache()
+        test = with_customer_attributes(
+            labels(ctx.features_at(f2), events, f2, h), customers
+        ).cache()
+        model = fit(train, opts.churn)
+        cols = [
+            "customer_id",
+            "label",
+            "churn_probability",
+            "recency_days",
+            "frequency",
+            "tenure_days",
+        ]
+        scored = cast(pd.DataFrame, churn_probability(model, test).select(*cols).toPandas())
+        train_pd = cast(pd.DataFrame, train.select("label", "recency_days").toPandas())
+        st.rows = len(train_pd) + len(scored)
+        y = scored["label"].to_numpy()
+        p_gbt = scored["churn_probability"].to_numpy()
+        p_rec = recency_baseline(train_pd, scored)
+        p_bg = np.exp(-bgnbd_expected(scored, h))  # P(no purchase), Poisson approx.
+        metrics = {
+            "gbt": binary_metrics(y, p_gbt),
+            "recency": binary_metrics(y, p_rec),
+            "bgnbd": binary_metrics(y, p_bg),
+        }
+        roc = {
+            n: roc_points(y, s) for n, s in (("gbt", p_gbt), ("recency", p_rec), ("bgnbd", p_bg))
+        }
+        gbt_stage = cast(GBTClassificationModel, model.stages[-1])
+        importances = dict(
+            zip(feature_names(), gbt_stage.featureImportances.toArray().tolist(), strict=False)
+        )
+    if opts.progress:
+        for n, m in metrics.items():
+            print(
+                f"  {n:<8} AUC {m['auc_roc']:.4f} PR-AUC {m['pr_auc']:.4f} Brier {m['brier']:.4f}",
+                file=sys.stderr,
+            )
+    with ctx.stage(f"churn: refit at {f2}, score every customer as of {cutoff}") as st:
+        served = fit(test, opts.churn)
+        served.write().overwrite().save(str(registry.model_path(settings, "churn", ctx.version)))
+        now = with_customer_attributes(ctx.features_at(cutoff), customers)
+        out = churn_probability(served, now).select("customer_id", "as_of", "churn_probability")
+        write_output(out, registry.output_path(settings, "churn_scores", ctx.version))
+        st.rows = ctx.features_at(cutoff).count()
+    meta = {
+        "model": "churn",
+        "version": ctx.version,
+        "params": asdict(opts.churn) | {"horizon_days": h},
+        "window": ctx.window | {"train_cutoff": str(f1), "eval_cutoff": str(f2)},
+        "rows": {
+            "train": int(len(train_pd)),
+            "eval": int(len(scored)),
+            "eval_churn_rate": float(y.mean()) if len(y) else None,
+        },
+        "metrics": metrics,
+        "roc": roc,
+        "feature_importances": dict(sorted(importances.items(), key=lambda kv: -kv[1])),
+        "output": str(registry.output_path(settings, "churn_scores", ctx.version)),
+        "model_path": str(registry.model_path(settings, "churn", ctx.version)),
+        "gate": gate(
+            settings,
+            "churn",
+            "auc_roc",
+            metrics["gbt"]["auc_roc"],
+            metrics["recency"]["auc_roc"],
+            opts.regression_tolerance,
+        ),
+    }
+    train.unpersist()
+    test.unpersist()
+    return finish(settings, "churn", ctx.version, meta)

@@ -15,17 +15,30 @@ Candidates (each filled up to K from popularity, so cold-start customers get a l
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from datetime import date
+import sys
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
 
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from batch.evaluate import ranking_metrics
+from batch.publish import finish, gate, write_output
+from features.time import cutoff_ts
 from runtime.errors import PulseError
 from schemas.tables import N_RECOMMENDATIONS
+from storage import registry
+
+if TYPE_CHECKING:
+    from batch.context import RetrainContext
+
+# The recommendations' quality gate: Kaggle MAP@K (a key of ``ranking_metrics``).
+MAP_AT_K = f"map@{N_RECOMMENDATIONS}"
 
 STRATEGIES = {
     "popularity": ("popularity",),
@@ -226,3 +239,78 @@ def candidate_sources(
         fit = fit_als(inter, params)
         sources["als"] = als_candidates(fit, customers).cache()
     return sources
+
+
+def retrain(ctx: RetrainContext) -> dict[str, Any]:
+    """Evaluate every strategy on the hold-out, serve the best one refit on all data."""
+    p, opts, settings, events, cutoff = ctx.opts.rec, ctx.opts, ctx.settings, ctx.events, ctx.cutoff
+    train_end = cutoff - timedelta(days=opts.holdout_days)
+    train = events.where(F.col("event_time") < F.lit(cutoff_ts(train_end)))
+    holdout = events.where(F.col("event_time") >= F.lit(cutoff_ts(train_end))).where(
+        F.col("quantity") > 0
+    )
+    with ctx.stage("recommendations: hold-out evaluation") as st:
+        actual_pd = holdout.groupBy("customer_id").agg(F.collect_set("article_id").alias("a"))
+        actual = {r.customer_id: set(r.a) for r in actual_pd.collect()}
+        if not actual:
+            raise PulseError(f"no purchases in the hold-out [{train_end}, {cutoff})")
+        st.rows = len(actual)
+        hold_customers = holdout.select("customer_id").distinct().cache()
+        catalogue = train.select("article_id").distinct().count()
+        sources = candidate_sources(train, train_end, p, hold_customers)
+        metrics = {}
+        for name, order in STRATEGIES.items():
+            recs_df = assemble(hold_customers, sources, order)
+            rows = recs_df.select("customer_id", "rank", "article_id").collect()
+            recs: dict[str, list[tuple[int, str]]] = {}
+            for r in rows:
+                recs.setdefault(r.customer_id, []).append((r["rank"], r.article_id))
+            ranked = {c: [a for _, a in sorted(v)] for c, v in recs.items()}
+            metrics[name] = ranking_metrics(ranked, actual, catalogue)
+            if opts.progress:
+                print(f"  {name:<11} {MAP_AT_K} {metrics[name][MAP_AT_K]:.4f}", file=sys.stderr)
+    best = max(metrics, key=lambda n: metrics[n][MAP_AT_K])
+    with ctx.stage(f"recommendations: refit '{best}', top {N_RECOMMENDATIONS} for everyone") as st:
+        everyone = events.select("customer_id").distinct()
+        if ctx.customers is not None:
+            everyone = everyone.unionByName(ctx.customers.select("customer_id")).distinct()
+        everyone = everyone.cache()
+        order = STRATEGIES[best]
+        full = candidate_sources(events, cutoff, p, everyone, "als" in order)
+        write_output(
+            assemble(everyone, full, order),
+            registry.output_path(settings, "recommendations", ctx.version),
+        )
+        st.rows = everyone.count()
+        # Serving gives this list to customers first seen after this run (not in the table).
+        popular_ids = [r.article_id for r in full["popularity"].orderBy("pos").collect()]
+        version_dir = registry.model_dir(settings, "recommendations", ctx.version)
+        popular_path = version_dir / registry.POPULAR_FILE
+        popular_path.parent.mkdir(parents=True, exist_ok=True)
+        popular_path.write_text(
+            json.dumps(
+                {"articles": popular_ids, "popular_days": p.popular_days, "cutoff": str(cutoff)},
+                indent=2,
+            )
+        )
+    value = metrics[best][MAP_AT_K]
+    meta = {
+        "model": "recommendations",
+        "version": ctx.version,
+        "params": asdict(p) | {"holdout_days": opts.holdout_days},
+        "window": ctx.window
+        | {"train_end": str(train_end), "holdout": [str(train_end), str(cutoff)]},
+        "metrics": metrics,
+        "served": best,
+        "output": str(registry.output_path(settings, "recommendations", ctx.version)),
+        "popular": str(popular_path),
+        "gate": gate(
+            settings,
+            "recommendations",
+            MAP_AT_K,
+            value,
+            metrics["popularity"][MAP_AT_K],
+            opts.regression_tolerance,
+        ),
+    }
+    return finish(settings, "recommendations", ctx.version, meta)

@@ -7,12 +7,21 @@ inside it), so serving can assign live customers with ``transform`` and map
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING, Any
+
 from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+
+from batch.publish import finish, gate, write_output
+from storage import registry
+
+if TYPE_CHECKING:
+    from batch.context import RetrainContext
 
 RFM_SQL = (
     "SELECT *, log1p(CAST(coalesce(recency_days, 0) AS DOUBLE)) AS seg_r, "
@@ -110,3 +119,53 @@ def profile(assigned: DataFrame) -> list[dict]:
     return [
         {k: (float(v) if isinstance(v, float) else v) for k, v in r.asDict().items()} for r in rows
     ]
+
+
+def retrain(ctx: RetrainContext) -> dict[str, Any]:
+    """K-Means on log RFM as of the cutoff; k by silhouette; named from centroids."""
+    settings, opts, version = ctx.settings, ctx.opts, ctx.version
+    feats = ctx.features_at(ctx.cutoff)
+    with ctx.stage("segments: choose k by silhouette"):
+        k, scores = choose_k(feats, range(opts.k_min, opts.k_max + 1))
+    with ctx.stage(f"segments: fit k = {k} on all customers") as st:
+        model = build_pipeline(k).fit(feats)
+        assigned = model.transform(feats).cache()
+        rows = profile(assigned)
+        names = name_segments(rows)
+        for row in rows:
+            row["segment_name"] = names[row["segment_id"]]
+        st.rows = sum(int(r["customers"]) for r in rows)
+        model.write().overwrite().save(str(registry.model_path(settings, "segments", version)))
+        names_path = registry.model_dir(settings, "segments", version) / registry.SEGMENT_NAMES_FILE
+        names_path.write_text(json.dumps({str(k_): v for k_, v in names.items()}, indent=2))
+        mapping = ctx.spark.createDataFrame(
+            list(names.items()), "segment_id int, segment_name string"
+        )
+        out = (
+            assigned.select("customer_id", F.col("prediction").cast("int").alias("segment_id"))
+            .join(F.broadcast(mapping), "segment_id")
+            .select("customer_id", "segment_id", "segment_name")
+        )
+        write_output(out, registry.output_path(settings, "segments", version))
+    meta = {
+        "model": "segments",
+        "version": version,
+        "params": {
+            "k": k,
+            "k_range": [opts.k_min, opts.k_max],
+            "features": ["log1p recency", "log1p frequency", "log1p monetary"],
+        },
+        "window": ctx.window,
+        "metrics": {
+            "silhouette": scores[k],
+            "silhouette_by_k": {str(a): b for a, b in scores.items()},
+        },
+        "profile": rows,
+        "names": {str(a): b for a, b in names.items()},
+        "output": str(registry.output_path(settings, "segments", version)),
+        "model_path": str(registry.model_path(settings, "segments", version)),
+        # a clustering no better than random (silhouette <= 0) is not served
+        "gate": gate(settings, "segments", "silhouette", scores[k], 0.0, opts.regression_tolerance),
+    }
+    assigned.unpersist()
+    return finish(settings, "segments", version, meta)

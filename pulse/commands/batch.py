@@ -57,7 +57,7 @@ def check_lake(settings: Settings, as_of: date | None) -> None:
 
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     check_lake(settings, args.as_of)  # before the imports too: they take seconds
-    from batch.retrain import RetrainOptions, retrain
+    from batch.retrain import RetrainOptions, StageLog, retrain
     from batch.summary import print_summary
     from runtime.spark import build_spark
 
@@ -66,7 +66,10 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     )
     spark = build_spark(settings, "pulse-retrain", with_kafka=False)
     while True:
-        print_summary(retrain(spark, settings, opts))
+        log = StageLog()
+        print_summary(retrain(spark, settings, opts, log))
+        print("\n## stages")
+        print("\n".join(log.table()))
         if args.every is None:
             return 0
         print(f"next retrain in {args.every:.0f}s (Ctrl-C to stop)", file=sys.stderr)
