@@ -1,5 +1,6 @@
-"""Ranking metrics at K (``schemas.tables.N_RECOMMENDATIONS``, 12), in plain Python so a
-reader can check them by hand.
+"""Ranking metrics at K (``schemas.tables.N_RECOMMENDATIONS``, 12): in plain Python, so a
+reader can check them by hand, and the same definitions in Spark (``spark_ranking_metrics``,
+what a retrain uses: it collects nothing per customer).
 
 ``recs``: customer -> ordered list of recommended article ids (best first).
 ``actual``: customer -> set of articles the customer bought in the hold-out.
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
 
 from schemas.tables import N_RECOMMENDATIONS
 
@@ -68,4 +72,61 @@ def ranking_metrics(
         f"ndcg@{k}": nd / n if n else 0.0,
         "coverage": len(recommended) / size if size else 0.0,
         "customers": n,
+    }
+
+
+def spark_ranking_metrics(
+    recs: DataFrame, actual: DataFrame, catalogue: int, k: int = N_RECOMMENDATIONS
+) -> dict[str, float]:
+    """``ranking_metrics`` computed in Spark: nothing per customer reaches the driver.
+
+    ``recs``: customer_id, rank, article_id (best first, rank 1..). ``actual``: the
+    distinct (customer_id, article_id) purchases of the hold-out. Same definitions as
+    ``ranking_metrics``; a repeated article counts at its best rank only.
+    """
+    by_rank = Window.partitionBy("customer_id").orderBy("rank", "article_id")
+    top = (
+        recs.join(actual.select("customer_id").distinct(), "customer_id", "left_semi")
+        .groupBy("customer_id", "article_id")
+        .agg(F.min("rank").alias("rank"))
+        .withColumn("pos", F.row_number().over(by_rank))
+        .where(F.col("pos") <= k)
+    )
+    hit = F.col("_hit") == 1
+    scored = (
+        top.join(actual.withColumn("_hit", F.lit(1)), ["customer_id", "article_id"], "left")
+        .fillna(0, ["_hit"])
+        .withColumn("_cum", F.sum("_hit").over(by_rank.rowsBetween(Window.unboundedPreceding, 0)))
+    )
+    per_customer = scored.groupBy("customer_id").agg(
+        F.sum(F.when(hit, F.col("_cum") / F.col("pos"))).alias("ap_sum"),
+        F.sum("_hit").alias("hits"),
+        F.sum(F.when(hit, 1 / F.log2(F.col("pos") + 1))).alias("dcg"),
+    )
+    # ideal DCG of m hits, m = 1..k, as an array literal indexed by min(k, |actual|)
+    ideal = F.array(
+        *[F.lit(sum(1 / math.log2(i + 1) for i in range(1, m + 1))) for m in range(1, k + 1)]
+    )
+    n_actual = actual.groupBy("customer_id").agg(F.count(F.lit(1)).alias("n_actual"))
+    m = F.least(F.col("n_actual"), F.lit(k))
+    row = (
+        n_actual.join(per_customer, "customer_id", "left")
+        .fillna(0.0, ["ap_sum", "hits", "dcg"])
+        .agg(
+            F.avg(F.col("ap_sum") / m).alias("map"),
+            F.avg(F.col("hits") / k).alias("precision"),
+            F.avg(F.col("hits") / F.col("n_actual")).alias("recall"),
+            F.avg(F.col("dcg") / F.element_at(ideal, m.cast("int"))).alias("ndcg"),
+            F.count(F.lit(1)).alias("customers"),
+        )
+        .first()
+    )
+    recommended = top.select("article_id").distinct().count()
+    coverage = recommended / catalogue if catalogue else 0.0
+    names = ("map", "precision", "recall", "ndcg")
+    if row is None or not row["customers"]:
+        return {f"{name}@{k}": 0.0 for name in names} | {"coverage": coverage, "customers": 0}
+    return {f"{name}@{k}": float(row[name]) for name in names} | {
+        "coverage": coverage,
+        "customers": int(row["customers"]),
     }

@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from batch.evaluate import ranking_metrics
+from batch.evaluate import spark_ranking_metrics
 from batch.publish import finish, gate, write_output
 from features.time import cutoff_ts
 from runtime.errors import PulseError
@@ -59,6 +58,12 @@ class RecParams:
     half_life_days: float = 30.0
     popular_days: int = 7
     seed: int = 42
+    # ALS learns from what carries signal: purchases in the last ``als_days`` before the
+    # cutoff (older ones weigh < 2^-(als_days / half_life)), of articles with at least
+    # ``als_min_buyers`` distinct buyers there.
+    als_days: int = 180
+    als_min_buyers: int = 3
+    als_blocks: int = 4  # user and item blocks: the cores' count is enough on a laptop
 
 
 def interactions(events: DataFrame, cutoff: date, half_life_days: float) -> DataFrame:
@@ -94,6 +99,20 @@ def popular(events: DataFrame, cutoff: date, days: int, k: int = N_RECOMMENDATIO
     return events.sparkSession.createDataFrame(rows, schema)
 
 
+def als_interactions(events: DataFrame, cutoff: date, params: RecParams) -> DataFrame:
+    """The interactions ALS is trained on (see ``RecParams.als_days``, ``als_min_buyers``)."""
+    since = cutoff_ts(cutoff - timedelta(days=params.als_days))
+    inter = interactions(
+        events.where(F.col("event_time") >= F.lit(since)), cutoff, params.half_life_days
+    )
+    supported = (
+        inter.groupBy("article_id")
+        .agg(F.count(F.lit(1)).alias("buyers"))
+        .where(F.col("buyers") >= params.als_min_buyers)
+    )
+    return inter.join(supported, "article_id", "left_semi")
+
+
 def repurchase_candidates(inter: DataFrame, k: int = N_RECOMMENDATIONS) -> DataFrame:
     """Each customer's own articles ranked by recency-weighted count: customer_id, article_id,
     score, pos."""
@@ -106,10 +125,17 @@ def repurchase_candidates(inter: DataFrame, k: int = N_RECOMMENDATIONS) -> DataF
 
 
 def index_ids(df: DataFrame, col: str, idx: str) -> DataFrame:
-    """Distinct ``col`` values -> dense int ``idx`` with zipWithIndex (no collect to the driver)."""
-    distinct = df.select(col).distinct()
-    schema = T.StructType([T.StructField(col, T.StringType()), T.StructField(idx, T.IntegerType())])
-    return distinct.rdd.zipWithIndex().map(lambda r: (r[0][0], int(r[1]))).toDF(schema)
+    """Distinct ``col`` values -> dense int ``idx`` (0..n-1, in ``col`` order), in the JVM.
+
+    One sorted pass over the distinct ids (a global window): no Python per row, nothing
+    collected to the driver.
+    """
+    order = Window.orderBy(col)
+    return (
+        df.select(col)
+        .distinct()
+        .select(col, (F.row_number().over(order) - 1).cast("int").alias(idx))
+    )
 
 
 @dataclass
@@ -156,6 +182,8 @@ def fit_als(inter: DataFrame, params: RecParams) -> AlsFit:
         ratingCol="weight",
         coldStartStrategy="drop",
         checkpointInterval=5,
+        numUserBlocks=params.als_blocks,
+        numItemBlocks=params.als_blocks,
         seed=params.seed,
     )
     return AlsFit(model=als.fit(ratings), users=users, items=items)
@@ -227,18 +255,37 @@ def candidate_sources(
     cutoff: date,
     params: RecParams,
     customers: DataFrame,
-    need_als: bool = True,
+    als_for: str | None = "all",
 ) -> dict[str, DataFrame]:
-    """Every candidate source over ``events`` (all before ``cutoff``), for ``customers``."""
+    """Every candidate source over ``events`` (all before ``cutoff``), for ``customers``.
+
+    ``als_for``: None fits no ALS; "all" scores every customer ALS knows; "uncovered"
+    only those whose repurchase list is shorter than K: in an order that puts
+    repurchase before ALS (``blend``), ALS never reaches the others' lists, so
+    scoring them (every customer against every article) is wasted.
+    """
     inter = interactions(events, cutoff, params.half_life_days).cache()
     sources = {
         "popularity": popular(events, cutoff, params.popular_days),
         "repurchase": repurchase_candidates(inter),
     }
-    if need_als:
-        fit = fit_als(inter, params)
-        sources["als"] = als_candidates(fit, customers).cache()
+    if als_for is not None:
+        fit = fit_als(als_interactions(events, cutoff, params), params)
+        who = customers
+        if als_for == "uncovered":
+            full = sources["repurchase"].where(F.col("pos") == N_RECOMMENDATIONS)
+            who = customers.join(full, "customer_id", "left_anti")
+        sources["als"] = als_candidates(fit, who).cache()
     return sources
+
+
+def als_scope(order: tuple[str, ...]) -> str | None:
+    """Which customers ALS must score for a strategy's ``order`` (see ``candidate_sources``)."""
+    if "als" not in order:
+        return None
+    if "repurchase" in order and order.index("repurchase") < order.index("als"):
+        return "uncovered"
+    return "all"
 
 
 def retrain(ctx: RetrainContext) -> dict[str, Any]:
@@ -250,25 +297,21 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         F.col("quantity") > 0
     )
     with ctx.stage("recommendations: hold-out evaluation") as st:
-        actual_pd = holdout.groupBy("customer_id").agg(F.collect_set("article_id").alias("a"))
-        actual = {r.customer_id: set(r.a) for r in actual_pd.collect()}
-        if not actual:
+        actual = holdout.select("customer_id", "article_id").distinct().cache()
+        hold_customers = actual.select("customer_id").distinct().cache()
+        st.rows = hold_customers.count()
+        if not st.rows:
             raise PulseError(f"no purchases in the hold-out [{train_end}, {cutoff})")
-        st.rows = len(actual)
-        hold_customers = holdout.select("customer_id").distinct().cache()
         catalogue = train.select("article_id").distinct().count()
         sources = candidate_sources(train, train_end, p, hold_customers)
         metrics = {}
         for name, order in STRATEGIES.items():
-            recs_df = assemble(hold_customers, sources, order)
-            rows = recs_df.select("customer_id", "rank", "article_id").collect()
-            recs: dict[str, list[tuple[int, str]]] = {}
-            for r in rows:
-                recs.setdefault(r.customer_id, []).append((r["rank"], r.article_id))
-            ranked = {c: [a for _, a in sorted(v)] for c, v in recs.items()}
-            metrics[name] = ranking_metrics(ranked, actual, catalogue)
+            recs = assemble(hold_customers, sources, order)
+            metrics[name] = spark_ranking_metrics(recs, actual, catalogue)
             if opts.progress:
                 print(f"  {name:<11} {MAP_AT_K} {metrics[name][MAP_AT_K]:.4f}", file=sys.stderr)
+        actual.unpersist()
+        hold_customers.unpersist()
     best = max(metrics, key=lambda n: metrics[n][MAP_AT_K])
     with ctx.stage(f"recommendations: refit '{best}', top {N_RECOMMENDATIONS} for everyone") as st:
         everyone = events.select("customer_id").distinct()
@@ -276,7 +319,7 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
             everyone = everyone.unionByName(ctx.customers.select("customer_id")).distinct()
         everyone = everyone.cache()
         order = STRATEGIES[best]
-        full = candidate_sources(events, cutoff, p, everyone, "als" in order)
+        full = candidate_sources(events, cutoff, p, everyone, als_scope(order))
         write_output(
             assemble(everyone, full, order),
             registry.output_path(settings, "recommendations", ctx.version),

@@ -1,23 +1,30 @@
-"""`pulse bench batch`: retrain wall time and peak memory on generated data; ALS vs implicit.
+"""`pulse bench batch`: retrain wall time per stage and peak memory; ALS vs implicit.
 
-For each size N: generate an H&M-like set of about N transactions (the DATA
-generator), ingest it into a fresh data root, time a full retrain while sampling
-the resident memory of this process and its children (the Spark JVM), render the
-report, then fit Spark ALS and the ``implicit`` library on the same interaction
-matrix (same rank, iterations, regularisation and confidence) and print the ratio.
+For each size N: generate about N transactions at H&M's density (customers and
+articles scaled from 1.37M and 105k at 31.8M, two years), ingest them into a fresh
+data root, time a full retrain stage by stage while sampling the resident memory of
+this process and its children (the Spark JVM), render the report, then fit Spark ALS
+and the ``implicit`` library on the matrix the retrain trains ALS on (same rank,
+iterations, regularisation and confidence) and print the ratio. ``--json``: one JSON
+object with the same figures.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
+from batch.recommend import RecParams
 from runtime.settings import Settings
 
-TX_PER_CUSTOMER_YEAR = 13.6  # what the generator produced here: 1.09M rows / 80k customers / 365 d
+# H&M's Kaggle set: 31.8M transactions of 1.37M customers and 105k articles in two years.
+# The generator at these shapes writes 32.3M rows (1.37M customers, 730 days).
+HM_TRANSACTIONS, HM_CUSTOMERS, HM_ARTICLES = 31_800_000, 1_370_000, 105_000
+START, DAYS = date(2018, 9, 20), 730
 
 
 def _rss_tree_bytes(root: int) -> int:
@@ -65,34 +72,40 @@ class PeakMemory:
         self._thread.join()
 
 
-def als_vs_implicit(spark, settings: Settings, rank: int, max_iter: int) -> dict[str, float]:  # noqa: ANN001
-    """Fit Spark ALS and implicit's ALS on the same interactions; seconds for each."""
+def als_vs_implicit(spark, settings: Settings, params: RecParams) -> dict[str, float]:  # noqa: ANN001
+    """Fit Spark ALS and implicit's ALS on the matrix a retrain trains on; seconds for each.
+
+    The matrix is ``batch.recommend.als_interactions`` at the lake's end (the recency
+    window and minimum support of ``params``); both get the same rank, iterations,
+    regularisation and confidence 1 + alpha * weight.
+    """
     import numpy as np
     import pandas as pd
     import scipy.sparse as sp
     from implicit.als import AlternatingLeastSquares
     from pyspark.ml.recommendation import ALS
 
-    from batch.recommend import RecParams, als_matrix, interactions
+    from batch.recommend import als_interactions, als_matrix
     from storage.lake import last_event_date, read_lake
 
-    p = RecParams(rank=rank, max_iter=max_iter)
-    events = read_lake(spark, settings)
-    cutoff = last_event_date(settings)
-    ratings, users, items = als_matrix(interactions(events, cutoff, p.half_life_days))
+    cutoff = last_event_date(settings) + timedelta(days=1)
+    events = read_lake(spark, settings, cutoff)
+    ratings, users, items = als_matrix(als_interactions(events, cutoff, params))
     n = ratings.count()
     spark.sparkContext.setCheckpointDir(str((settings.checkpoint_dir / "als-bench").resolve()))
     als = ALS(
-        rank=rank,
-        maxIter=max_iter,
-        regParam=p.reg_param,
-        alpha=p.alpha,
+        rank=params.rank,
+        maxIter=params.max_iter,
+        regParam=params.reg_param,
+        alpha=params.alpha,
         implicitPrefs=True,
         userCol="user",
         itemCol="item",
         ratingCol="weight",
         checkpointInterval=5,
-        seed=p.seed,
+        numUserBlocks=params.als_blocks,
+        numItemBlocks=params.als_blocks,
+        seed=params.seed,
     )
     t = time.perf_counter()
     model = als.fit(ratings)
@@ -103,14 +116,20 @@ def als_vs_implicit(spark, settings: Settings, rank: int, max_iter: int) -> dict
     shape = (int(pdf["user"].max()) + 1, int(pdf["item"].max()) + 1)
     # implicit uses the values as confidence directly; Spark uses 1 + alpha * r
     conf = sp.csr_matrix(
-        (1 + p.alpha * pdf["weight"].to_numpy(np.float32), (pdf["user"], pdf["item"])), shape=shape
+        (1 + params.alpha * pdf["weight"].to_numpy(np.float32), (pdf["user"], pdf["item"])),
+        shape=shape,
     )
     model_i = AlternatingLeastSquares(
-        factors=rank, iterations=max_iter, regularization=p.reg_param, random_state=p.seed
+        factors=params.rank,
+        iterations=params.max_iter,
+        regularization=params.reg_param,
+        random_state=params.seed,
     )
     t = time.perf_counter()
     model_i.fit(conf, show_progress=False)
     implicit_s = time.perf_counter() - t
+    for frame in (ratings, users, items):
+        frame.unpersist()
     return {
         "interactions": n,
         "users": shape[0],
@@ -121,61 +140,81 @@ def als_vs_implicit(spark, settings: Settings, rank: int, max_iter: int) -> dict
     }
 
 
-def run_bench(settings: Settings, sizes: list[int], rank: int = 32, max_iter: int = 10) -> None:
-    """Generate, ingest, retrain (timed, peak memory), report, ALS vs implicit; print figures."""
+def hm_shape(n: int) -> tuple[int, int]:
+    """Customers and articles for ``n`` transactions at H&M's density over two years."""
+    scale = n / HM_TRANSACTIONS
+    return max(100, round(HM_CUSTOMERS * scale)), max(2_000, round(HM_ARTICLES * scale))
+
+
+def run_bench(
+    settings: Settings, sizes: list[int], params: RecParams, as_json: bool = False
+) -> list[dict]:
+    """Generate, ingest, retrain (stage table, peak memory), report, ALS vs implicit."""
     from batch.ingest import ingest_source
-    from batch.recommend import RecParams
     from batch.report import write_report
-    from batch.retrain import RetrainOptions, retrain
-    from batch.summary import print_summary
+    from batch.retrain import RetrainOptions, StageLog, retrain
     from producers.adapters import open_source
     from producers.generator import generate
     from runtime.spark import build_spark
+    from storage.lake import file_count
 
     results = []
     for n in sizes:
         root = Path(settings.data_root) / "bench" / f"n={n}"
         s = settings.model_copy(update={"data_root": root})
         gen = root / "generated"
+        customers, articles = hm_shape(n)
         if not (gen / "_pulse_generated.json").exists():
-            generate(
-                gen,
-                customers=max(100, int(n / TX_PER_CUSTOMER_YEAR)),
-                articles=12_000,
-                start=date(2019, 9, 1),
-                days=365,
-                seed=7,
-            )
+            generate(gen, customers=customers, articles=articles, start=START, days=DAYS, seed=7)
         spark = build_spark(s, "pulse-bench-batch", with_kafka=False)
         t = time.perf_counter()
-        ingest = ingest_source(spark, s, open_source(f"synthetic:{gen}"))
+        ingest = ingest_source(spark, s, open_source(f"synthetic:{gen}"), progress=not as_json)
         ingest_s = time.perf_counter() - t
-        opts = RetrainOptions(rec=RecParams(rank=rank, max_iter=max_iter))
+        log = StageLog()
+        opts = RetrainOptions(rec=params, progress=not as_json)
         with PeakMemory() as mem:
             t = time.perf_counter()
-            run = retrain(spark, s, opts)
+            retrain(spark, s, opts, log)
             retrain_s = time.perf_counter() - t
-        print_summary(run)
-        report = write_report(s)
-        als = als_vs_implicit(spark, s, rank, max_iter)
-        results.append((n, ingest.appended, ingest_s, retrain_s, mem.peak, als, report))
-        # Each size's row as soon as it is measured (a 10M run can take most of an hour).
-        _print_table(results[-1:], rank, max_iter)
-    if len(results) > 1:
-        _print_table(results, rank, max_iter)
+        write_report(s)
+        als = als_vs_implicit(spark, s, params)
+        spark.stop()
+        result = {
+            "transactions": ingest.appended,
+            "customers": customers,
+            "articles": articles,
+            "ingest_s": round(ingest_s, 1),
+            "lake_files": file_count(s),
+            "retrain_s": round(retrain_s, 1),
+            "peak_rss_gib": round(mem.peak / 2**30, 2),
+            "stages": log.as_dict(),
+            "als": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in als.items()},
+            "als_params": {"rank": params.rank, "iterations": params.max_iter},
+        }
+        results.append(result)
+        if not as_json:
+            _print_result(result)
+    if as_json:
+        print(json.dumps({"bench": "batch", "runs": results}))
+    return results
 
 
-def _print_table(results: list[tuple], rank: int, max_iter: int) -> None:
-    print("\n## pulse bench batch")
+def _print_result(r: dict) -> None:
+    print(f"\n## pulse bench batch: {r['transactions']:,} transactions")
     print(
-        "| transactions | ingest s | retrain s | peak RSS (driver+JVM) | ALS interactions | "
-        "Spark ALS s | implicit s | ratio |"
+        f"{r['customers']:,} customers, {r['articles']:,} articles, {DAYS} days; ingest "
+        f"{r['ingest_s']:.1f} s ({r['lake_files']} lake files); retrain {r['retrain_s']:.1f} s, "
+        f"peak RSS (driver + JVM) {r['peak_rss_gib']:.2f} GiB\n"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for _n, rows, ing, ret, peak, als, _ in results:
-        print(
-            f"| {rows:,} | {ing:.1f} | {ret:.1f} | {peak / 2**30:.2f} GiB | "
-            f"{als['interactions']:,} | {als['spark_als_s']:.1f} | {als['implicit_s']:.2f} | "
-            f"{als['ratio']:.1f}x |"
-        )
-    print(f"(ALS rank {rank}, {max_iter} iterations; report: {results[-1][6]})", flush=True)
+    print("| stage | seconds | rows |")
+    print("|---|---|---|")
+    for st in r["stages"]:
+        rows = f"{st['rows']:,}" if st["rows"] is not None else ""
+        print(f"| {st['stage']} | {st['seconds']:.1f} | {rows} |")
+    a = r["als"]
+    print(
+        f"\nALS on {a['interactions']:,} interactions ({a['users']:,} x {a['items']:,}), rank "
+        f"{r['als_params']['rank']}, {r['als_params']['iterations']} iterations: Spark "
+        f"{a['spark_als_s']:.1f} s, implicit {a['implicit_s']:.1f} s, ratio {a['ratio']:.2f}x",
+        flush=True,
+    )

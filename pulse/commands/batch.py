@@ -85,9 +85,11 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from batch.recommend import RecParams
     from pulse.bench.batch import run_bench
 
-    run_bench(settings, sizes=args.sizes, rank=args.rank, max_iter=args.max_iter)
+    params = RecParams(rank=args.rank, max_iter=args.max_iter)
+    run_bench(settings, sizes=args.sizes, params=params, as_json=args.json)
     return 0
 
 
@@ -137,4 +139,5 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     )
     p.add_argument("--rank", type=positive_int, default=32)
     p.add_argument("--max-iter", type=positive_int, default=10)
+    p.add_argument("--json", action="store_true", help="print one JSON object, not tables")
     p.set_defaults(handler=_bench)
