@@ -45,7 +45,14 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
-from schemas.transaction import FIELD_NAMES, MAX_STRING_LEN, encode, format_timestamp, now_utc
+from schemas.transaction import (
+    FIELD_NAMES,
+    MAX_STRING_LEN,
+    encode,
+    format_timestamp,
+    now_utc,
+    parse_timestamp,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,6 +64,12 @@ SAVE_EVERY_S = 0.5  # how often the resume position is made durable while runnin
 HOUSEKEEPING_EVERY = 1000  # rows between progress/position updates at full speed
 EVENTS_PER_CHUNK = 1000  # mapping events gathered into one chunk before sending
 BAD_KINDS = ("broken_json", "wrong_type", "missing_field", "negative_price", "oversized")
+#: Well-formed events with an unusual date, injected like bad records (``kinds=``): one
+#: dated a month after the producer's clock (the contract rejects it) and one dated ten
+#: years before its source row (valid; older than the stream's lateness: lake only).
+DATED_KINDS = ("future", "far_past")
+FUTURE_BY = timedelta(days=30)
+FAR_PAST_BY = timedelta(days=3650)
 
 log_kafka = logging.getLogger("pulse.kafka")
 
@@ -174,8 +187,23 @@ class ConfirmedPrefix:
 
 
 def bad_record(event: Mapping[str, Any], kind: str) -> bytes:
-    """A malformed variant of ``event`` that the contract must reject, with its own id."""
+    """A malformed variant of ``event`` that the contract must reject, with its own id.
+
+    The ``DATED_KINDS`` are well-formed copies with their own id (``<id>-dated-<kind>``),
+    ``produced_at`` set to now and the event time moved (``FUTURE_BY`` after now, or
+    ``FAR_PAST_BY`` before the row's own time).
+    """
     wire = json.loads(encode(event))
+    if kind in DATED_KINDS:
+        produced = now_utc()
+        when = parse_timestamp(wire["event_time"])
+        when = produced + FUTURE_BY if kind == "future" else when - FAR_PAST_BY
+        wire.update(
+            event_id=f"{wire['event_id']}-dated-{kind}",
+            event_time=format_timestamp(when),
+            produced_at=format_timestamp(produced),
+        )
+        return json.dumps(wire, separators=(",", ":")).encode()
     wire["event_id"] = f"{wire['event_id']}-bad-{kind}"
     if kind == "broken_json":
         return encode(wire)[:-7]  # cut mid-object: not parseable JSON
@@ -192,18 +220,21 @@ def bad_record(event: Mapping[str, Any], kind: str) -> bytes:
     return json.dumps(wire, separators=(",", ":")).encode()
 
 
-def bad_kind_for_row(row: int, fraction: float, seed: int) -> str | None:
+def bad_kind_for_row(
+    row: int, fraction: float, seed: int, kinds: Sequence[str] = BAD_KINDS
+) -> str | None:
     """Whether a bad record goes before source row ``row``, and which kind (deterministic).
 
     Decided from (seed, row) alone, so a resumed replay injects the same bad
-    records after its position as an uninterrupted one.
+    records after its position as an uninterrupted one. ``kinds``: the kinds drawn
+    from (``BAD_KINDS``, optionally with ``DATED_KINDS``).
     """
     if fraction <= 0:
         return None
     rng = random.Random(seed * 1_000_003 + row)
     if rng.random() >= fraction:
         return None
-    return BAD_KINDS[rng.randrange(len(BAD_KINDS))]
+    return kinds[rng.randrange(len(kinds))]
 
 
 # ------------------------------------------------------------------ wire timestamps
@@ -590,6 +621,7 @@ def replay(
     resume: bool = False,
     inject_bad: float = 0.0,
     seed: int = 0,
+    bad_kinds: Sequence[str] = BAD_KINDS,
     progress: bool = True,
     until: datetime | None = None,
     stop: threading.Event | None = None,
@@ -612,6 +644,9 @@ def replay(
 
     if not 0.0 <= inject_bad < 1.0:
         raise PulseError(f"--inject-bad must be in [0, 1), got {inject_bad}")
+    unknown = sorted(set(bad_kinds) - set(BAD_KINDS) - set(DATED_KINDS))
+    if unknown or not bad_kinds:
+        raise PulseError(f"unknown bad-record kinds: {', '.join(unknown) or '(none given)'}")
     identity = dict(identity or {"source": "events"})
     identity["topic"] = settings.topic_transactions
     pos_file = position_path(settings, identity)
@@ -693,7 +728,10 @@ def replay(
                 if end > lo:
                     keys, bodies = chunk.encode(lo, end)
                     kinds = (
-                        [bad_kind_for_row(base + i, inject_bad, seed) for i in range(lo, end)]
+                        [
+                            bad_kind_for_row(base + i, inject_bad, seed, bad_kinds)
+                            for i in range(lo, end)
+                        ]
                         if inject_bad > 0
                         else None
                     )

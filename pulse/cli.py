@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "pulse.commands.stream",  # stream, bench stream
     "pulse.commands.batch",  # ingest, retrain, report, bench batch
     "pulse.commands.serve",  # view, demo
+    "pulse.commands.chaos",  # chaos (the fault campaign)
 ]
 
 # CLI flags that override a setting (flag -> settings field).

@@ -267,3 +267,28 @@ def stop(settings: Settings, log=print) -> bool:  # type: ignore[no-untyped-def]
     paths.pid.unlink(missing_ok=True)
     log(f"broker stopped (pid {pid})")
     return True
+
+
+def kill(settings: Settings, timeout_s: float = 30.0) -> int | None:
+    """SIGKILL the local broker's process group, as a crash would (no clean shutdown).
+
+    Returns the pid it killed, or None if none was running. ``start`` restarts it on
+    the same storage. Used by the fault campaign (``pulse chaos``).
+    """
+    paths = BrokerPaths(settings.broker_dir)
+    pid = _read_pid(paths)
+    if pid is None:
+        return None
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    paths.pid.unlink(missing_ok=True)
+    return pid

@@ -1,0 +1,605 @@
+"""The campaign's cases: each injects one fault into real parts and measures the outcome.
+
+A case returns a ``CaseResult``: what it produced into Kafka, what the stream accepted
+(valid records whose event is in the lake), quarantined and wrote to the lake, whether
+the published features equal the batch recompute over the lake, and what was lost or
+doubled. A case that cannot finish (a component that dies on its own, a time-out) is a
+result with its error, and counts as a failure.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pulse.chaos import lab
+from runtime.errors import PulseError
+from runtime.settings import Settings
+
+WAIT_S = 900.0  # the longest wait for one step (a JVM start on a busy 2-core machine)
+
+
+@dataclass
+class CaseResult:
+    """One row of the campaign's table."""
+
+    case: str
+    injected: str
+    produced: int = 0  # records delivered to Kafka (valid + injected)
+    accepted: int = 0  # valid records whose event is in the lake
+    quarantined: int = 0  # records in quarantine
+    in_lake: int = 0  # rows in the lake
+    features_equal: bool | None = None  # None: not checked
+    seconds: float = 0.0
+    lost: int = 0  # records neither in the lake nor in quarantine as expected
+    doubled: int = 0  # lake rows beyond one per event, quarantine rows beyond one per record
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # the case's own figures
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, nothing doubled, features equal (when checked), no error."""
+        return (
+            self.error is None
+            and self.lost == 0
+            and self.doubled == 0
+            and self.features_equal is not False
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as plain JSON values."""
+        return {
+            "case": self.case,
+            "injected": self.injected,
+            "produced": self.produced,
+            "accepted": self.accepted,
+            "quarantined": self.quarantined,
+            "in_lake": self.in_lake,
+            "features_equal_batch": self.features_equal,
+            "lost": self.lost,
+            "doubled": self.doubled,
+            "seconds": round(self.seconds, 1),
+            "ok": self.ok,
+            "notes": self.notes,
+            "error": self.error,
+            "details": self.details,
+        }
+
+
+@dataclass
+class Context:
+    """What every case gets: the user's settings, a work directory, sizes, a seed."""
+
+    base: Settings
+    root: Path
+    events: int  # case 1's replay; the other cases replay events // 10
+    seed: int
+    log: Callable[[str], None]
+    kills: int = 10
+    _spark: Any = None
+
+    @property
+    def small(self) -> int:
+        """The other cases' replay size."""
+        return max(self.events // 10, 1000)
+
+    def spark(self) -> Any:
+        """One local Spark session for the checks (built on first use)."""
+        if self._spark is None:
+            from runtime.spark import build_spark
+
+            self._spark = build_spark(
+                self.base.model_copy(update={"data_root": self.root}),
+                app_name="pulse-chaos-checks",
+                with_kafka=False,
+            )
+        return self._spark
+
+    def stream_settings(self, kafka: Settings, name: str, events: int) -> Settings:
+        """Settings of one case's stream: its own data root and topic, batches of ~1/40."""
+        return kafka.model_copy(
+            update={
+                "data_root": self.root / name / "data",
+                "topic_transactions": f"chaos-{name}",
+                "max_offsets_per_trigger": max(events // 40, 500),
+                "trigger_interval": "1 second",
+                "spark_driver_memory": "2g",
+                "spark_master": "local[2]",
+            }
+        )
+
+
+def _paced_rate(events: int, seconds: float = 180.0) -> float:
+    """A replay rate that spreads ``events`` over about ``seconds`` (at least 2,000/s)."""
+    return max(events / seconds, 2000.0)
+
+
+def _fill(result: CaseResult, settings: Settings, expected: pa.Array, spark: Any,
+          exclude: pa.Array | None = None) -> lab.LakeCheck:  # fmt: skip
+    """Lake and feature checks shared by the cases."""
+    lake = lab.check_lake(settings, expected)
+    result.in_lake = lake.rows
+    result.accepted = len(expected) - lake.lost
+    result.lost += lake.lost
+    result.doubled += lake.doubled + lake.unexpected
+    if lake.unexpected:
+        result.notes.append(f"{lake.unexpected} event ids in the lake were never produced")
+    equal, note = lab.features_equal_batch(spark, settings, exclude)
+    result.features_equal = equal
+    result.notes.append(f"features: {note}")
+    return lake
+
+
+# ------------------------------------------------------------------ case 1: stream kills
+
+
+def stream_kills(ctx: Context) -> CaseResult:
+    """The stream SIGKILLed ``ctx.kills`` times at random points during a replay."""
+    n = ctx.events
+    result = CaseResult("1 stream SIGKILL", f"{ctx.kills} SIGKILLs of `pulse stream` (+JVM)")
+    rng = random.Random(ctx.seed)
+    root = ctx.root / "case1"
+    with lab.local_broker(ctx.base, root / "broker", ctx.log) as kafka:
+        s = ctx.stream_settings(kafka, "case1", n)
+        lab.create_topic(s)
+        producer = lab.Producer(
+            s, lab.generate(n, ctx.seed), name="case1", seed=ctx.seed, rate=_paced_rate(n)
+        )
+        stream = lab.Stream(s, root / "stream.log")
+        kill_points: list[str] = []
+        try:
+            for target in lab.random_points(rng, ctx.kills, n):
+                stream.start()
+                lab.wait_until(
+                    lambda t=target: stream.progress() >= t or not stream.alive(),  # type: ignore[misc]
+                    WAIT_S,
+                    f"the stream to read {target:,} records",
+                )
+                if not stream.alive():
+                    raise PulseError(f"the stream stopped by itself:\n{stream.tail()}")
+                time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside the batch's work
+                kill_points.append(f"{stream.progress():,}")
+                stream.kill(signal.SIGKILL)
+                ctx.log(f"case 1: SIGKILL {stream.kills} at {kill_points[-1]} records read")
+            stats = producer.result()
+            stream.start(until_idle=True)
+            stream.wait(WAIT_S)
+        finally:
+            stream.stop()
+        result.produced = stats.delivered
+        result.quarantined = len(lab.quarantine(s))
+        result.lost += result.quarantined  # every record was valid
+        _fill(result, s, lab.expected_ids(ctx.seed, n), ctx.spark())
+        result.details = {
+            "kills": stream.kills,
+            "killed_at_records_read": [int(k.replace(",", "")) for k in kill_points],
+            "starts": stream.starts,
+            "batches_committed": stream.committed(),
+        }
+        result.notes.insert(
+            0,
+            f"killed at {', '.join(kill_points)} records read; "
+            f"{stream.starts} starts, {stream.committed()} batches committed",
+        )
+    return result
+
+
+# --------------------------------------------------------------- case 5: bad records
+
+#: The reason each injected kind must be quarantined with (its start: a JSON error
+#: names the decoder's exception after it).
+EXPECTED_REASON = {
+    "broken_json": "malformed JSON",
+    "wrong_type": "quantity: wrong type",
+    "missing_field": "customer_id: missing",
+    "negative_price": "unit_price: is negative",
+    "oversized": "article_id: longer than",
+    "future": "event_time: after produced_at",
+}
+
+
+def _first_batch_ends(settings: Settings) -> dict[int, int]:
+    """Per partition, the end offset of the stream's first micro-batch (checkpoint)."""
+    import json
+
+    text = (settings.checkpoint_dir / "stream" / "offsets" / "0").read_text()
+    parts = json.loads(text.splitlines()[-1])
+    return {int(p): int(o) for topic in parts.values() for p, o in topic.items()}
+
+
+def _far_past_counted(settings: Settings) -> set[str]:
+    """Far-past events the stream rightly counted: those in its first batch (no watermark).
+
+    Read back from Kafka with their partition and offset.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    ends = _first_batch_ends(settings)
+    consumer = Consumer(
+        {**settings.kafka_client_config(), "group.id": "pulse-chaos-read",
+         "enable.auto.commit": False}
+    )  # fmt: skip
+    topic = settings.topic_transactions
+    found: set[str] = set()
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        left = {p: e for p, e in ends.items() if e > 0}
+        deadline = time.monotonic() + 120
+        while left and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, timeout=1.0):
+                part, offset = msg.partition(), msg.offset()
+                if msg.error() is not None or part is None or offset is None or part not in left:
+                    continue
+                if offset < left[part]:
+                    value = msg.value() or b""
+                    if b"-dated-far_past" in value:
+                        found.add(value.split(b'"event_id":"', 1)[1].split(b'"', 1)[0].decode())
+                if offset + 1 >= left[part]:
+                    del left[part]
+    finally:
+        consumer.close()
+    return found
+
+
+def _bad_records(ctx: Context, kafka: Settings, name: str, fraction: float) -> CaseResult:
+    from producers.replay import BAD_KINDS, DATED_KINDS, bad_kind_for_row
+
+    t0 = time.monotonic()
+    n = ctx.small
+    kinds = BAD_KINDS + DATED_KINDS
+    label = f"{fraction:.0%} bad: {len(BAD_KINDS)} malformed kinds + future + far past"
+    result = CaseResult(f"5 bad records {fraction:.0%}", label)
+    s = ctx.stream_settings(kafka, name, n)
+    lab.create_topic(s)
+    # What the producer will inject, worked out independently of it (same rule).
+    planned = [bad_kind_for_row(row, fraction, ctx.seed, kinds) for row in range(n)]
+    far_past = [f"{lab.event_id(ctx.seed, r)}-dated-far_past"
+                for r, k in enumerate(planned) if k == "far_past"]  # fmt: skip
+    producer = lab.Producer(
+        s, lab.generate(n, ctx.seed), name=name, inject=fraction, kinds=kinds, seed=ctx.seed,
+        rate=_paced_rate(n, 60.0),
+    )  # fmt: skip
+    stream = lab.Stream(s, ctx.root / name / "stream.log")
+    try:
+        stream.start()
+        stats = producer.result()
+        total = lab.end_offsets(s)
+        lab.wait_until(
+            lambda: lab.caught_up(stream, total) or not stream.alive(), WAIT_S,
+            "the stream to read the whole topic",
+        )  # fmt: skip
+        if not stream.alive():
+            raise PulseError(f"the stream stopped on bad input:\n{stream.tail()}")
+        time.sleep(3)  # the last batch's work, on the worker thread
+        if not stream.alive():
+            raise PulseError(f"the stream stopped on bad input:\n{stream.tail()}")
+        stream.stop()  # it never stopped by itself; end it, then publish with --until-idle
+        stream.start(until_idle=True)
+        stream.wait(WAIT_S)
+    finally:
+        stream.stop()
+    result.produced = stats.delivered
+    injected = {k: planned.count(k) for k in kinds if planned.count(k)}
+    if injected != stats.bad_by_kind:
+        result.error = f"the producer injected {stats.bad_by_kind}, expected {injected}"
+    q = lab.quarantine(s)
+    result.quarantined = len(q)
+    # Each injected record quarantined once, with its kind's reason.
+    keys = pc.binary_join_element_wise(
+        pc.cast(q.column("partition"), pa.string()), pc.cast(q.column("offset"), pa.string()), ":"
+    )
+    result.doubled += len(q) - len(pc.unique(keys))
+    by_kind = quarantine_kinds(q)
+    for kind in EXPECTED_REASON:
+        got, want = by_kind.get(kind, 0), injected.get(kind, 0)
+        result.lost += max(want - got, 0)
+        result.doubled += max(got - want, 0)
+    wrong = _wrong_reasons(q)
+    if wrong:
+        result.error = f"{len(wrong)} quarantined with another reason than their kind's: {wrong[0]}"
+    if by_kind.get("far_past") or by_kind.get("?"):
+        result.notes.append(
+            f"valid records quarantined: {by_kind.get('far_past', 0)} far-past, "
+            f"{by_kind.get('?', 0)} others"
+        )
+    counted = _far_past_counted(s)
+    expected = pa.concat_arrays([lab.expected_ids(ctx.seed, n), pa.array(far_past, pa.string())])
+    excluded = pa.array(sorted(set(far_past) - counted), pa.string())
+    _fill(result, s, expected, ctx.spark(), exclude=excluded)
+    if result.produced != result.accepted + result.quarantined:
+        result.notes.append(
+            f"produced {result.produced:,} != accepted {result.accepted:,} "
+            f"+ quarantined {result.quarantined:,}"
+        )
+        result.lost += max(result.produced - result.accepted - result.quarantined, 0)
+    reasons = _reason_counts(q)
+    result.details = {
+        "fraction": fraction,
+        "injected": injected,
+        "quarantined_by_kind": {k: v for k, v in by_kind.items() if k in EXPECTED_REASON},
+        "reasons": dict(reasons),
+        "far_past_in_lake": len(far_past),
+        "far_past_counted_first_batch": len(counted),
+        "stream_ran_without_stopping": True,
+    }
+    result.notes.insert(0, "injected " + ", ".join(f"{k} {v}" for k, v in injected.items()))
+    result.notes.insert(1, "quarantined: " + "; ".join(f"{r} {c}" for r, c in reasons))
+    result.notes.insert(
+        2,
+        f"far past: {len(far_past)} in the lake, {len(far_past) - len(counted)} beyond the "
+        f"allowed lateness (lake only), {len(counted)} counted in the stream's first batch "
+        "(no watermark yet); the stream ran without stopping",
+    )
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _wrong_reasons(q: pa.Table) -> list[str]:
+    values = pc.cast(q.column("value"), pa.string(), safe=False).to_pylist()
+    wrong = []
+    for value, reason in zip(values, q.column("reason").to_pylist(), strict=True):
+        kind = quarantine_kinds(pa.table({"value": pa.array([value or ""])})).popitem()[0]
+        want = EXPECTED_REASON.get(kind)
+        if want is None or not (reason or "").startswith(want):
+            wrong.append(f"{kind}: {reason}")
+    return wrong
+
+
+def _reason_counts(q: pa.Table) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for reason in q.column("reason").to_pylist():
+        counts[reason] = counts.get(reason, 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])
+
+
+def bad_records(ctx: Context) -> list[CaseResult]:
+    """All bad-record kinds, plus future and far-past dates, at 1 % and 10 %."""
+    with lab.local_broker(ctx.base, ctx.root / "case5" / "broker", ctx.log) as kafka:
+        return [
+            _bad_records(ctx, kafka, "case5-1pct", 0.01),
+            _bad_records(ctx, kafka, "case5-10pct", 0.10),
+        ]
+
+
+# ------------------------------------------------------------ case 4: replayed twice
+
+
+def _snapshot_rows(settings: Settings) -> pa.Table | None:
+    """The published feature snapshot, sorted by customer (None if none)."""
+    import pyarrow.parquet as pq
+
+    path = lab.snapshot_path(settings)
+    if path is None:
+        return None
+    return pq.read_table(path).sort_by("customer_id")
+
+
+def replay_twice(ctx: Context) -> CaseResult:
+    """The whole dataset replayed a second time: features identical, lake unchanged."""
+    n = ctx.small
+    result = CaseResult("4 replay twice", "the whole dataset sent again (same event ids)")
+    root = ctx.root / "case4"
+    with lab.local_broker(ctx.base, root / "broker", ctx.log) as kafka:
+        s = ctx.stream_settings(kafka, "case4", n)
+        lab.create_topic(s)
+        stream = lab.Stream(s, root / "stream.log")
+        first = lab.Producer(s, lab.generate(n, ctx.seed), name="case4-first", seed=ctx.seed)
+        delivered = first.result().delivered
+        stream.start(until_idle=True)
+        stream.wait(WAIT_S)
+        expected = lab.expected_ids(ctx.seed, n)
+        lake_before = lab.check_lake(s, expected)
+        features_before = _snapshot_rows(s)
+        second = lab.Producer(s, lab.generate(n, ctx.seed), name="case4-again", seed=ctx.seed)
+        delivered += second.result().delivered
+        stream.start(until_idle=True)
+        stream.wait(WAIT_S)
+        result.produced = delivered
+        result.quarantined = len(lab.quarantine(s))
+        result.lost += result.quarantined
+        lake_after = _fill(result, s, expected, ctx.spark())
+        result.accepted *= 2  # every event was accepted twice, and is in the lake once
+        features_after = _snapshot_rows(s)
+    if (lake_before.version, lake_before.files) != (lake_after.version, lake_after.files):
+        result.error = (
+            f"the lake changed: version {lake_before.version} -> {lake_after.version}, "
+            f"{len(lake_after.files - lake_before.files)} new files"
+        )
+    same = features_before is not None and features_after is not None
+    same = same and features_before.equals(features_after)  # type: ignore[union-attr]
+    if not same:
+        result.features_equal = False
+        result.notes.append("the feature snapshot changed after the second replay")
+    result.details = {
+        "lake_version_before": lake_before.version,
+        "lake_version_after": lake_after.version,
+        "lake_files": len(lake_after.files),
+        "features_identical": same,
+    }
+    result.notes.insert(
+        0,
+        f"lake: Delta version {lake_after.version} and its {len(lake_after.files)} files "
+        f"unchanged by the second replay; features identical: {'yes' if same else 'NO'}",
+    )
+    return result
+
+
+# ------------------------------------------------------------- case 2: broker SIGKILL
+
+
+def broker_kill(ctx: Context) -> CaseResult:
+    """The broker SIGKILLed mid-replay and restarted; producer and stream carry on."""
+    from runtime import broker
+
+    n = ctx.small
+    result = CaseResult("2 broker SIGKILL", "the broker SIGKILLed mid-replay, restarted")
+    root = ctx.root / "case2"
+    rng = random.Random(ctx.seed + 2)
+    with lab.local_broker(ctx.base, root / "broker", ctx.log) as kafka:
+        node = kafka.model_copy(update={"data_root": root / "broker"})
+        s = ctx.stream_settings(kafka, "case2", n)
+        lab.create_topic(s)
+        stream = lab.Stream(s, root / "stream.log")
+        producer = lab.Producer(
+            s, lab.generate(n, ctx.seed), name="case2", seed=ctx.seed, rate=_paced_rate(n, 60.0)
+        )
+        try:
+            stream.start()
+            target = int(n * rng.uniform(0.2, 0.5))
+            lab.wait_until(
+                lambda: stream.progress() >= target or not stream.alive(),
+                WAIT_S,
+                f"the stream to read {target:,} records",
+            )
+            at = stream.progress()
+            t0 = time.monotonic()
+            broker.kill(node)
+            ctx.log(f"case 2: broker SIGKILLed at {at:,} records read")
+            time.sleep(2.0)
+            broker.start(node, timeout_s=240, log=ctx.log)
+            down = time.monotonic() - t0
+            stats = producer.result()
+            total = lab.end_offsets(s)
+            lab.wait_until(
+                lambda: lab.caught_up(stream, total) or not stream.alive(),
+                WAIT_S,
+                "the stream to read the whole topic",
+            )
+            carried_on = stream.alive()
+            if not carried_on:
+                result.error = f"the stream stopped after the broker restart: {stream.tail(3)}"
+            stream.stop()
+            stream.start(until_idle=True)
+            stream.wait(WAIT_S)
+        finally:
+            stream.stop()
+        result.produced = stats.delivered
+        result.quarantined = len(lab.quarantine(s))
+        result.lost += result.quarantined
+        _fill(result, s, lab.expected_ids(ctx.seed, n), ctx.spark())
+        result.details = {
+            "killed_at_records_read": at,
+            "broker_down_seconds": round(down, 1),
+            "producer_failed": stats.failed,
+            "stream_carried_on": carried_on,
+        }
+        result.notes.insert(
+            0,
+            f"broker killed at {at:,} records read, serving again after {down:.0f} s; "
+            f"producer: {stats.delivered:,} delivered, {stats.failed} failed; "
+            f"stream {'kept running' if carried_on else 'STOPPED'}",
+        )
+    return result
+
+
+# ------------------------------------------------------- case 3: three-broker cluster
+
+
+def _leader_of(settings: Settings, partition: int) -> int:
+    """The node id leading ``partition`` of the case's topic."""
+    from runtime.kafka_admin import admin_client
+
+    topic = settings.topic_transactions
+    meta = admin_client(settings).list_topics(topic, timeout=10).topics[topic]
+    return int(meta.partitions[partition].leader)
+
+
+def cluster_node_kill(ctx: Context) -> CaseResult:
+    """A local three-node KRaft cluster (RF 3, min ISR 2, acks=all), one node SIGKILLed."""
+    from runtime.cluster import Cluster
+
+    n = ctx.small
+    result = CaseResult("3 cluster node SIGKILL", "1 of 3 brokers SIGKILLed (RF 3, min ISR 2)")
+    root = ctx.root / "case3"
+    rng = random.Random(ctx.seed + 3)
+    ports = [(lab.free_port(), lab.free_port()) for _ in range(3)]
+    cluster = Cluster.create(ctx.base.model_copy(update={"broker_heap": "512m"}), root, ports)
+    cluster.start()
+    try:
+        kafka = ctx.base.model_copy(update={"kafka_bootstrap": cluster.bootstrap})
+        s = ctx.stream_settings(kafka, "case3", n)
+        lab.create_topic(s, replication=3, config={"min.insync.replicas": "2"})
+        stream = lab.Stream(s, root / "stream.log")
+        producer = lab.Producer(
+            s, lab.generate(n, ctx.seed), name="case3", seed=ctx.seed, rate=_paced_rate(n, 60.0)
+        )
+        try:
+            stream.start()
+            target = int(n * rng.uniform(0.2, 0.5))
+            lab.wait_until(
+                lambda: stream.progress() >= target or not stream.alive(),
+                WAIT_S,
+                f"the stream to read {target:,} records",
+            )
+            at = stream.progress()
+            victim = _leader_of(s, 0)
+            cluster.kill(victim)
+            ctx.log(f"case 3: node {victim} (leader of partition 0) SIGKILLed at {at:,} read")
+            stats = producer.result()
+            total = lab.end_offsets(s)
+            lab.wait_until(
+                lambda: lab.caught_up(stream, total) or not stream.alive(),
+                WAIT_S,
+                "the stream to read the whole topic",
+            )
+            carried_on = stream.alive()
+            if not carried_on:
+                result.error = f"the stream stopped after the node died: {stream.tail(3)}"
+            stream.stop()
+            stream.start(until_idle=True)
+            stream.wait(WAIT_S)
+        finally:
+            stream.stop()
+        result.produced = stats.delivered
+        result.quarantined = len(lab.quarantine(s))
+        result.lost += result.quarantined
+        _fill(result, s, lab.expected_ids(ctx.seed, n), ctx.spark())
+        result.details = {
+            "killed_node": victim,
+            "killed_at_records_read": at,
+            "producer_failed": stats.failed,
+            "stream_carried_on": carried_on,
+        }
+        result.notes.insert(
+            0,
+            f"node {victim} (leader of partition 0) killed at {at:,} records read and left "
+            f"down; producer: {stats.delivered:,} delivered, {stats.failed} failed; "
+            f"stream {'kept running' if carried_on else 'STOPPED'} on the other two",
+        )
+    finally:
+        cluster.stop()
+    return result
+
+
+CASES: dict[str, tuple[str, Callable[[Context], CaseResult | list[CaseResult]]]] = {
+    "1": ("the stream SIGKILLed at random points, restarted on its checkpoint", stream_kills),
+    "5": ("bad records at 1 % and 10 %, future and far-past dates", bad_records),
+    "4": ("the whole dataset replayed a second time", replay_twice),
+    "2": ("the broker SIGKILLed mid-replay and restarted", broker_kill),
+    "3": ("a three-broker KRaft cluster losing a broker mid-replay", cluster_node_kill),
+}
+
+
+def quarantine_kinds(table: pa.Table) -> dict[str, int]:
+    """Quarantined records by the injected kind their raw value names (``-bad-<kind>``)."""
+    values = pc.cast(table.column("value"), pa.string(), safe=False)
+    counts: dict[str, int] = {}
+    for v in values.to_pylist():
+        text = v or ""
+        kind = "?"
+        for marker in ("-bad-", "-dated-"):
+            at = text.find(marker)
+            if at >= 0:
+                kind = text[at + len(marker) :].split('"', 1)[0]
+                break
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
