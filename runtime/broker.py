@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.errors import PulseError
 from runtime.jvm import kafka_classpath, require_tool
@@ -99,6 +100,44 @@ def server_properties(settings: Settings, storage: Path) -> str:
     )
 
 
+def scram(settings: Settings) -> bool:
+    """True when the settings ask for SASL/SCRAM: the local broker then requires it."""
+    mechanism = (settings.kafka_sasl_mechanism or "").upper()
+    return settings.kafka_security_protocol == "SASL_PLAINTEXT" and mechanism.startswith("SCRAM-")
+
+
+def scram_properties(settings: Settings) -> str:
+    """The SASL/SCRAM listener: clients (and the broker itself) log in as the settings' user."""
+    b, c = settings.broker_port, settings.controller_port
+    mechanism = str(settings.kafka_sasl_mechanism).upper()
+    if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+        raise PulseError(
+            "a SASL/SCRAM broker needs PULSE_KAFKA_SASL_USERNAME and PULSE_KAFKA_SASL_PASSWORD"
+        )
+    return "\n".join(
+        [
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{b},CONTROLLER://127.0.0.1:{c}",
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{b}",
+            "inter.broker.listener.name=SASL_PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            f"sasl.enabled.mechanisms={mechanism}",
+            f"sasl.mechanism.inter.broker.protocol={mechanism}",
+            f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config="
+            + _scram_jaas(settings),
+            "",
+        ]
+    )
+
+
+def _scram_jaas(settings: Settings) -> str:
+    assert settings.kafka_sasl_password is not None
+    pwd = settings.kafka_sasl_password.get_secret_value()
+    return (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{settings.kafka_sasl_username}" password="{pwd}";'
+    )
+
+
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -176,7 +215,11 @@ def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # typ
                 "or set PULSE_BROKER_PORT / PULSE_CONTROLLER_PORT"
             )
     paths.log.parent.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(server_properties(settings, paths.storage))
+    config = server_properties(settings, paths.storage)
+    if scram(settings):  # the later keys win: the listener becomes SASL/SCRAM
+        config += scram_properties(settings)
+    paths.config.write_text(config)
+    paths.config.chmod(0o600)  # it may hold the SCRAM password
     paths.log4j.write_text(LOG4J2.format(log=paths.log.resolve()))
 
     if not (paths.storage / "meta.properties").exists():
@@ -191,9 +234,18 @@ def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # typ
             "-c",
             str(paths.config.resolve()),
         )
+        if scram(settings):  # KRaft: SCRAM users are bootstrapped into the metadata log
+            assert settings.kafka_sasl_password is not None
+            user = settings.kafka_sasl_username
+            pwd = settings.kafka_sasl_password.get_secret_value()
+            mechanism = str(settings.kafka_sasl_mechanism).upper()
+            fmt += ["--add-scram", f"{mechanism}=[name={user},password={pwd}]"]
         proc = subprocess.run(fmt, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise PulseError(f"formatting KRaft storage failed: {proc.stderr.strip()[-400:]}")
+            error = proc.stderr.strip()[-400:]
+            if settings.kafka_sasl_password is not None:
+                error = error.replace(settings.kafka_sasl_password.get_secret_value(), "***")
+            raise PulseError(f"formatting KRaft storage failed: {error}")
 
     cmd = _java_cmd(settings, paths, "kafka.Kafka", str(paths.config.resolve()))
     with open(paths.stdout, "ab") as out:
@@ -227,7 +279,10 @@ def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # typ
 def _serves_metadata(settings: Settings) -> bool:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{settings.broker_port}"})
+    conf: dict[str, Any] = {"bootstrap.servers": f"127.0.0.1:{settings.broker_port}"}
+    if scram(settings):
+        conf = {**settings.kafka_client_config(), **conf}
+    admin = AdminClient(conf)
     try:
         md = admin.list_topics(timeout=2)
     except Exception:  # noqa: BLE001 - not ready yet

@@ -24,11 +24,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runtime.broker import LOG4J2, BrokerPaths, _alive, _java_cmd, _port_open, _tail, _terminate
 from runtime.errors import PulseError
 from runtime.jvm import kafka_classpath
-from runtime.settings import Settings
+from runtime.settings import LIBRDKAFKA_LOG, Settings
 
 HOST = "127.0.0.1"
 NODES = 3
@@ -160,7 +161,8 @@ class Cluster:
         """Wait until the metadata lists ``brokers`` brokers; PulseError with logs if not."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": LIBRDKAFKA_LOG}
+        admin = AdminClient(conf)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for node, pid in self.pids.items():

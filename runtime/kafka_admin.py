@@ -6,7 +6,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from runtime.errors import PulseError
@@ -15,10 +15,19 @@ from runtime.settings import Settings
 
 def admin_client(settings: Settings, timeout_s: float = 10.0) -> AdminClient:
     """An AdminClient that has proven it can reach the cluster, or a clear error."""
-    admin = AdminClient(settings.kafka_client_config())
+    errors: list[KafkaError] = []  # librdkafka reports a refused login here, not in the raise
+    conf = {**settings.kafka_client_config(), "error_cb": errors.append}
+    admin = AdminClient(conf)
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
+        refused = [e for e in errors if e.code() == KafkaError._AUTHENTICATION]
+        if refused:
+            raise PulseError(
+                f"Kafka at {settings.kafka_bootstrap} refused the login of SASL user "
+                f"{settings.kafka_sasl_username!r} ({refused[0].str()}): check "
+                "PULSE_KAFKA_SASL_USERNAME, PULSE_KAFKA_SASL_PASSWORD, PULSE_KAFKA_SASL_MECHANISM"
+            ) from None
         raise PulseError(
             f"Kafka at {settings.kafka_bootstrap} is unreachable ({exc.args[0].str()}): "
             "start it with `pulse broker start` or set PULSE_KAFKA_BOOTSTRAP"

@@ -163,8 +163,10 @@ class Settings(BaseSettings):
         if self.kafka_sasl_username and self.kafka_sasl_password:
             user = self.kafka_sasl_username
             pwd = self.kafka_sasl_password.get_secret_value()
+            scram = (self.kafka_sasl_mechanism or "").upper().startswith("SCRAM-")
+            module = "scram.ScramLoginModule" if scram else "plain.PlainLoginModule"
             opts["kafka.sasl.jaas.config"] = (
-                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f"org.apache.kafka.common.security.{module} required "
                 f'username="{user}" password="{pwd}";'
             )
         return opts

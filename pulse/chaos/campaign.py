@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -76,6 +77,9 @@ def run_campaign(
         raise KeyboardInterrupt  # SIGTERM too: unwind, so each case stops what it started
 
     signal.signal(signal.SIGTERM, interrupted)
+    # The producer logs every refused connection while a case holds a broker down; its
+    # delivery reports (counted in the table) are what the campaign reads.
+    logging.getLogger("pulse.kafka").setLevel(logging.CRITICAL)
     ctx = Context(base=settings, root=root, events=events, seed=seed, log=log)
     results: list[CaseResult] = []
     started = time.monotonic()
@@ -87,9 +91,12 @@ def run_campaign(
             try:
                 got = run(ctx)
                 rows = got if isinstance(got, list) else [got]
-            except PulseError as exc:
-                rows = [CaseResult(f"{case} {title}", "-", error=str(exc).splitlines()[0])]
-                log(str(exc))
+            except Exception as exc:  # noqa: BLE001 - a case that cannot finish is a failed row
+                text = str(exc).strip() or type(exc).__name__
+                if not isinstance(exc, PulseError):
+                    text = f"{type(exc).__name__}: {text}"
+                rows = [CaseResult(f"{case} {title}", "-", error=text.splitlines()[0][:300])]
+                log(text)
             seconds = time.monotonic() - t0
             for result in rows:
                 result.seconds = result.seconds or seconds / len(rows)

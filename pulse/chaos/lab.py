@@ -167,22 +167,32 @@ def create_topic(
         raise PulseError(f"creating topic {name} failed: {exc.args[0].str()}") from None
 
 
-def end_offsets(settings: Settings) -> int:
-    """Records in the topic: the sum of its partitions' end offsets."""
-    from confluent_kafka import Consumer, TopicPartition
+def end_offsets(settings: Settings, timeout_s: float = 180.0) -> int:
+    """Records in the topic: the sum of its partitions' end offsets.
+
+    Retried until ``timeout_s``: after a broker died, a partition answers once its
+    new leader is elected.
+    """
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from runtime.kafka_admin import admin_client
 
     topic = settings.topic_transactions
-    meta = admin_client(settings).list_topics(topic, timeout=10).topics[topic]
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": "pulse-chaos-peek"})
-    try:
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.partitions
-        )
-    finally:
-        consumer.close()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        consumer = Consumer({**settings.kafka_client_config(), "group.id": "pulse-chaos-peek"})
+        try:
+            meta = admin_client(settings).list_topics(topic, timeout=10).topics[topic]
+            return sum(
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in meta.partitions
+            )
+        except (KafkaException, PulseError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+        finally:
+            consumer.close()
 
 
 # ------------------------------------------------------------------------- producer
@@ -201,6 +211,7 @@ class Producer:
         kinds: Sequence[str] | None = None,
         seed: int = 0,
         rate: float | None = None,
+        resume: bool = False,
     ) -> None:
         from producers.replay import BAD_KINDS, Pacing, ReplayStats
 
@@ -209,6 +220,7 @@ class Producer:
         self._args = dict(
             pacing=Pacing(rate=rate),
             identity={"source": name},
+            resume=resume,
             inject_bad=inject,
             bad_kinds=tuple(kinds or BAD_KINDS),
             seed=seed,
@@ -231,8 +243,8 @@ class Producer:
         """True once the replay returned."""
         return not self.thread.is_alive()
 
-    def result(self, timeout_s: float = 3600) -> Any:
-        """The replay's stats; PulseError if it failed or lost a record."""
+    def result(self, timeout_s: float = 3600, lossless: bool = True) -> Any:
+        """The replay's stats; PulseError if it failed (or, ``lossless``, lost a record)."""
         self.thread.join(timeout_s)
         if self.thread.is_alive():
             raise PulseError(f"the producer did not finish within {timeout_s:.0f} s")
@@ -240,7 +252,7 @@ class Producer:
             raise PulseError(f"the producer failed: {self.error}")
         stats = self.stats
         assert stats is not None
-        if stats.failed or stats.delivered != stats.sent:
+        if lossless and (stats.failed or stats.delivered != stats.sent):
             raise PulseError(
                 f"the producer lost records: sent {stats.sent}, delivered {stats.delivered}, "
                 f"failed {stats.failed} ({stats.first_error})"
@@ -321,6 +333,16 @@ class Stream:
             raise PulseError(f"the stream exited with code {code}:\n{self.tail()}")
         return code
 
+    def late(self) -> int:
+        """Events the stream logged as beyond the allowed lateness (lake only), all runs."""
+        import re
+
+        try:
+            text = self.logfile.read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum(int(m) for m in re.findall(r"(?m)^batch \d+: .*? (\d+) late,", text))
+
     def tail(self, n: int = 12) -> str:
         """The last lines of the stream's log."""
         try:
@@ -369,8 +391,40 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, poll_s: f
 
 
 def caught_up(stream: Stream, total: int) -> bool:
-    """True once the stream has committed a batch ending at ``total`` records."""
-    return stream.progress() >= total and stream.committed() >= _planned(stream.settings)
+    """True once the stream has read ``total`` records and published their features.
+
+    Needs ``snapshot_interval_seconds=0`` (a snapshot after every batch that counted
+    something): the snapshot's name carries the last batch folded into it; a batch
+    that counted nothing says so in the stream's log line.
+    """
+    planned = _planned(stream.settings)
+    if stream.progress() < total or stream.committed() < planned:
+        return False
+    last = planned - 1
+    if published_batch(stream.settings) >= last:
+        return True
+    # A batch that counted nothing (all quarantined, say) publishes no snapshot: done
+    # once the stream has logged it.
+    try:
+        text = stream.logfile.read_text(errors="replace")
+    except OSError:
+        return False
+    at = text.rfind(f"\nbatch {last}: ")
+    if at < 0:
+        return False
+    line = text[at + 1 :].split("\n", 1)[0]
+    return " 0 counted" in line
+
+
+def published_batch(settings: Settings) -> int:
+    """The last micro-batch in the published feature snapshot (-1 if none)."""
+    path = snapshot_path(settings)
+    if path is None:
+        return -1
+    try:
+        return int(path.name.removeprefix("v=").split("-", 1)[0])
+    except ValueError:
+        return -1
 
 
 def _planned(settings: Settings) -> int:
