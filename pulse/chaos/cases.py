@@ -85,6 +85,11 @@ class Context:
     seed: int
     log: Callable[[str], None]
     kills: int = 10
+    #: None: the user's PULSE_ALLOWED_LATENESS_DAYS. Small replays spread over the same
+    #: 90 days are sparse (3,000 events: 33 a day), so partitions read at even offsets
+    #: can be days apart in event time, and a late event (lake only, by design) makes
+    #: the live features differ from the batch recompute; tests at such sizes set 60.
+    lateness_days: int | None = None
     _spark: Any = None
 
     @property
@@ -117,6 +122,7 @@ class Context:
                 # a snapshot after every batch that counted something: a stream stopped
                 # from outside has published what it processed (see lab.caught_up)
                 "snapshot_interval_seconds": 0,
+                "allowed_lateness_days": (self.lateness_days or self.base.allowed_lateness_days),
             }
         )
 
