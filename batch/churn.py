@@ -1,35 +1,63 @@
-"""Churn: label, Spark ML GBT pipeline, and the recency and BG/NBD baselines.
+"""Churn: the label, a regularised stack on BG/NBD (the served model), and its baselines.
 
-Label: a customer (with at least one purchase before the feature cutoff F)
-churns when they make no purchase in the H days ``[F, F + H)``. With the run's
-cutoff C (nothing at or after C is read) and H = ``settings.churn_horizon_days``:
+Label: a customer (with at least one purchase before the feature cutoff F) churns when
+they make no purchase in the H days ``[F, F + H)``. With the run's cutoff C (nothing at or
+after C is read) and H = ``settings.churn_horizon_days``:
 
 - train at F1 = C - 2H (labels from [C - 2H, C - H)),
 - evaluate at F2 = C - H (labels from [C - H, C)), a later, untouched period,
-- the served model is refit at F2 with the same parameters, and scores every
-  customer on features as of C.
+- the served model is refit at F2 with the same parameters, and scores every customer
+  on features as of C.
 
-The pipeline takes the ``features_as_of`` columns plus customer attributes
-(nullable: imputed inside the pipeline) and outputs ``probability``, so serving
-can apply it to live features with ``PipelineModel.load(path).transform(df)``.
+The served model builds on what BG/NBD knows (``batch.btyd``): at each cutoff BG/NBD is
+fitted on the customers' purchase history before it (no labels needed), and a
+regularised classifier is stacked on its P(no purchase in H) and E[purchases in H], plus
+the customer's own rhythm (recency / mean gap between purchase days), recency, frequency
+and recent spend. The classifier (a logistic regression, or a depth-2 GBT) is chosen by
+AUC on a fifth of the training customers held out from the training cutoff, never on
+the evaluation period.
+
+The saved model is a Spark ``PipelineModel`` from the ``features_as_of`` columns to
+``probability`` (serving applies it to live features with
+``PipelineModel.load(path).transform(df)``). Its first stage is a ``SQLTransformer`` with
+the BG/NBD and Gamma-Gamma parameters fitted at the scoring cutoff as literals; it also
+outputs ``bg_expected_purchases`` and ``expected_spend`` (expected purchase days and
+spend in the next H days), which serving stores as the customer's expected value.
+
+Baselines, on the same evaluation customers: BG/NBD's own P(no purchase in H); recency
+alone (logistic on log recency, fitted at F1); and the free GBT on every RFM feature and
+the customer attributes (the model served before, which overfits). The gate: the stack's
+AUC may be at most ``BGNBD_TOLERANCE`` below BG/NBD's. Metrics are computed in Spark:
+only the BG/NBD fitting sample and a few hundred curve points reach the driver.
+
+Value: ``outputs/value/<version>`` (customer_id, as_of, expected_purchases,
+expected_spend over H, p_alive), registered with the churn version.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import pandas as pd
 from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
-from pyspark.ml.classification import GBTClassificationModel, GBTClassifier
+from pyspark.ml.classification import (
+    GBTClassificationModel,
+    GBTClassifier,
+    LogisticRegression,
+    LogisticRegressionModel,
+)
+from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.feature import SQLTransformer, StringIndexer, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from batch import btyd
 from batch.publish import finish, gate, write_output
 from features.attributes import with_customer_attributes
 from features.time import cutoff_ts
@@ -38,6 +66,9 @@ from storage import registry
 
 if TYPE_CHECKING:
     from batch.context import RetrainContext
+
+BGNBD_TOLERANCE = 0.005  # AUC the stack may lose to BG/NBD and still be served
+VALUE_TABLE = "value"
 
 NUMERIC = [
     "recency_days",
@@ -63,20 +94,192 @@ NUMERIC = [
 ]
 CATEGORICAL = ["club_member_status", "fashion_news_frequency"]
 
+# The stack's inputs, from the BG/NBD stage's columns and the feature columns.
+STACK_SQL = {
+    # log odds from both tails, each computed accurately (no clipping near 0 or 1)
+    "bg_logit_p_no_purchase": (
+        "ln(greatest(bg_p_no_purchase, 1e-300)) - ln(greatest(bg_p_purchase, 1e-300))"
+    ),
+    "bg_log_expected_purchases": "ln(1.0 + bg_expected_purchases)",
+    "log_recency": "ln(1.0 + CAST(coalesce(recency_days, 0) AS DOUBLE))",
+    # the customer's own rhythm: recency in units of their mean gap (their observed
+    # lifetime for a one-day customer), so 'overdue' means the same for everyone
+    "log_recency_per_gap": (
+        "ln(1.0 + CAST(coalesce(recency_days, 0) AS DOUBLE) / greatest(coalesce("
+        "CAST(mean_days_between AS DOUBLE), CAST(tenure_days AS DOUBLE) + 1.0, 1.0), 1.0))"
+    ),
+    "one_purchase_day": "CAST(coalesce(frequency, 0) <= 1 AS DOUBLE)",
+    "log_frequency": "ln(1.0 + CAST(coalesce(frequency, 0) AS DOUBLE))",
+    "log_spend_30d": "ln(1.0 + greatest(CAST(coalesce(spend_30d, 0.0) AS DOUBLE), 0.0))",
+    "log_spend_90d": "ln(1.0 + greatest(CAST(coalesce(spend_90d, 0.0) AS DOUBLE), 0.0))",
+}
+STACK_FEATURES = list(STACK_SQL)
+
 
 @dataclass(frozen=True)
 class ChurnParams:
-    """GBT hyper-parameters; ``invert_labels`` is a test hook that sabotages training."""
+    """The stack and the free-GBT baseline; ``invert_labels`` is a test hook that sabotages
+    the served model's training.
+
+    ``stack``: "auto" (logistic or GBT, whichever has the higher AUC on a fifth of the
+    training customers), "logistic" or "gbt". ``max_iter`` / ``max_depth`` / ``step_size``
+    are the free GBT baseline's; the GBT stack uses ``stack_depth`` and ``stack_iter``.
+    """
 
     max_iter: int = 30
     max_depth: int = 4
     step_size: float = 0.1
     seed: int = 42
     invert_labels: bool = False
+    stack: str = "auto"
+    reg_param: float = 1e-4  # L2 on the standardised inputs, per mean log-loss
+    stack_depth: int = 2
+    stack_iter: int = 40
+    bgnbd_sample: int = 50_000
+    penalizer: float = btyd.DEFAULT_PENALIZER
+
+
+# --- BG/NBD and Gamma-Gamma at a cutoff ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Btyd:
+    """BG/NBD and Gamma-Gamma fitted on the customers as of one cutoff."""
+
+    bgnbd: btyd.BGNBD
+    gamma_gamma: btyd.GammaGamma
+    horizon: int
+
+    def statement(self) -> str:
+        """The SQLTransformer statement: the feature columns + the BTYD scores."""
+        m, h = self.bgnbd, float(self.horizon)
+        spend = btyd.sql_expected_spend_per_purchase(self.gamma_gamma)
+        inner = (
+            f"SELECT *, {btyd.sql_p_no_purchase(m, h)} AS bg_p_no_purchase, "
+            f"{btyd.sql_p_purchase(m, h)} AS bg_p_purchase, {btyd.sql_p_alive(m)} AS bg_p_alive, "
+            f"{btyd.sql_expected_purchases(m, h)} AS bg_expected_purchases FROM __THIS__"
+        )
+        return f"SELECT *, bg_expected_purchases * {spend} AS expected_spend FROM ({inner})"
+
+    def stage(self) -> SQLTransformer:
+        """The BTYD scores as a pipeline stage (parameters as literals)."""
+        return SQLTransformer(statement=self.statement())
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for meta.json."""
+        return {"bgnbd": self.bgnbd.as_dict(), "gamma_gamma": self.gamma_gamma.as_dict(),
+                "unit": "days", "horizon_days": self.horizon}  # fmt: skip
+
+
+def fit_btyd(feats: DataFrame, horizon: int, params: ChurnParams) -> Btyd:
+    """Fit BG/NBD and Gamma-Gamma on a bounded random sample of ``feats`` (at the driver)."""
+    n = feats.count()
+    if n == 0:
+        raise PulseError("no customers to fit BG/NBD on")
+    frac = min(1.0, 1.2 * params.bgnbd_sample / n)
+    sample = cast(
+        pd.DataFrame,
+        (feats.sample(frac, seed=params.seed) if frac < 1.0 else feats)
+        .select("frequency", "recency_days", "tenure_days", "monetary")
+        .limit(params.bgnbd_sample)
+        .toPandas(),
+    )
+    freq = sample["frequency"].to_numpy(float)
+    x, t_x, T = btyd.summary(freq, sample["recency_days"], sample["tenure_days"])
+    bg = btyd.fit_bgnbd(x, t_x, T, penalizer=params.penalizer, seed=params.seed)
+    zbar = sample["monetary"].to_numpy(float) / np.maximum(freq, 1)
+    try:
+        gg = btyd.fit_gamma_gamma(freq, zbar, penalizer=params.penalizer, seed=params.seed)
+    except ValueError:  # too few repeat buyers: a flat prior around the mean spend
+        mean = float(np.nanmean(np.clip(zbar, 0, None))) if len(zbar) else 0.0
+        gg = btyd.GammaGamma(p=1.0, q=2.0, gamma=max(mean, 1e-9), customers=0)
+    return Btyd(bg, gg, horizon)
+
+
+# --- The stack ---------------------------------------------------------------------------
+
+
+def stack_pipeline(kind: str, params: ChurnParams) -> Pipeline:
+    """Stack features (SQL) -> assemble -> logistic regression or a shallow GBT.
+
+    The BTYD stage is not part of it: it is fitted per cutoff (``Btyd.stage``) and put in
+    front when a model is evaluated or saved (``with_btyd``).
+    """
+    cols = ", ".join(f"CAST({expr} AS DOUBLE) AS s_{name}" for name, expr in STACK_SQL.items())
+    stages: list[Estimator[Any] | Transformer] = [
+        SQLTransformer(statement=f"SELECT *, {cols} FROM __THIS__"),
+        VectorAssembler(
+            inputCols=[f"s_{c}" for c in STACK_FEATURES], outputCol="stack_features",
+            handleInvalid="keep",
+        ),
+    ]  # fmt: skip
+    if kind == "logistic":
+        stages.append(
+            LogisticRegression(
+                featuresCol="stack_features", labelCol="label", regParam=params.reg_param,
+                elasticNetParam=0.0, standardization=True, maxIter=200,
+            )
+        )  # fmt: skip
+    elif kind == "gbt":
+        stages.append(
+            GBTClassifier(
+                featuresCol="stack_features", labelCol="label", maxDepth=params.stack_depth,
+                maxIter=params.stack_iter, stepSize=0.1, seed=params.seed, maxBins=64,
+                minInstancesPerNode=20, subsamplingRate=0.8,
+            )
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown stack {kind!r}")
+    return Pipeline(stages=stages)
+
+
+def with_btyd(fitted: PipelineModel, scores: Btyd) -> PipelineModel:
+    """The servable model: the BTYD stage of ``scores`` + the fitted stack."""
+    return PipelineModel(stages=[scores.stage(), *fitted.stages])
+
+
+def fit_stack(train: DataFrame, kind: str, params: ChurnParams) -> PipelineModel:
+    """Fit the stack on BTYD-scored, labelled rows (labels inverted by the sabotage hook)."""
+    if params.invert_labels:
+        # Inverted, not random: random labels on a small set can beat the baseline by
+        # chance, and which rows get which label depends on the lake's row order.
+        train = train.withColumn("label", 1.0 - F.col("label"))
+    return stack_pipeline(kind, params).fit(train)
+
+
+def choose_stack(train: DataFrame, params: ChurnParams) -> tuple[str, dict[str, float]]:
+    """Logistic or GBT by AUC on a fifth of the training customers (by id hash)."""
+    if params.stack != "auto":
+        return params.stack, {}
+    part = F.abs(F.hash("customer_id")) % 5
+    fit_rows, val_rows = train.where(part != 0), train.where(part == 0)
+    labels_seen = {r[0] for r in val_rows.select("label").distinct().collect()}
+    if len(labels_seen) < 2:
+        return "logistic", {}
+    scores = {}
+    for kind in ("logistic", "gbt"):
+        model = fit_stack(fit_rows, kind, params)
+        scores[kind] = auc(churn_probability(model, val_rows), "churn_probability")
+    # the simpler model unless the trees are clearly better
+    kind = "gbt" if scores["gbt"] > scores["logistic"] + 0.002 else "logistic"
+    return kind, scores
+
+
+def stack_weights(model: PipelineModel) -> dict[str, float]:
+    """Logistic coefficients (per unit of each input) or GBT importances, by input name."""
+    last = model.stages[-1]
+    if isinstance(last, LogisticRegressionModel):
+        values = last.coefficients.toArray().tolist()
+    else:
+        values = cast(GBTClassificationModel, last).featureImportances.toArray().tolist()
+    return dict(zip(STACK_FEATURES, values, strict=True))
+
+
+# --- The free GBT baseline (the model served before) -----------------------------------------
 
 
 def build_pipeline(params: ChurnParams) -> Pipeline:
-    """Impute (SQL) -> index categoricals -> assemble -> GBTClassifier."""
+    """The free-GBT baseline: impute (SQL) -> index categoricals -> assemble -> GBT."""
     imputed = ", ".join(
         [f"CAST(coalesce(CAST({c} AS DOUBLE), -1.0) AS DOUBLE) AS {c}__x" for c in NUMERIC]
         + [f"coalesce({c}, 'NA') AS {c}__s" for c in CATEGORICAL]
@@ -104,29 +307,104 @@ def build_pipeline(params: ChurnParams) -> Pipeline:
     return Pipeline(stages=stages)
 
 
-def feature_names() -> list[str]:
-    """Names of the assembled inputs, in the order of ``featureImportances``."""
-    return NUMERIC + CATEGORICAL
-
-
-def fit(train: DataFrame, params: ChurnParams) -> PipelineModel:
-    """Fit the pipeline (labels inverted when the sabotage hook is on)."""
-    if params.invert_labels:
-        # Inverted, not random: random labels on a small set can beat the baseline by
-        # chance, and which rows get which label depends on the lake's row order.
-        train = train.withColumn("label", 1.0 - F.col("label"))
-    return build_pipeline(params).fit(train)
-
-
 def churn_probability(model: PipelineModel, df: DataFrame) -> DataFrame:
-    """Apply the pipeline; adds ``churn_probability`` = P(label = 1)."""
+    """Apply a pipeline; adds ``churn_probability`` = P(label = 1)."""
     return model.transform(df).withColumn(
         "churn_probability", vector_to_array(F.col("probability"))[1]
     )
 
 
+def _apply(model: PipelineModel, df: DataFrame, name: str) -> DataFrame:
+    """``df`` + ``name`` = the model's P(label = 1), without its prediction columns (so the
+    next model's can be added)."""
+    out = model.transform(df).withColumn(name, vector_to_array(F.col("probability"))[1])
+    return out.drop("probability", "rawPrediction", "prediction")
+
+
+def recency_baseline(train: DataFrame) -> PipelineModel:
+    """Logistic regression on log recency alone."""
+    return Pipeline(
+        stages=[
+            SQLTransformer(
+                statement="SELECT *, ln(1.0 + CAST(coalesce(recency_days, 0) AS DOUBLE)) "
+                "AS r_log_recency FROM __THIS__"
+            ),
+            VectorAssembler(inputCols=["r_log_recency"], outputCol="recency_features"),
+            LogisticRegression(featuresCol="recency_features", labelCol="label", maxIter=100),
+        ]
+    ).fit(train)
+
+
+# --- Metrics (in Spark) ------------------------------------------------------------------
+
+
+def auc(
+    df: DataFrame, score: str, metric: Literal["areaUnderROC", "areaUnderPR"] = "areaUnderROC"
+) -> float:
+    """AUC-ROC (or -PR) of ``score`` against ``label``, exact (no binning)."""
+    return float(
+        BinaryClassificationEvaluator(
+            rawPredictionCol=score, labelCol="label", metricName=metric, numBins=0
+        ).evaluate(df)
+    )
+
+
+def binary_metrics(df: DataFrame, score: str) -> dict[str, float]:
+    """AUC-ROC, PR-AUC (area under the PR curve) and Brier score of probabilities ``score``."""
+    stats = df.agg(
+        F.countDistinct("label").alias("classes"),
+        F.avg((F.col(score) - F.col("label")) ** 2).alias("brier"),
+        F.count(F.when(F.col(score).isNull() | F.isnan(score), True)).alias("undefined"),
+    ).first()
+    if stats is None or stats["classes"] < 2 or stats["undefined"]:
+        return {"auc_roc": float("nan"), "pr_auc": float("nan"), "brier": float("nan")}
+    return {
+        "auc_roc": auc(df, score),
+        "pr_auc": auc(df, score, "areaUnderPR"),
+        "brier": float(stats["brier"]),
+    }
+
+
+def curves(df: DataFrame, score: str, bins: int = 10) -> dict[str, dict[str, list[float]]]:
+    """ROC points (scores rounded to 3 decimals) and reliability points (``bins`` equal-width
+    bins of predicted probability: mean prediction, observed churn rate, customers)."""
+    hist = (
+        df.groupBy(F.round(score, 3).alias("s"))
+        .agg(F.sum("label").alias("pos"), F.count(F.lit(1)).alias("n"))
+        .orderBy(F.desc("s"))
+        .collect()
+    )
+    pos = np.array([float(r["pos"]) for r in hist])
+    neg = np.array([float(r["n"]) for r in hist]) - pos
+    tpr = np.concatenate(([0.0], np.cumsum(pos) / max(pos.sum(), 1)))
+    fpr = np.concatenate(([0.0], np.cumsum(neg) / max(neg.sum(), 1)))
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(80, len(fpr))).astype(int))
+    b = F.least(F.floor(F.col(score) * bins), F.lit(bins - 1))
+    rel = (
+        df.groupBy(b.alias("bin"))
+        .agg(F.avg(score).alias("p"), F.avg("label").alias("y"), F.count(F.lit(1)).alias("n"))
+        .orderBy("bin")
+        .collect()
+    )
+    return {
+        "roc": {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()},
+        "reliability": {
+            "predicted": [round(float(r["p"]), 4) for r in rel],
+            "observed": [round(float(r["y"]), 4) for r in rel],
+            "customers": [int(r["n"]) for r in rel],
+        },
+    }
+
+
+# --- Legacy ---------------------------------------------------------------------------------
+
+
 def bgnbd_expected(frame: pd.DataFrame, horizon: int, sample: int = 20_000, seed: int = 0):
-    """BG/NBD (lifetimes) fitted on a sample, expected purchase days in the next ``horizon``.
+    """Legacy: BG/NBD from ``lifetimes``, expected purchase days in the next ``horizon``.
+
+    Not used by the retrain any more (``batch.btyd`` replaced it); kept only because
+    tests/batch/test_batch_metrics.py still tests it (and monkeypatches ``lifetimes``).
+    Remove it, and the ``lifetimes`` dependency, together with those two tests.
 
     ``frame`` needs frequency, recency_days, tenure_days (features as of a cutoff).
     Returns a numpy array aligned with ``frame`` (vectorised scoring of all rows).
@@ -160,140 +438,148 @@ def bgnbd_expected(frame: pd.DataFrame, horizon: int, sample: int = 20_000, seed
     return np.where(np.isfinite(expected), expected, own_rate)
 
 
-def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """AUC-ROC, PR-AUC (average precision) and Brier score of probabilities ``p``."""
-    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-
-    if len(set(y.tolist())) < 2 or np.isnan(p).any():
-        return {"auc_roc": float("nan"), "pr_auc": float("nan"), "brier": float("nan")}
-    return {
-        "auc_roc": float(roc_auc_score(y, p)),
-        "pr_auc": float(average_precision_score(y, p)),
-        "brier": float(brier_score_loss(y, np.clip(p, 0, 1))),
-    }
-
-
-def roc_points(y: np.ndarray, p: np.ndarray, n: int = 60) -> dict[str, list[float]]:
-    """A downsampled ROC curve (for the report)."""
-    from sklearn.metrics import roc_curve
-
-    if len(set(y.tolist())) < 2 or np.isnan(p).any():
-        return {"fpr": [], "tpr": []}
-    fpr, tpr, _ = roc_curve(y, p)
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(n, len(fpr))).astype(int))
-    return {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()}
-
-
-def recency_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
-    """Logistic regression on log recency alone, fitted at the training cutoff."""
-    from sklearn.linear_model import LogisticRegression
-
-    def x(frame: pd.DataFrame) -> np.ndarray:
-        return np.log1p(frame[["recency_days"]].to_numpy(float))
-
-    y = train["label"].to_numpy()
-    if len(set(y.tolist())) < 2:
-        return np.full(len(test), float(y.mean()) if len(y) else 0.5)
-    return LogisticRegression().fit(x(train), y).predict_proba(x(test))[:, 1]
+# --- Labels and the run ------------------------------------------------------------------
 
 
 def labels(feats: DataFrame, events: DataFrame, feature_cutoff: date, horizon: int) -> DataFrame:
     """``feats`` (buyers as of ``feature_cutoff``) + ``label``: 1.0 when no purchase in
-    ``[F, F + H)``, else 0.0."""
+    ``[F, F + H)``, else 0.0; + ``future_spend``, their spend in that window."""
     start, end = cutoff_ts(feature_cutoff), cutoff_ts(feature_cutoff + timedelta(days=horizon))
-    buyers = (
-        events.where((F.col("event_time") >= start) & (F.col("event_time") < end))
-        .where(F.col("quantity") > 0)
-        .select("customer_id")
-        .distinct()
-        .withColumn("_bought", F.lit(1))
+    window = events.where((F.col("event_time") >= start) & (F.col("event_time") < end))
+    future = window.groupBy("customer_id").agg(
+        F.max(F.when(F.col("quantity") > 0, 1)).alias("_bought"),
+        F.sum(F.col("quantity") * F.col("unit_price")).alias("future_spend"),
     )
-    out = feats.join(buyers, "customer_id", "left").withColumn(
+    out = feats.join(future, "customer_id", "left").withColumn(
         "label", F.when(F.col("_bought").isNull(), 1.0).otherwise(0.0)
     )
-    return out.drop("_bought")
+    return out.drop("_bought").withColumn("future_spend", F.coalesce("future_spend", F.lit(0.0)))
+
+
+def value_check(scored: DataFrame) -> dict[str, float]:
+    """Expected vs actual spend in the evaluation window: totals, and the share of the
+    actual spend made by the top decile of customers by expected spend."""
+    totals = scored.agg(
+        F.sum("expected_spend").alias("expected"), F.sum("future_spend").alias("actual"),
+        F.corr("expected_spend", "future_spend").alias("corr"),
+        F.percentile_approx("expected_spend", 0.9, 10_000).alias("p90"),
+    ).first()  # fmt: skip
+    if totals is None or not totals["actual"]:
+        return {}
+    top = scored.where(F.col("expected_spend") >= totals["p90"]).agg(F.sum("future_spend")).first()
+    return {
+        "expected_spend_total": float(totals["expected"] or 0.0),
+        "actual_spend_total": float(totals["actual"]),
+        "pearson_expected_vs_actual": float(totals["corr"] or 0.0),
+        "top_decile_share_of_actual": float((top[0] if top else 0.0) or 0.0) / totals["actual"],
+    }
 
 
 def retrain(ctx: RetrainContext) -> dict[str, Any]:
-    """Train at C - 2H, evaluate at C - H against recency and BG/NBD, refit at C - H, score at C."""
+    """Train at C - 2H, evaluate at C - H against BG/NBD, recency and the free GBT; refit at
+    C - H, score (churn and value) every customer as of C."""
     settings, opts, events, cutoff = ctx.settings, ctx.opts, ctx.events, ctx.cutoff
+    params = opts.churn
     h = settings.churn_horizon_days
     f1, f2 = cutoff - timedelta(days=2 * h), cutoff - timedelta(days=h)
     if f1 <= ctx.first_day:
         raise PulseError(f"churn needs history before {f1} (2 x {h} days before the cutoff)")
-    customers = ctx.customers
-    with ctx.stage(f"churn: train at {f1}, evaluate at {f2} (H = {h} days)") as st:
-        train = with_customer_attributes(
-            labels(ctx.features_at(f1), events, f1, h), customers
-        ).cache()
-        test = with_customer_attributes(
-            labels(ctx.features_at(f2), events, f2, h), customers
-        ).cache()
-        model = fit(train, opts.churn)
-        cols = [
-            "customer_id",
-            "label",
-            "churn_probability",
-            "recency_days",
-            "frequency",
-            "tenure_days",
-        ]
-        scored = cast(pd.DataFrame, churn_probability(model, test).select(*cols).toPandas())
-        train_pd = cast(pd.DataFrame, train.select("label", "recency_days").toPandas())
-        st.rows = len(train_pd) + len(scored)
-        y = scored["label"].to_numpy()
-        p_gbt = scored["churn_probability"].to_numpy()
-        p_rec = recency_baseline(train_pd, scored)
-        p_bg = np.exp(-bgnbd_expected(scored, h))  # P(no purchase), Poisson approx.
-        metrics = {
-            "gbt": binary_metrics(y, p_gbt),
-            "recency": binary_metrics(y, p_rec),
-            "bgnbd": binary_metrics(y, p_bg),
-        }
-        roc = {
-            n: roc_points(y, s) for n, s in (("gbt", p_gbt), ("recency", p_rec), ("bgnbd", p_bg))
-        }
-        gbt_stage = cast(GBTClassificationModel, model.stages[-1])
-        importances = dict(
-            zip(feature_names(), gbt_stage.featureImportances.toArray().tolist(), strict=False)
-        )
+    with ctx.stage(f"churn: BG/NBD + Gamma-Gamma at {f1}, {f2}, {cutoff}") as st:
+        fitted = {c: fit_btyd(ctx.features_at(c), h, params) for c in (f1, f2, cutoff)}
+        st.rows = sum(b.bgnbd.customers for b in fitted.values())
+    with ctx.stage(f"churn: stack trained at {f1}, evaluated at {f2} (H = {h} days)") as st:
+        train = fitted[f1].stage().transform(labels(ctx.features_at(f1), events, f1, h)).cache()
+        test = fitted[f2].stage().transform(labels(ctx.features_at(f2), events, f2, h)).cache()
+        n_train, n_test = train.count(), test.count()
+        st.rows = n_train + n_test
+        kind, selection = choose_stack(train, params)
+        stack = fit_stack(train, kind, params)
+        rec = recency_baseline(train)
+        free = build_pipeline(params).fit(with_customer_attributes(train, ctx.customers))
+        frame = with_customer_attributes(test, ctx.customers)
+        for model, name in ((stack, "p_stack"), (rec, "p_recency"), (free, "p_gbt")):
+            frame = _apply(model, frame, name)
+        scored = frame.select(
+            "customer_id", "label", "future_spend", "expected_spend", "p_stack",
+            F.col("bg_p_no_purchase").alias("p_bgnbd"), "p_recency", "p_gbt",
+        ).cache()  # fmt: skip
+        columns = {"stack": "p_stack", "bgnbd": "p_bgnbd", "recency": "p_recency", "gbt": "p_gbt"}
+        metrics = {name: binary_metrics(scored, col) for name, col in columns.items()}
+        plots = {name: curves(scored, col) for name, col in columns.items()}
+        churn_rate = scored.agg(F.avg("label")).first()
+        value = value_check(scored)
+        weights = stack_weights(stack)
     if opts.progress:
         for n, m in metrics.items():
             print(
                 f"  {n:<8} AUC {m['auc_roc']:.4f} PR-AUC {m['pr_auc']:.4f} Brier {m['brier']:.4f}",
                 file=sys.stderr,
             )
-    with ctx.stage(f"churn: refit at {f2}, score every customer as of {cutoff}") as st:
-        served = fit(test, opts.churn)
+    with ctx.stage(f"churn: refit at {f2}, score churn and value as of {cutoff}") as st:
+        served = with_btyd(fit_stack(test, kind, params), fitted[cutoff])
         served.write().overwrite().save(str(registry.model_path(settings, "churn", ctx.version)))
-        now = with_customer_attributes(ctx.features_at(cutoff), customers)
-        out = churn_probability(served, now).select("customer_id", "as_of", "churn_probability")
-        write_output(out, registry.output_path(settings, "churn_scores", ctx.version))
-        st.rows = ctx.features_at(cutoff).count()
+        now = churn_probability(served, ctx.features_at(cutoff)).select(
+            "customer_id", "as_of", "churn_probability",
+            F.col("bg_expected_purchases").alias("expected_purchases"), "expected_spend",
+            F.col("bg_p_alive").alias("p_alive"),
+        ).cache()  # fmt: skip
+        write_output(
+            now.select("customer_id", "as_of", "churn_probability"),
+            registry.output_path(settings, "churn_scores", ctx.version),
+        )
+        write_output(
+            now.select("customer_id", "as_of", "expected_purchases", "expected_spend", "p_alive"),
+            registry.output_path(settings, VALUE_TABLE, ctx.version),
+        )
+        at_risk = now.agg(
+            F.count(F.lit(1)).alias("customers"),
+            F.sum("expected_spend").alias("expected_spend"),
+            F.sum(F.col("churn_probability") * F.col("expected_spend")).alias("value_at_risk"),
+        ).first()
+        scored_now = int(at_risk["customers"]) if at_risk else 0
+        st.rows = scored_now
+        now.unpersist()
+    bg_auc = metrics["bgnbd"]["auc_roc"]
     meta = {
         "model": "churn",
         "version": ctx.version,
-        "params": asdict(opts.churn) | {"horizon_days": h},
+        "params": asdict(params) | {"horizon_days": h, "stack": kind},
         "window": ctx.window | {"train_cutoff": str(f1), "eval_cutoff": str(f2)},
         "rows": {
-            "train": int(len(train_pd)),
-            "eval": int(len(scored)),
-            "eval_churn_rate": float(y.mean()) if len(y) else None,
+            "train": int(n_train),
+            "eval": int(n_test),
+            "eval_churn_rate": float(churn_rate[0]) if churn_rate and n_test else None,
         },
         "metrics": metrics,
-        "roc": roc,
-        "feature_importances": dict(sorted(importances.items(), key=lambda kv: -kv[1])),
+        "roc": {n: p["roc"] for n, p in plots.items()},
+        "reliability": {n: p["reliability"] for n, p in plots.items()},
+        "stack": {
+            "kind": kind,
+            "selection_auc": selection,
+            "features": STACK_FEATURES,
+            "weights": weights,
+        },
+        "btyd": {str(c): b.as_dict() for c, b in fitted.items()},
+        "value": {
+            "horizon_days": h,
+            "customers": scored_now,
+            "expected_spend_total": float(at_risk["expected_spend"] or 0.0) if at_risk else 0.0,
+            "value_at_risk_total": float(at_risk["value_at_risk"] or 0.0) if at_risk else 0.0,
+            "eval": value,
+            "output": str(registry.output_path(settings, VALUE_TABLE, ctx.version)),
+        },
         "output": str(registry.output_path(settings, "churn_scores", ctx.version)),
         "model_path": str(registry.model_path(settings, "churn", ctx.version)),
         "gate": gate(
             settings,
             "churn",
             "auc_roc",
-            metrics["gbt"]["auc_roc"],
-            metrics["recency"]["auc_roc"],
+            metrics["stack"]["auc_roc"],
+            None if math.isnan(bg_auc) else bg_auc - BGNBD_TOLERANCE,
             opts.regression_tolerance,
-        ),
+        )
+        | {"baseline_is": f"bgnbd AUC - {BGNBD_TOLERANCE}"},
     }
-    train.unpersist()
-    test.unpersist()
+    for frame in (train, test, scored):
+        frame.unpersist()
     return finish(settings, "churn", ctx.version, meta)

@@ -2,8 +2,9 @@
 
 Reads the registry (``meta.json`` of each model's CURRENT version, or its latest
 version when none passed the gate) and writes ``data_root/reports/report.md``
-plus ``recommendations.png``, ``churn_roc.png``, ``churn_importance.png`` and
-``segments.png`` next to it. No Spark: everything needed is in the metadata.
+plus ``recommendations.png``, ``churn_roc.png``, ``churn_reliability.png``,
+``churn_importance.png``, ``segments.png`` and ``segments_migration.png`` next to it.
+No Spark: everything needed is in the metadata.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from batch.summary import churn_table, gate_line, rec_table, segment_table
+from batch.summary import (
+    CHURN_MODELS,
+    churn_table,
+    gate_line,
+    migration_table,
+    rec_table,
+    segment_table,
+    stability_line,
+    value_table,
+)
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.tables import N_RECOMMENDATIONS
@@ -54,7 +64,7 @@ def _plot_roc(meta: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, pts in meta["roc"].items():
         auc = meta["metrics"][name]["auc_roc"]
-        ax.plot(pts["fpr"], pts["tpr"], label=f"{name} (AUC {auc:.3f})")
+        ax.plot(pts["fpr"], pts["tpr"], label=f"{CHURN_MODELS.get(name, name)} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
@@ -65,15 +75,38 @@ def _plot_roc(meta: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_reliability(meta: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, pts in meta["reliability"].items():
+        brier = meta["metrics"][name]["brier"]
+        ax.plot(pts["predicted"], pts["observed"], marker="o", ms=3,
+                label=f"{CHURN_MODELS.get(name, name)} (Brier {brier:.3f})")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_xlabel("predicted churn probability (bin mean)")
+    ax.set_ylabel("observed churn rate")
+    ax.set_title(f"Churn reliability at {meta['window']['eval_cutoff']}")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plot_importance(meta: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    # meta.json is written with sorted keys: order by importance here
-    ranked = sorted(meta["feature_importances"].items(), key=lambda kv: -kv[1])
+    stack = meta.get("stack")
+    if stack:  # the stack: logistic coefficients (or GBT importances) per input
+        weights, what = stack["weights"], f"Churn stack ({stack['kind']}) weights per input"
+    else:  # an older version: the GBT's importances
+        weights, what = meta["feature_importances"], "Churn GBT feature importances (top 12)"
+    # meta.json is written with sorted keys: order by size here
+    ranked = sorted(weights.items(), key=lambda kv: -abs(kv[1]))
     items = ranked[:12][::-1]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.barh([k for k, _ in items], [v for _, v in items])
-    ax.set_title("Churn GBT feature importances (top 12)")
+    ax.set_title(what)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -96,6 +129,112 @@ def _plot_segments(meta: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_migration(meta: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    moves = meta["stability"]["migration"]
+    froms = list(dict.fromkeys(m["from"] for m in moves))
+    tos = list(dict.fromkeys(m["to"] for m in moves))
+    grid = np.zeros((len(froms), len(tos)))
+    for m in moves:
+        grid[froms.index(m["from"]), tos.index(m["to"])] = m["customers"]
+    share = grid / np.maximum(grid.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.3 * len(tos) + 3, 0.6 * len(froms) + 2))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(froms)):
+        for j in range(len(tos)):
+            ax.text(j, i, f"{int(grid[i, j]):,}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(tos)), tos, rotation=45, ha="right")
+    ax.set_yticks(range(len(froms)), froms)
+    ax.set_xlabel(f"this version ({meta['version']})")
+    ax.set_ylabel(f"previous ({meta['stability']['previous_version']})")
+    ari = meta["stability"]["adjusted_rand_index"]
+    ax.set_title(f"Segment migration (ARI {'n/a' if ari is None else f'{ari:.3f}'})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _churn_section(ch: dict[str, Any], out: Path) -> list[str]:
+    h = ch["params"]["horizon_days"]
+    stack = ch.get("stack")
+    if stack:
+        kind = "logistic regression" if stack["kind"] == "logistic" else "depth-2 GBT"
+        model = (
+            f"The served model is a {kind} stacked on BG/NBD: its inputs are BG/NBD's own "
+            f"probability of no purchase in the {h} days and its expected purchase days in them, "
+            "the customer's rhythm (recency divided by their mean gap between purchase days), "
+            "recency, frequency and recent spend. BG/NBD is refitted at each cutoff on the "
+            "history before it. The stack is trained at the training cutoff and scored at the "
+            "evaluation cutoff, which it never saw; logistic or GBT was chosen on a fifth of the "
+            "training customers"
+        )
+        sel = stack.get("selection_auc") or {}
+        model += " (AUC " + ", ".join(f"{k} {v:.4f}" for k, v in sel.items()) + ")." if sel else "."
+    else:
+        model = "GBT on RFM features and customer attributes."
+    lines = [
+        f"## Churn (version {ch['version']})",
+        "",
+        f"Label: no purchase in the {h} days after the cutoff. Trained at "
+        f"{ch['window']['train_cutoff']} ({ch['rows']['train']:,} customers), evaluated at "
+        f"{ch['window']['eval_cutoff']} ({ch['rows']['eval']:,} customers, churn rate "
+        f"{ch['rows']['eval_churn_rate']:.3f}).",
+        "",
+        model,
+        "",
+        "Baselines on the same customers: BG/NBD's probability of no purchase in the horizon, "
+        "1 - P(alive) + P(alive) ((alpha+T)/(alpha+T+H))^(r+x); recency alone (a logistic "
+        "regression on log recency); and a free GBT on every RFM feature and the customer "
+        "attributes (the model served before). AUC-ROC: how well the model ranks churners above "
+        "the others (0.5 is chance). PR-AUC: area under the precision-recall curve. Brier: mean "
+        "squared error of the probability (calibration and sharpness; lower is better).",
+        "",
+        *churn_table(ch),
+        "",
+        gate_line(ch) + (" (baseline: BG/NBD's AUC - 0.005)" if stack else ""),
+        "",
+        "![roc](churn_roc.png) ![importance](churn_importance.png)",
+        "",
+    ]
+    _plot_roc(ch, out / "churn_roc.png")
+    _plot_importance(ch, out / "churn_importance.png")
+    if ch.get("reliability"):
+        lines += [
+            "Reliability: customers binned by predicted probability; a calibrated model lies "
+            "on the diagonal.",
+            "",
+            "![reliability](churn_reliability.png)",
+            "",
+        ]
+        _plot_reliability(ch, out / "churn_reliability.png")
+    if ch.get("value"):
+        v = ch["value"]
+        bg = ch.get("btyd", {}).get(ch["window"]["cutoff_exclusive"], {})
+        params = ""
+        if bg:
+            b, g = bg["bgnbd"], bg["gamma_gamma"]
+            params = (
+                f" Fitted at the cutoff: BG/NBD r {b['r']:.3f}, alpha {b['alpha']:.2f} days, "
+                f"a {b['a']:.3f}, b {b['b']:.3f} ({b['customers']:,} customers); Gamma-Gamma "
+                f"p {g['p']:.3f}, q {g['q']:.3f}, gamma {g['gamma']:.4g} ({g['customers']:,} "
+                "repeat customers)."
+            )
+        lines += [
+            "### Value at risk",
+            "",
+            f"Expected value = BG/NBD's expected purchase days in the next {v['horizon_days']} "
+            "days x Gamma-Gamma's expected spend per purchase day; value at risk = churn "
+            f"probability x expected value (table `{Path(v['output']).parent.name}`, and "
+            "`pulse view --at-risk N`, which ranks by it)." + params,
+            "",
+            *value_table(ch),
+            "",
+        ]
+    return lines
 
 
 def write_report(settings: Settings) -> Path:
@@ -133,24 +272,7 @@ def write_report(settings: Settings) -> Path:
         _plot_recs(rec, out / "recommendations.png")
     ch = metas["churn"]
     if ch:
-        lines += [
-            f"## Churn (version {ch['version']})",
-            "",
-            f"Label: no purchase in the {ch['params']['horizon_days']} days after the cutoff. "
-            f"GBT trained at {ch['window']['train_cutoff']} ({ch['rows']['train']:,} customers), "
-            f"evaluated at {ch['window']['eval_cutoff']} ({ch['rows']['eval']:,} customers, "
-            f"churn rate {ch['rows']['eval_churn_rate']:.3f}). Baselines: recency alone "
-            "(logistic), BG/NBD P(no purchase) = exp(-expected purchases in H days).",
-            "",
-            *churn_table(ch),
-            "",
-            gate_line(ch),
-            "",
-            "![roc](churn_roc.png) ![importance](churn_importance.png)",
-            "",
-        ]
-        _plot_roc(ch, out / "churn_roc.png")
-        _plot_importance(ch, out / "churn_importance.png")
+        lines += _churn_section(ch, out)
     seg = metas["segments"]
     if seg:
         by_k = ", ".join(f"k={k}: {v:.3f}" for k, v in seg["metrics"]["silhouette_by_k"].items())
@@ -165,8 +287,24 @@ def write_report(settings: Settings) -> Path:
             "",
             "![segments](segments.png)",
             "",
+            "### Stability",
+            "",
+            stability_line(seg)
+            + " (adjusted Rand index: 1 = the same grouping, about 0 = unrelated).",
+            "",
         ]
         _plot_segments(seg, out / "segments.png")
+        if migration_table(seg):
+            lines += [
+                "Customers by their segment in the previous CURRENT version (rows) and in "
+                "this one (columns):",
+                "",
+                *migration_table(seg),
+                "",
+                "![migration](segments_migration.png)",
+                "",
+            ]
+            _plot_migration(seg, out / "segments_migration.png")
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

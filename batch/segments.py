@@ -1,5 +1,9 @@
 """Segmentation: K-Means on scaled log RFM, k by silhouette, names from centroids.
 
+Each run also measures its stability against the CURRENT segments version (before this
+run can replace it): the adjusted Rand index on the customers in both, and how many
+customers moved from which segment to which (``meta["stability"]``).
+
 The saved PipelineModel starts from ``features_as_of`` columns (log transform
 inside it), so serving can assign live customers with ``transform`` and map
 ``prediction`` to a name with ``names.json`` saved next to the model.
@@ -121,6 +125,66 @@ def profile(assigned: DataFrame) -> list[dict]:
     ]
 
 
+def adjusted_rand_index(counts: list[tuple[Any, Any, int]]) -> float | None:
+    """ARI of two labellings from their contingency table ((label a, label b, customers)).
+
+    ARI = (sum_ij C(n_ij, 2) - E) / (mean(sum_i C(a_i, 2), sum_j C(b_j, 2)) - E), with
+    E = sum_i C(a_i, 2) sum_j C(b_j, 2) / C(n, 2): 1 for the same partition, about 0 for
+    unrelated ones. None for fewer than two customers; 1.0 when both put everyone together.
+    """
+
+    def pairs(v: float) -> float:
+        return v * (v - 1) / 2
+
+    rows: dict[Any, float] = {}
+    cols: dict[Any, float] = {}
+    for a, b, n in counts:
+        rows[a] = rows.get(a, 0) + n
+        cols[b] = cols.get(b, 0) + n
+    total = sum(rows.values())
+    if total < 2:
+        return None
+    index = sum(pairs(n) for _, _, n in counts)
+    sum_a, sum_b = sum(map(pairs, rows.values())), sum(map(pairs, cols.values()))
+    expected = sum_a * sum_b / pairs(total)
+    top = (sum_a + sum_b) / 2 - expected
+    return 1.0 if top == 0 else float((index - expected) / top)
+
+
+def stability(ctx: RetrainContext, assigned: DataFrame) -> dict[str, Any] | None:
+    """This run's segments against the CURRENT version's, on the customers in both: the
+    adjusted Rand index and the migration table (from segment -> to segment, customers).
+    None when there is no CURRENT version (or its table is gone)."""
+    previous = registry.current_version(ctx.settings, "segments")
+    if previous is None:
+        return None
+    path = registry.output_path(ctx.settings, "segments", previous)
+    if not path.is_dir():
+        return None
+    before = ctx.spark.read.parquet(str(path)).select(
+        "customer_id", F.col("segment_id").alias("from_id"), F.col("segment_name").alias("from")
+    )
+    moved = (
+        before.join(assigned, "customer_id")
+        .groupBy("from_id", "from", "to_id", "to")
+        .agg(F.count(F.lit(1)).alias("customers"))
+        .orderBy("from_id", "to_id")
+        .collect()
+    )
+    counts = [(r["from_id"], r["to_id"], int(r["customers"])) for r in moved]
+    both = sum(n for _, _, n in counts)
+    same_name = sum(int(r["customers"]) for r in moved if r["from"] == r["to"])
+    return {
+        "previous_version": previous,
+        "customers_in_both": both,
+        "adjusted_rand_index": adjusted_rand_index(counts),
+        "same_segment_name_share": same_name / both if both else None,
+        "migration": [
+            {"from": r["from"], "to": r["to"], "customers": int(r["customers"])} for r in moved
+        ],
+    }
+
+
 def retrain(ctx: RetrainContext) -> dict[str, Any]:
     """K-Means on log RFM as of the cutoff; k by silhouette; named from centroids."""
     settings, opts, version = ctx.settings, ctx.opts, ctx.version
@@ -147,6 +211,14 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
             .select("customer_id", "segment_id", "segment_name")
         )
         write_output(out, registry.output_path(settings, "segments", version))
+    with ctx.stage("segments: stability against the CURRENT version") as st:
+        moves = stability(
+            ctx,
+            out.select(
+                "customer_id", F.col("segment_id").alias("to_id"), F.col("segment_name").alias("to")
+            ),
+        )
+        st.rows = moves["customers_in_both"] if moves else 0
     meta = {
         "model": "segments",
         "version": version,
@@ -161,6 +233,7 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
             "silhouette_by_k": {str(a): b for a, b in scores.items()},
         },
         "profile": rows,
+        "stability": moves,
         "names": {str(a): b for a, b in names.items()},
         "output": str(registry.output_path(settings, "segments", version)),
         "model_path": str(registry.model_path(settings, "segments", version)),

@@ -24,12 +24,94 @@ def rec_table(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+CHURN_MODELS = {
+    "stack": "stack on BG/NBD (served)",
+    "bgnbd": "BG/NBD P(no purchase in H)",
+    "recency": "recency alone (logistic)",
+    "gbt": "free GBT on RFM + attributes",
+}
+
+
 def churn_table(meta: dict[str, Any]) -> list[str]:
-    """Markdown rows: GBT and its baselines."""
-    lines = ["| model | AUC-ROC | PR-AUC | Brier |", "|---|---|---|---|"]
-    for name, m in meta["metrics"].items():
-        lines.append(f"| {name} | {m['auc_roc']:.4f} | {m['pr_auc']:.4f} | {m['brier']:.4f} |")
+    """Markdown rows: the served model and every baseline, with AUC against BG/NBD's."""
+    metrics = meta["metrics"]
+    if "stack" not in meta:  # a version from before the stack: GBT served, as it was shown
+        lines = ["| model | AUC-ROC | PR-AUC | Brier |", "|---|---|---|---|"]
+        for name, m in metrics.items():
+            lines.append(f"| {name} | {m['auc_roc']:.4f} | {m['pr_auc']:.4f} | {m['brier']:.4f} |")
+        return lines
+    ref = metrics.get("bgnbd", {}).get("auc_roc")
+    lines = [
+        "| model | AUC-ROC | AUC vs BG/NBD | PR-AUC | Brier (lower is better) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in metrics.items():
+        delta = f"{m['auc_roc'] - ref:+.4f}" if ref is not None and name != "bgnbd" else ""
+        label = CHURN_MODELS.get(name, name)
+        lines.append(
+            f"| {label} | {m['auc_roc']:.4f} | {delta} | {m['pr_auc']:.4f} | {m['brier']:.4f} |"
+        )
     return lines
+
+
+def value_table(meta: dict[str, Any]) -> list[str]:
+    """Markdown rows: expected value and value at risk as of the cutoff, and how the
+    expected spend compared with the actual spend on the evaluation window."""
+    v = meta.get("value")
+    if not v:
+        return []
+    h = v["horizon_days"]
+    lines = [
+        f"| value (next {h} days) | figure |",
+        "|---|---|",
+        f"| customers scored | {v['customers']:,} |",
+        f"| expected spend, all customers | {v['expected_spend_total']:,.2f} |",
+        f"| value at risk (sum of churn probability x expected spend) | "
+        f"{v['value_at_risk_total']:,.2f} |",
+    ]
+    e = v.get("eval") or {}
+    if e:
+        lines += [
+            f"| evaluation window: expected / actual spend | {e['expected_spend_total']:,.2f} / "
+            f"{e['actual_spend_total']:,.2f} |",
+            f"| evaluation window: correlation, expected vs actual spend per customer | "
+            f"{e['pearson_expected_vs_actual']:.3f} |",
+            f"| evaluation window: share of actual spend by the top 10 % by expected spend | "
+            f"{e['top_decile_share_of_actual']:.1%} |",
+        ]
+    return lines
+
+
+def migration_table(meta: dict[str, Any]) -> list[str]:
+    """Markdown rows: customers by previous segment (rows) and this run's (columns)."""
+    st = meta.get("stability")
+    if not st or not st.get("migration"):
+        return []
+    froms = list(dict.fromkeys(m["from"] for m in st["migration"]))
+    tos = list(dict.fromkeys(m["to"] for m in st["migration"]))
+    cell = {(m["from"], m["to"]): m["customers"] for m in st["migration"]}
+    lines = [
+        "| from (rows) / to (columns) | " + " | ".join(tos) + " | total |",
+        "|---|" + "---|" * (len(tos) + 1),
+    ]
+    for f in froms:
+        counts = [cell.get((f, t), 0) for t in tos]
+        lines.append(f"| {f} | " + " | ".join(f"{c:,}" for c in counts) + f" | {sum(counts):,} |")
+    return lines
+
+
+def stability_line(meta: dict[str, Any]) -> str:
+    """One line: the adjusted Rand index against the previous CURRENT version."""
+    st = meta.get("stability")
+    if not st:
+        return "stability: no previous CURRENT segments version to compare with"
+    ari = st.get("adjusted_rand_index")
+    same = st.get("same_segment_name_share")
+    return (
+        f"stability against version {st['previous_version']}: adjusted Rand index "
+        f"{'n/a' if ari is None else f'{ari:.3f}'} on the {st['customers_in_both']:,} customers "
+        f"in both; {'n/a' if same is None else f'{same:.1%}'} kept their segment name"
+    )
 
 
 def segment_table(meta: dict[str, Any]) -> list[str]:
@@ -60,4 +142,10 @@ def print_summary(run: dict[str, dict[str, Any]]) -> None:
     for name, meta in run.items():
         print(f"\n## {name} (version {meta['version']})")
         print("\n".join(tables[name](meta)))
+        if name == "churn" and meta.get("value"):
+            print("\n".join(["", *value_table(meta)]))
+        if name == "segments":
+            print(stability_line(meta))
+            if migration_table(meta):
+                print("\n".join(["", *migration_table(meta)]))
         print(gate_line(meta))

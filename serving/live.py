@@ -42,7 +42,7 @@ from pyspark.sql import SparkSession
 
 from features.customer import features_table
 from runtime.settings import Settings
-from serving.online import STATE_COLUMNS, OnlineStore, open_store
+from serving.online import SCORE_COLUMNS, STATE_COLUMNS, OnlineStore, open_store
 from serving.view import ModelCache, ModelOutputs, assemble, publish_view, score
 from storage.customer_state import BatchResult, CustomerStateStore
 from storage.state_table import history_json, state_table
@@ -69,9 +69,13 @@ def records(state: pa.Table, scores: pa.Table) -> Iterator[tuple[Any, ...]]:
 
 
 def score_columns(scores: pa.Table) -> list[list[Any]]:
-    """``SCORES`` columns after customer_id as Python lists (times as microseconds)."""
+    """``SCORE_COLUMNS`` of ``scores`` as Python lists (times as microseconds); a column it
+    lacks (``expected_value`` from a plain ``SCORES`` table) is null."""
     out = []
-    for name in scores.column_names[1:]:
+    for name in SCORE_COLUMNS:
+        if name not in scores.column_names:
+            out.append([None] * scores.num_rows)
+            continue
         col = scores[name]
         out.append(_micros(col) if pa.types.is_timestamp(col.type) else col.to_pylist())
     return out

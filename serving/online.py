@@ -20,8 +20,13 @@ numbers since 1970-01-01, null for none), the latest event time, the history as 
 live scores: ``churn_probability`` with ``churn_as_of`` (the stream clock it was
 computed at, microseconds) and the model version, and the segment the CURRENT
 segmentation model assigns to the live features (served only for customers the
-segments table does not hold). All writes are upserts of absolute values, so a
-replayed batch writes the same record again.
+segments table does not hold); and ``expected_value``, the customer's expected spend in
+the churn horizon under the same churn model (BG/NBD x Gamma-Gamma, computed inside it),
+so ``top_value_at_risk`` ranks by churn probability x expected value. All writes are
+upserts of absolute values, so a replayed batch writes the same record again.
+
+A store written before a column existed gets it added (null) when opened for writing;
+read-only, the missing column reads as null.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ SCORE_COLUMNS = (
     "segment_id",
     "segment_name",
     "segments_model_version",
+    "expected_value",
 )
 RECORD_COLUMNS = ("customer_id", *STATE_COLUMNS, *SCORE_COLUMNS)
 OUTPUT_KINDS = ("segments", "recommendations")
@@ -82,6 +88,11 @@ class OnlineStore(ABC):
     @abstractmethod
     def top_churn(self, n: int) -> list[str]:
         """The ``n`` customer ids with the highest churn probability (ties by id)."""
+
+    @abstractmethod
+    def top_value_at_risk(self, n: int) -> list[str]:
+        """The ``n`` customer ids with the highest churn probability x expected value (ties
+        by id); customers without both are left out."""
 
     @abstractmethod
     def set_meta(self, values: dict[str, Any]) -> None:
@@ -123,6 +134,7 @@ class SqliteStore(OnlineStore):
             self.db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; derived data
             self._create()
         self.db.execute("PRAGMA cache_size=-262144")  # 256 MB page cache
+        self.columns = tuple(r[1] for r in self.db.execute("PRAGMA table_info(customer)"))
 
     def _create(self) -> None:
         cols = ", ".join(f"{c}" for c in RECORD_COLUMNS[1:])
@@ -136,6 +148,10 @@ class SqliteStore(OnlineStore):
                 " PRIMARY KEY (kind, customer_id)) WITHOUT ROWID"
             )
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(customer)")}
+            for c in RECORD_COLUMNS[1:]:
+                if c not in have:  # a store written by an older version: add, null
+                    self.db.execute(f"ALTER TABLE customer ADD COLUMN {c}")
 
     @override
     def write_records(self, rows: Iterable[Sequence[Any]]) -> None:
@@ -143,7 +159,7 @@ class SqliteStore(OnlineStore):
         updates = ", ".join(f"{c}=excluded.{c}" for c in RECORD_COLUMNS[1:])
         with self.db:
             self.db.executemany(
-                f"INSERT INTO customer VALUES ({marks})"
+                f"INSERT INTO customer ({', '.join(RECORD_COLUMNS)}) VALUES ({marks})"
                 f" ON CONFLICT(customer_id) DO UPDATE SET {updates}",
                 rows,
             )
@@ -167,7 +183,8 @@ class SqliteStore(OnlineStore):
         ).fetchone()
         if row is None:
             return None
-        record = dict(zip(RECORD_COLUMNS, row, strict=True))
+        stored = dict(zip(self.columns, row, strict=True))
+        record = {c: stored.get(c) for c in RECORD_COLUMNS}
         for kind, value in self.db.execute(
             "SELECT kind, value FROM output WHERE customer_id=? AND kind IN (?, ?)",
             (customer_id, *OUTPUT_KINDS),
@@ -182,6 +199,18 @@ class SqliteStore(OnlineStore):
         rows = self.db.execute(
             "SELECT customer_id FROM customer WHERE churn_probability IS NOT NULL"
             " ORDER BY churn_probability DESC, customer_id LIMIT ?",
+            (n,),
+        )
+        return [r[0] for r in rows]
+
+    @override
+    def top_value_at_risk(self, n: int) -> list[str]:
+        if "expected_value" not in self.columns:
+            return []
+        rows = self.db.execute(
+            "SELECT customer_id FROM customer WHERE churn_probability IS NOT NULL"
+            " AND expected_value IS NOT NULL"
+            " ORDER BY churn_probability * expected_value DESC, customer_id LIMIT ?",
             (n,),
         )
         return [r[0] for r in rows]
@@ -232,7 +261,8 @@ def _decode(value: str | None) -> Any:
 
 
 class RedisStore(OnlineStore):
-    """Redis: ``<prefix>c:<id>`` hashes, a ``<prefix>churn`` sorted set, versioned outputs.
+    """Redis: ``<prefix>c:<id>`` hashes, sorted sets of churn scores (``<prefix>churn``) and
+    of value at risk (``<prefix>value_at_risk``), versioned outputs.
 
     Every field is stored as JSON (empty for null), so values read back with their types.
     """
@@ -258,18 +288,27 @@ class RedisStore(OnlineStore):
 
     @override
     def write_records(self, rows: Iterable[Sequence[Any]]) -> None:
-        churn = self.prefix + "churn"
+        churn, risk = self.prefix + "churn", self.prefix + "value_at_risk"
         at = RECORD_COLUMNS.index("churn_probability")
+        value = RECORD_COLUMNS.index("expected_value")
         for chunk in _chunks(rows):
             pipe = self.r.pipeline(transaction=False)
-            scored = {}
+            scored, valued, unvalued = {}, {}, []
             for row in chunk:
                 fields = {c: _encode(v) for c, v in zip(RECORD_COLUMNS[1:], row[1:], strict=True)}
                 pipe.hset(self._key(row[0]), mapping=fields)
                 if row[at] is not None:
                     scored[row[0]] = row[at]
+                if row[at] is not None and row[value] is not None:
+                    valued[row[0]] = row[at] * row[value]
+                else:
+                    unvalued.append(row[0])
             if scored:
                 pipe.zadd(churn, scored)
+            if valued:
+                pipe.zadd(risk, valued)
+            if unvalued:  # an upsert without a value drops the old one, as in SQLite
+                pipe.zrem(risk, *unvalued)
             pipe.sadd(self.prefix + "ids", *[row[0] for row in chunk])
             pipe.execute()
 
@@ -312,14 +351,20 @@ class RedisStore(OnlineStore):
 
     @override
     def top_churn(self, n: int) -> list[str]:
+        return self._top(self.prefix + "churn", n)
+
+    @override
+    def top_value_at_risk(self, n: int) -> list[str]:
+        return self._top(self.prefix + "value_at_risk", n)
+
+    def _top(self, key: str, n: int) -> list[str]:
         # Highest score first; among equal scores Redis orders by member, descending, so
         # add the whole tie at the boundary and order by (score desc, id asc), as SQLite.
-        churn = self.prefix + "churn"
-        top = self.r.zrevrange(churn, 0, n - 1, withscores=True)
+        top = self.r.zrevrange(key, 0, n - 1, withscores=True)
         if not top:
             return []
         last = top[-1][1]
-        tied = [(m, last) for m in self.r.zrangebyscore(churn, last, last)]
+        tied = [(m, last) for m in self.r.zrangebyscore(key, last, last)]
         ranked = sorted({*top, *tied}, key=lambda ms: (-ms[1], ms[0]))
         return [m for m, _ in ranked[:n]]
 

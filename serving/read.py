@@ -1,4 +1,4 @@
-"""Look-ups against the online store: one customer's view row, or the likeliest churners.
+"""Look-ups against the online store: one customer's view row, or the most value at risk.
 
 ``lookup`` is the function an application calls (``pulse view`` prints the same
 record). It reads one key from the online store and evaluates the features that age as
@@ -27,11 +27,13 @@ from features.customer import features_table
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from serving.online import SCORE_COLUMNS, OnlineStore, open_store
-from serving.view import RECS_TABLE, SCORES, SEGMENT_TABLE, ModelOutputs, assemble
+from serving.view import RECS_TABLE, SCORED, SEGMENT_TABLE, ModelOutputs, assemble
 from storage.state_table import state_from_record
 
 AT_RISK_COLUMNS = (
     "customer_id",
+    "value_at_risk",
+    "expected_value",
     "churn_probability",
     "churn_as_of",
     "recency_days",
@@ -54,11 +56,16 @@ def open_reader(settings: Settings) -> OnlineStore:
 
 
 def lookup(
-    settings: Settings, customer_id: str, store: OnlineStore | None = None
+    settings: Settings,
+    customer_id: str,
+    store: OnlineStore | None = None,
+    with_value: bool = False,
 ) -> dict[str, Any]:
     """One customer's view row as a dict; PulseError if the customer is unknown.
 
     Pass an open ``store`` (``open_reader``) to look up many customers on one connection.
+    ``with_value``: add ``expected_value`` (the record's expected spend in the churn
+    horizon; not a column of the Parquet view, whose schema is ``schemas.tables``').
     """
     own = store is None
     reader = open_reader(settings) if store is None else store
@@ -66,7 +73,10 @@ def lookup(
         record = reader.get(customer_id)
         if record is None:
             raise PulseError(f"unknown customer {customer_id!r} (not in the online store)")
-        return view_row(record, reader.meta())
+        row = view_row(record, reader.meta())
+        if with_value:
+            row["expected_value"] = record.get("expected_value")
+        return row
     finally:
         if own:
             reader.close()
@@ -80,7 +90,7 @@ def view_row(record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     score = {c: record.get(c) for c in SCORE_COLUMNS}
     if score["churn_as_of"] is not None:
         score["churn_as_of"] = _time(score["churn_as_of"])
-    scores = pa.Table.from_pylist([{"customer_id": record["customer_id"], **score}], SCORES)
+    scores = pa.Table.from_pylist([{"customer_id": record["customer_id"], **score}], SCORED)
     versions = meta.get("versions") or {}
     models = ModelOutputs(
         segments=_one(record, "segments", SEGMENT_TABLE),
@@ -112,16 +122,28 @@ def live_clock(settings: Settings) -> datetime | None:
         store.close()
 
 
-def at_risk(settings: Settings, n: int) -> list[dict[str, Any]]:
-    """The ``n`` customers with the highest churn probability, as short dicts."""
+def at_risk(settings: Settings, n: int, by_probability: bool = False) -> list[dict[str, Any]]:
+    """The ``n`` customers with the most value at risk, as short dicts.
+
+    Value at risk = churn probability x expected value (the expected spend in the churn
+    horizon, under the same CURRENT churn model), both stored in the customer's record.
+    ``by_probability``: the ``n`` with the highest churn probability instead (the older
+    ordering, also used when no record has an expected value yet: a churn model without one).
+    """
     with_store = open_reader(settings)
     try:
         meta = with_store.meta()
+        ids = [] if by_probability else with_store.top_value_at_risk(n)
+        if not ids:
+            ids = with_store.top_churn(n)
         rows = []
-        for customer_id in with_store.top_churn(n):
+        for customer_id in ids:
             record = with_store.get(customer_id)
             if record is not None:
                 row = view_row(record, meta)
+                p, value = record.get("churn_probability"), record.get("expected_value")
+                row["expected_value"] = value
+                row["value_at_risk"] = None if p is None or value is None else p * value
                 rows.append({c: row[c] for c in AT_RISK_COLUMNS})
         return rows
     finally:

@@ -70,7 +70,10 @@ SCORES = pa.schema(
         ("segments_model_version", pa.string()),
     ]
 )
-assert tuple(SCORES.names[1:]) == SCORE_COLUMNS
+# What ``score`` returns and the online store keeps: SCORES + the expected value (spend in
+# the churn horizon, from a churn model that computes it; null from one that does not).
+SCORED = SCORES.append(pa.field("expected_value", pa.float64()))
+assert tuple(SCORED.names[1:]) == SCORE_COLUMNS
 _ARROW_TYPES = {
     "string": pa.string(),
     "int": pa.int32(),
@@ -131,15 +134,18 @@ def recommendation_lists(recommendations: pa.Table) -> pa.Table:
 def churn_scores(
     features: DataFrame, model: Any, customers: DataFrame | None, carry: Sequence[str] = ()
 ) -> DataFrame:
-    """Apply a churn PipelineModel to live features -> customer_id, *carry, churn_probability."""
+    """Apply a churn PipelineModel to live features -> customer_id, *carry, churn_probability,
+    expected_value (the model's ``expected_spend`` column; null when it has none)."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
     scored = model.transform(with_customer_attributes(features, customers))
+    value = F.col("expected_spend") if "expected_spend" in scored.columns else F.lit(None)
     return scored.select(
         "customer_id",
         *carry,
         vector_to_array(F.col("probability"))[1].cast("double").alias("churn_probability"),
+        value.cast("double").alias("expected_value"),
     )
 
 
@@ -164,7 +170,8 @@ def segment_assignments(features: DataFrame, model: Any, names: dict[int, str]) 
 def score(
     spark: SparkSession, features: pa.Table, models: ModelOutputs, as_of: datetime
 ) -> pa.Table:
-    """Live features (Arrow) -> ``SCORES``: churn and the model's segment, one Spark job.
+    """Live features (Arrow) -> ``SCORED``: churn, expected value and the model's segment,
+    one Spark job.
 
     ``as_of`` is the stream clock the features were evaluated at (``churn_as_of``).
     Without a model the columns are null.
@@ -197,12 +204,13 @@ def score(
         columns["churn_probability"] = scored["churn_probability"]
         columns["churn_as_of"] = pa.array([as_of] * n, pa.timestamp("us", tz="UTC"))
         columns["churn_model_version"] = version
+        columns["expected_value"] = scored["expected_value"]
     if scored is not None and seg is not None:
         columns["segment_id"] = scored["segment_id"]
         columns["segment_name"] = scored["segment_name"]
         columns["segments_model_version"] = pa.array([models.segments_version] * n, pa.string())
     return pa.table(
-        [columns.get(f.name, pa.nulls(n, f.type)).cast(f.type) for f in SCORES], schema=SCORES
+        [columns.get(f.name, pa.nulls(n, f.type)).cast(f.type) for f in SCORED], schema=SCORED
     )
 
 

@@ -16,6 +16,7 @@ SHOWN = [
     ("as of", "as_of"),
     ("segment", "segment_name"),
     ("churn probability / as of", ("churn_probability", "churn_as_of")),
+    ("expected value (churn horizon)", "expected_value"),
     ("at risk (rule)", "at_risk"),
     ("first / last purchase", ("first_purchase_date", "last_purchase_date")),
     ("recency / tenure (days)", ("recency_days", "tenure_days")),
@@ -56,15 +57,23 @@ def format_customer(row: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_at_risk(rows: list[dict[str, Any]]) -> str:
-    """The most likely churners as a table."""
-    header = (
-        f"{'customer_id':<66} {'churn_p':>8} {'recency':>8} {'freq':>5} {'monetary':>10}  segment"
+def format_at_risk(rows: list[dict[str, Any]], by_probability: bool = False) -> str:
+    """The at-risk customers as a table, with what they are ranked by on top."""
+    valued = any(r.get("value_at_risk") is not None for r in rows)
+    order = (
+        "churn probability"
+        if by_probability or not valued
+        else "value at risk = churn probability x expected spend in the churn horizon"
     )
-    lines = [header]
+    header = (
+        f"{'customer_id':<66} {'at risk':>10} {'exp value':>10} {'churn_p':>8} {'recency':>8} "
+        f"{'freq':>5} {'monetary':>10}  segment"
+    )
+    lines = [f"ranked by {order}", header]
     for r in rows:
         lines.append(
-            f"{r['customer_id']:<66} {_fmt(r['churn_probability']):>8} "
+            f"{r['customer_id']:<66} {_fmt(r.get('value_at_risk')):>10} "
+            f"{_fmt(r.get('expected_value')):>10} {_fmt(r['churn_probability']):>8} "
             f"{_fmt(r['recency_days']):>8} {_fmt(r['frequency']):>5} "
             f"{_fmt(r['monetary']):>10}  {_fmt(r['segment_name'])}"
         )
@@ -75,17 +84,17 @@ def _view(args: argparse.Namespace, settings: Settings) -> int:
     from serving import read
 
     if args.at_risk is not None:
-        rows = read.at_risk(settings, args.at_risk)
+        rows = read.at_risk(settings, args.at_risk, by_probability=args.by_probability)
         if args.json:
             print(json.dumps(rows, default=str, indent=2))
         elif not rows:
             print("no churn scores in the view yet (no CURRENT churn model)")
         else:
-            print(format_at_risk(rows))
+            print(format_at_risk(rows, args.by_probability))
         return 0
     if not args.customer_id:
         raise PulseError("give a CUSTOMER_ID or --at-risk N")
-    row = read.lookup(settings, args.customer_id)
+    row = read.lookup(settings, args.customer_id, with_value=True)
     print(json.dumps(row, default=str, indent=2) if args.json else format_customer(row))
     return 0
 
@@ -130,7 +139,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `pulse view` and `pulse demo`."""
     p = sub.add_parser("view", help="one customer's live view, or the most likely churners")
     p.add_argument("customer_id", nargs="?", metavar="CUSTOMER_ID")
-    p.add_argument("--at-risk", type=positive_int, metavar="N", help="the N most likely churners")
+    p.add_argument(
+        "--at-risk", type=positive_int, metavar="N",
+        help="the N customers with the most value at risk (churn probability x expected value)",
+    )  # fmt: skip
+    p.add_argument(
+        "--by-probability", action="store_true",
+        help="with --at-risk: rank by churn probability alone (the older ordering)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_view)
 

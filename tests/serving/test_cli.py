@@ -27,9 +27,10 @@ def view_root(tmp_path):
     store = SqliteStore(tmp_path / "online" / "customers.db")
     clock = SEP22 * US_PER_DAY
 
-    def rec(cid, first, last, freq, n, monetary, history, p, seg):
+    def rec(cid, first, last, freq, n, monetary, history, p, seg, value=None):
         return (cid, first, last, freq, n, monetary, 0, n, last * US_PER_DAY, history,
-                p, None if p is None else clock, "v1", seg and 0, seg, seg and "s1")  # fmt: skip
+                p, None if p is None else clock, "v1", seg and 0, seg, seg and "s1",
+                value)  # fmt: skip
 
     store.write_records(
         [
@@ -44,8 +45,10 @@ def view_root(tmp_path):
                 f"[[{SEP22 - 1},5,5,1.5,0,5]]",
                 0.1,
                 "Champions",
+                500.0,  # value at risk 0.1 x 500 = 50
             ),
-            rec("b", SEP22 - 200, SEP22 - 80, 2, 2, 0.2, "[]", 0.9, "Hibernating"),
+            # value at risk 0.9 x 10 = 9: likelier to churn, less to lose
+            rec("b", SEP22 - 200, SEP22 - 80, 2, 2, 0.2, "[]", 0.9, "Hibernating", 10.0),
             rec("c", SEP22 - 90, SEP22 - 40, 3, 3, 0.4, "[]", None, None),
         ]  # fmt: skip
     )
@@ -76,10 +79,20 @@ def test_view_without_store_is_one_clear_error(tmp_path, capsys):
     assert "no online store at" in capsys.readouterr().err
 
 
-def test_at_risk_orders_by_churn_probability(view_root, capsys):
-    assert main(["--data-root", str(view_root), "view", "--at-risk", "5", "--json"]) == 0
+def test_at_risk_orders_by_value_at_risk_or_by_probability(view_root, capsys):
+    root = ["--data-root", str(view_root), "view", "--at-risk", "5"]
+    assert main([*root, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    # a: 0.1 x 500 = 50 before b: 0.9 x 10 = 9; c has no churn score
+    assert [(r["customer_id"], r["value_at_risk"]) for r in rows] == [("a", 50.0), ("b", 9.0)]
+    assert main([*root, "--by-probability", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["customer_id"], r["churn_probability"]) for r in rows] == [("b", 0.9), ("a", 0.1)]
+    assert main(root) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ranked by value at risk") and "50.00" in out
+    assert main(["--data-root", str(view_root), "view", "a"]) == 0
+    assert "500.00" in capsys.readouterr().out  # the expected value, from the same record
 
 
 def test_write_backfill_keeps_rows_before_split_verbatim(tmp_path):
