@@ -41,6 +41,11 @@ def churn_table(meta: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | {m['auc_roc']:.4f} | {m['pr_auc']:.4f} | {m['brier']:.4f} |")
         return lines
     ref = metrics.get("bgnbd", {}).get("auc_roc")
+    # meta.json is written with sorted keys: the served model first, then the baselines
+    order = [n for n in CHURN_MODELS if n in metrics] + [
+        n for n in metrics if n not in CHURN_MODELS
+    ]
+    metrics = {n: metrics[n] for n in order}
     lines = [
         "| model | AUC-ROC | AUC vs BG/NBD | PR-AUC | Brier (lower is better) |",
         "|---|---|---|---|---|",
