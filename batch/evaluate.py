@@ -84,10 +84,27 @@ def spark_ranking_metrics(
     distinct (customer_id, article_id) purchases of the hold-out. Same definitions as
     ``ranking_metrics``; a repeated article counts at its best rank only.
     """
-    by_rank = Window.partitionBy("customer_id").orderBy("rank", "article_id")
+    one = recs.withColumn("strategy", F.lit("-"))
+    return spark_ranking_metrics_by(one, actual, catalogue, ["-"], k)["-"]
+
+
+def spark_ranking_metrics_by(
+    recs: DataFrame,
+    actual: DataFrame,
+    catalogue: int,
+    strategies: list[str],
+    k: int = N_RECOMMENDATIONS,
+) -> dict[str, dict[str, float]]:
+    """``spark_ranking_metrics`` of several strategies at once (two Spark jobs in all).
+
+    ``recs`` has a ``strategy`` column besides customer_id, rank, article_id; a strategy
+    of ``strategies`` with no rows scores 0 for every buyer.
+    """
+    key = ["strategy", "customer_id"]
+    by_rank = Window.partitionBy(*key).orderBy("rank", "article_id")
     top = (
         recs.join(actual.select("customer_id").distinct(), "customer_id", "left_semi")
-        .groupBy("customer_id", "article_id")
+        .groupBy(*key, "article_id")
         .agg(F.min("rank").alias("rank"))
         .withColumn("pos", F.row_number().over(by_rank))
         .where(F.col("pos") <= k)
@@ -98,7 +115,7 @@ def spark_ranking_metrics(
         .fillna(0, ["_hit"])
         .withColumn("_cum", F.sum("_hit").over(by_rank.rowsBetween(Window.unboundedPreceding, 0)))
     )
-    per_customer = scored.groupBy("customer_id").agg(
+    per_customer = scored.groupBy(*key).agg(
         F.sum(F.when(hit, F.col("_cum") / F.col("pos"))).alias("ap_sum"),
         F.sum("_hit").alias("hits"),
         F.sum(F.when(hit, 1 / F.log2(F.col("pos") + 1))).alias("dcg"),
@@ -107,11 +124,17 @@ def spark_ranking_metrics(
     ideal = F.array(
         *[F.lit(sum(1 / math.log2(i + 1) for i in range(1, m + 1))) for m in range(1, k + 1)]
     )
-    n_actual = actual.groupBy("customer_id").agg(F.count(F.lit(1)).alias("n_actual"))
+    names = actual.sparkSession.createDataFrame([(s,) for s in strategies], "strategy string")
+    n_actual = (
+        actual.groupBy("customer_id")
+        .agg(F.count(F.lit(1)).alias("n_actual"))
+        .crossJoin(F.broadcast(names))
+    )
     m = F.least(F.col("n_actual"), F.lit(k))
-    row = (
-        n_actual.join(per_customer, "customer_id", "left")
+    rows = (
+        n_actual.join(per_customer, key, "left")
         .fillna(0.0, ["ap_sum", "hits", "dcg"])
+        .groupBy("strategy")
         .agg(
             F.avg(F.col("ap_sum") / m).alias("map"),
             F.avg(F.col("hits") / k).alias("precision"),
@@ -119,14 +142,24 @@ def spark_ranking_metrics(
             F.avg(F.col("dcg") / F.element_at(ideal, m.cast("int"))).alias("ndcg"),
             F.count(F.lit(1)).alias("customers"),
         )
-        .first()
+        .collect()
     )
-    recommended = top.select("article_id").distinct().count()
-    coverage = recommended / catalogue if catalogue else 0.0
-    names = ("map", "precision", "recall", "ndcg")
-    if row is None or not row["customers"]:
-        return {f"{name}@{k}": 0.0 for name in names} | {"coverage": coverage, "customers": 0}
-    return {f"{name}@{k}": float(row[name]) for name in names} | {
-        "coverage": coverage,
-        "customers": int(row["customers"]),
+    recommended = {
+        r["strategy"]: r["n"]
+        for r in top.groupBy("strategy").agg(F.countDistinct("article_id").alias("n")).collect()
     }
+    out: dict[str, dict[str, float]] = {}
+    metric_names = ("map", "precision", "recall", "ndcg")
+    by_name = {r["strategy"]: r for r in rows}
+    for name in strategies:
+        coverage = recommended.get(name, 0) / catalogue if catalogue else 0.0
+        row = by_name.get(name)
+        if row is None or not row["customers"]:
+            out[name] = {f"{n}@{k}": 0.0 for n in metric_names} | {"coverage": coverage}
+            out[name]["customers"] = 0
+            continue
+        out[name] = {f"{n}@{k}": float(row[n]) for n in metric_names} | {
+            "coverage": coverage,
+            "customers": int(row["customers"]),
+        }
+    return out

@@ -20,13 +20,15 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
+from functools import reduce
 from typing import TYPE_CHECKING, Any
 
+from pyspark.ml.feature import StringIndexer
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from batch.evaluate import spark_ranking_metrics
+from batch.evaluate import spark_ranking_metrics_by
 from batch.publish import finish, gate, write_output
 from features.time import cutoff_ts
 from runtime.errors import PulseError
@@ -125,17 +127,14 @@ def repurchase_candidates(inter: DataFrame, k: int = N_RECOMMENDATIONS) -> DataF
 
 
 def index_ids(df: DataFrame, col: str, idx: str) -> DataFrame:
-    """Distinct ``col`` values -> dense int ``idx`` (0..n-1, in ``col`` order), in the JVM.
+    """Distinct ``col`` values -> dense int ``idx`` (0..n-1, in ``col`` order).
 
-    One sorted pass over the distinct ids (a global window): no Python per row, nothing
-    collected to the driver.
+    Spark's ``StringIndexer`` does it in the JVM: no Python per row (its fit keeps the
+    labels in the model: one string per customer on the driver, tens of MB at H&M's size).
     """
-    order = Window.orderBy(col)
-    return (
-        df.select(col)
-        .distinct()
-        .select(col, (F.row_number().over(order) - 1).cast("int").alias(idx))
-    )
+    distinct = df.select(col).distinct()
+    indexer = StringIndexer(inputCol=col, outputCol=idx, stringOrderType="alphabetAsc")
+    return indexer.fit(distinct).transform(distinct).select(col, F.col(idx).cast("int"))
 
 
 @dataclass
@@ -256,18 +255,24 @@ def candidate_sources(
     params: RecParams,
     customers: DataFrame,
     als_for: str | None = "all",
+    only_customers: bool = False,
 ) -> dict[str, DataFrame]:
     """Every candidate source over ``events`` (all before ``cutoff``), for ``customers``.
+
+    ``only_customers``: compute the repurchase lists of ``customers`` only (worth it when
+    they are few, as in a hold-out week; for everyone it would be an extra join).
 
     ``als_for``: None fits no ALS; "all" scores every customer ALS knows; "uncovered"
     only those whose repurchase list is shorter than K: in an order that puts
     repurchase before ALS (``blend``), ALS never reaches the others' lists, so
     scoring them (every customer against every article) is wasted.
     """
-    inter = interactions(events, cutoff, params.half_life_days).cache()
+    own = events.join(customers, "customer_id", "left_semi") if only_customers else events
     sources = {
         "popularity": popular(events, cutoff, params.popular_days),
-        "repurchase": repurchase_candidates(inter),
+        "repurchase": repurchase_candidates(
+            interactions(own, cutoff, params.half_life_days)
+        ).cache(),
     }
     if als_for is not None:
         fit = fit_als(als_interactions(events, cutoff, params), params)
@@ -296,20 +301,27 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
     holdout = events.where(F.col("event_time") >= F.lit(cutoff_ts(train_end))).where(
         F.col("quantity") > 0
     )
-    with ctx.stage("recommendations: hold-out evaluation") as st:
+    with ctx.stage("recommendations: hold-out buyers") as st:
         actual = holdout.select("customer_id", "article_id").distinct().cache()
         hold_customers = actual.select("customer_id").distinct().cache()
         st.rows = hold_customers.count()
         if not st.rows:
             raise PulseError(f"no purchases in the hold-out [{train_end}, {cutoff})")
         catalogue = train.select("article_id").distinct().count()
-        sources = candidate_sources(train, train_end, p, hold_customers)
-        metrics = {}
-        for name, order in STRATEGIES.items():
-            recs = assemble(hold_customers, sources, order)
-            metrics[name] = spark_ranking_metrics(recs, actual, catalogue)
-            if opts.progress:
-                print(f"  {name:<11} {MAP_AT_K} {metrics[name][MAP_AT_K]:.4f}", file=sys.stderr)
+    with ctx.stage("recommendations: hold-out candidates (ALS fit on the training window)"):
+        sources = candidate_sources(train, train_end, p, hold_customers, only_customers=True)
+        sources["als"].count()
+    with ctx.stage(f"recommendations: {MAP_AT_K} of {len(STRATEGIES)} strategies") as st:
+        st.rows = hold_customers.count()
+        every = [
+            assemble(hold_customers, sources, order).withColumn("strategy", F.lit(name))
+            for name, order in STRATEGIES.items()
+        ]
+        recs = reduce(DataFrame.unionByName, every)
+        metrics = spark_ranking_metrics_by(recs, actual, catalogue, list(STRATEGIES))
+        if opts.progress:
+            for name, m in metrics.items():
+                print(f"  {name:<11} {MAP_AT_K} {m[MAP_AT_K]:.4f}", file=sys.stderr)
         actual.unpersist()
         hold_customers.unpersist()
     best = max(metrics, key=lambda n: metrics[n][MAP_AT_K])

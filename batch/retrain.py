@@ -1,8 +1,13 @@
 """`pulse retrain`: train, evaluate and register the three models in one run.
 
-Read the lake strictly before the cutoff -> per model: evaluate on a later,
-held-out period against baselines, fit the served model, write its output table
-and registry version -> move ``CURRENT`` only when the quality gate passes.
+Read the lake strictly before the cutoff once (the columns the models use, cached),
+build the customer-day table once -> per model (``batch.recommend``, ``batch.churn``,
+``batch.segments``, each a ``retrain(ctx)``): evaluate on a later, held-out period
+against baselines, fit the served model, write its output table and registry version
+-> move ``CURRENT`` only when the quality gate passes. The models share the
+``batch.context.RetrainContext``: features as of a cutoff are computed once per run
+from the customer-day table. Every step is a timed stage (``StageLog``); `pulse
+retrain` prints the table.
 
 Besides the output tables, each version directory keeps what serving needs for
 customers first seen after the run: ``segments/<v>/model/`` (the fitted
@@ -34,6 +39,15 @@ from storage.lake import last_event_date, read_customers, read_lake
 
 __all__ = ["RetrainOptions", "StageLog", "retrain"]
 
+USED_COLUMNS = (
+    "customer_id",
+    "article_id",
+    "event_time",
+    "quantity",
+    "unit_price",
+    "sales_channel_id",
+)
+
 TRAINERS = {
     "recommendations": recommend.retrain,
     "churn": churn.retrain,
@@ -56,8 +70,12 @@ def retrain(
     start = time.perf_counter()
     with log.stage("read the lake") as st:
         cutoff = opts.as_of or last_event_date(settings) + timedelta(days=1)
-        events = read_lake(spark, settings, cutoff).cache()
-        stats = events.agg(F.count(F.lit(1)).alias("n"), F.min("event_date").alias("first")).first()
+        # Only the columns the models read are cached: not the ids, the source or
+        # produced_at (a third of the bytes of a row at H&M's id lengths).
+        events = read_lake(spark, settings, cutoff).select(*USED_COLUMNS).cache()
+        stats = events.agg(
+            F.count(F.lit(1)).alias("n"), F.min(F.to_date("event_time")).alias("first")
+        ).first()
         if not stats or not stats["n"]:
             raise PulseError(f"no events before {cutoff} in the lake")
         st.rows = int(stats["n"])

@@ -140,6 +140,57 @@ def als_vs_implicit(spark, settings: Settings, params: RecParams) -> dict[str, f
     }
 
 
+def stream_into_lake(settings: Settings, batches: int, per_batch: int = 200) -> dict[str, float]:
+    """Write ``batches`` micro-batches the way the stream does, then compact.
+
+    Each batch is ``per_batch`` fresh events on the lake's last two days, written with
+    ``storage.lake.write_lake_batch`` (the stream's writer: one file per event date per
+    batch, one commit). Returns the live file counts before and after compaction and
+    the time of each part.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from storage.lake import compact, file_count, last_event_date, write_lake_batch
+
+    last = last_event_date(settings)
+    day0 = np.datetime64(last - timedelta(days=1), "us")
+    rng = np.random.default_rng(11)
+    before = file_count(settings)
+    t = time.perf_counter()
+    for b in range(batches):
+        offsets = rng.integers(0, 2 * 86_400_000_000, per_batch).astype("timedelta64[us]")
+        times = pa.array(day0 + offsets, pa.timestamp("us", tz="UTC"))
+        rows = pa.table(
+            {
+                "event_id": pa.array([f"bench-stream-{b}-{i}" for i in range(per_batch)]),
+                "event_time": times,
+                "customer_id": pa.array([f"c{i % 5000}" for i in range(per_batch)]),
+                "article_id": pa.array([f"a{i % 700}" for i in range(per_batch)]),
+                "quantity": pa.array(np.ones(per_batch, np.int32)),
+                "unit_price": pa.array(np.full(per_batch, 0.03)),
+                "sales_channel_id": pa.array(np.full(per_batch, 2, np.int32)),
+                "source": pa.array(["synthetic"] * per_batch),
+                "produced_at": times,
+            }
+        )
+        write_lake_batch(settings, rows, 1_000_000 + b)
+    write_s = time.perf_counter() - t
+    after_stream = file_count(settings)
+    t = time.perf_counter()
+    compact(settings)
+    compact_s = time.perf_counter() - t
+    return {
+        "batches": batches,
+        "events_per_batch": per_batch,
+        "files_after_ingest": before,
+        "files_after_stream": after_stream,
+        "files_after_compaction": file_count(settings),
+        "stream_write_s": round(write_s, 1),
+        "compact_s": round(compact_s, 1),
+    }
+
+
 def hm_shape(n: int) -> tuple[int, int]:
     """Customers and articles for ``n`` transactions at H&M's density over two years."""
     scale = n / HM_TRANSACTIONS
@@ -147,7 +198,11 @@ def hm_shape(n: int) -> tuple[int, int]:
 
 
 def run_bench(
-    settings: Settings, sizes: list[int], params: RecParams, as_json: bool = False
+    settings: Settings,
+    sizes: list[int],
+    params: RecParams,
+    as_json: bool = False,
+    stream_batches: int = 0,
 ) -> list[dict]:
     """Generate, ingest, retrain (stage table, peak memory), report, ALS vs implicit."""
     from batch.ingest import ingest_source
@@ -156,7 +211,7 @@ def run_bench(
     from producers.adapters import open_source
     from producers.generator import generate
     from runtime.spark import build_spark
-    from storage.lake import file_count
+    from storage.lake import file_count, lake_exists, read_lake
 
     results = []
     for n in sizes:
@@ -167,9 +222,14 @@ def run_bench(
         if not (gen / "_pulse_generated.json").exists():
             generate(gen, customers=customers, articles=articles, start=START, days=DAYS, seed=7)
         spark = build_spark(s, "pulse-bench-batch", with_kafka=False)
-        t = time.perf_counter()
-        ingest = ingest_source(spark, s, open_source(f"synthetic:{gen}"), progress=not as_json)
-        ingest_s = time.perf_counter() - t
+        ingest_s: float | None = None
+        if lake_exists(s):  # measured when it was written (`pulse ingest`): not again
+            rows = read_lake(spark, s).count()
+        else:
+            t = time.perf_counter()
+            src = open_source(f"synthetic:{gen}")
+            rows = ingest_source(spark, s, src, progress=not as_json).appended
+            ingest_s = time.perf_counter() - t
         log = StageLog()
         opts = RetrainOptions(rec=params, progress=not as_json)
         with PeakMemory() as mem:
@@ -178,12 +238,21 @@ def run_bench(
             retrain_s = time.perf_counter() - t
         write_report(s)
         als = als_vs_implicit(spark, s, params)
+        if stream_batches:
+            t = time.perf_counter()
+            read_lake(spark, s).count()
+            lake_before_s = time.perf_counter() - t
+            lake = stream_into_lake(s, stream_batches)
+            t = time.perf_counter()
+            read_lake(spark, s).count()
+            lake |= {"read_s_before": round(lake_before_s, 1)}
+            lake |= {"read_s_after_compaction": round(time.perf_counter() - t, 1)}
         spark.stop()
         result = {
-            "transactions": ingest.appended,
+            "transactions": rows,
             "customers": customers,
             "articles": articles,
-            "ingest_s": round(ingest_s, 1),
+            "ingest_s": None if ingest_s is None else round(ingest_s, 1),
             "lake_files": file_count(s),
             "retrain_s": round(retrain_s, 1),
             "peak_rss_gib": round(mem.peak / 2**30, 2),
@@ -191,6 +260,8 @@ def run_bench(
             "als": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in als.items()},
             "als_params": {"rank": params.rank, "iterations": params.max_iter},
         }
+        if stream_batches:
+            result["lake"] = lake
         results.append(result)
         if not as_json:
             _print_result(result)
@@ -203,7 +274,8 @@ def _print_result(r: dict) -> None:
     print(f"\n## pulse bench batch: {r['transactions']:,} transactions")
     print(
         f"{r['customers']:,} customers, {r['articles']:,} articles, {DAYS} days; ingest "
-        f"{r['ingest_s']:.1f} s ({r['lake_files']} lake files); retrain {r['retrain_s']:.1f} s, "
+        f"{'(reused)' if r['ingest_s'] is None else str(r['ingest_s']) + ' s'} "
+        f"({r['lake_files']} lake files); retrain {r['retrain_s']:.1f} s, "
         f"peak RSS (driver + JVM) {r['peak_rss_gib']:.2f} GiB\n"
     )
     print("| stage | seconds | rows |")
@@ -218,3 +290,13 @@ def _print_result(r: dict) -> None:
         f"{a['spark_als_s']:.1f} s, implicit {a['implicit_s']:.1f} s, ratio {a['ratio']:.2f}x",
         flush=True,
     )
+    if "lake" in r:
+        lk = r["lake"]
+        print(
+            f"lake files: {lk['files_after_ingest']} after ingest, {lk['files_after_stream']} "
+            f"after {lk['batches']} streamed micro-batches of {lk['events_per_batch']} events "
+            f"({lk['stream_write_s']:.1f} s), {lk['files_after_compaction']} after compaction "
+            f"({lk['compact_s']:.1f} s); a full read {lk['read_s_before']:.1f} s -> "
+            f"{lk['read_s_after_compaction']:.1f} s",
+            flush=True,
+        )

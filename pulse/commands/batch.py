@@ -89,7 +89,9 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from pulse.bench.batch import run_bench
 
     params = RecParams(rank=args.rank, max_iter=args.max_iter)
-    run_bench(settings, sizes=args.sizes, params=params, as_json=args.json)
+    run_bench(
+        settings, args.sizes, params, as_json=args.json, stream_batches=args.stream_batches or 0
+    )
     return 0
 
 
@@ -139,5 +141,11 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     )
     p.add_argument("--rank", type=positive_int, default=32)
     p.add_argument("--max-iter", type=positive_int, default=10)
+    p.add_argument(
+        "--stream-batches",
+        type=positive_int,
+        default=None,
+        help="then write N micro-batches through the stream's lake writer and compact",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object, not tables")
     p.set_defaults(handler=_bench)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from pyspark.sql import functions as F
 
-from batch.evaluate import ranking_metrics, spark_ranking_metrics
+from batch.evaluate import ranking_metrics, spark_ranking_metrics, spark_ranking_metrics_by
 
 pytestmark = pytest.mark.spark
 
@@ -43,3 +44,31 @@ def test_random_lists_match_python(spark) -> None:  # type: ignore[no-untyped-de
     got = spark_ranking_metrics(*_frames(spark, recs, actual), catalogue=len(items))
     assert want["map@12"] > 0.05  # the case is not degenerate
     assert got == pytest.approx(want)
+
+
+def test_several_strategies_at_once_match_each_alone(spark) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(5)
+    items = [f"i{j}" for j in range(30)]
+    actual = {f"c{c}": set(rng.sample(items, rng.randint(1, 8))) for c in range(60)}
+    lists = {
+        # the hits first, then five misses (no article twice: the Python reference would
+        # count a repeat twice in its DCG)
+        "good": {
+            c: sorted(bought) + [i for i in items if i not in bought][:5]
+            for c, bought in actual.items()
+        },
+        "random": {f"c{c}": rng.sample(items, 12) for c in range(80)},
+    }
+    frames = []
+    for name, recs in lists.items():
+        rec_df, act_df = _frames(spark, recs, actual)
+        frames.append(rec_df.withColumn("strategy", F.lit(name)))
+    got = spark_ranking_metrics_by(
+        frames[0].unionByName(frames[1]), act_df, len(items), ["good", "random", "none"]
+    )
+    for name, recs in lists.items():
+        assert got[name] == pytest.approx(ranking_metrics(recs, actual, catalogue=len(items)))
+    assert got["good"]["map@12"] > got["random"]["map@12"]
+    # a strategy without a single list still averages over every buyer, each scoring 0
+    assert got["none"]["map@12"] == 0.0 and got["none"]["coverage"] == 0.0
+    assert got["none"]["customers"] == len(actual) == 60
