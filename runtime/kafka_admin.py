@@ -21,6 +21,7 @@ def admin_client(settings: Settings, timeout_s: float = 10.0) -> AdminClient:
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
+        admin.poll(0)  # serves the error callbacks
         refused = [e for e in errors if e.code() == KafkaError._AUTHENTICATION]
         if refused:
             raise PulseError(
