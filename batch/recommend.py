@@ -161,21 +161,9 @@ def als_matrix(inter: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
     return ratings, users, items
 
 
-def fit_als(inter: DataFrame, params: RecParams) -> AlsFit:
-    """Fit implicit ALS on the interactions.
-
-    Uses the session's checkpoint directory, which whoever owns the session sets
-    (``batch.retrain.retrain`` does for a run): ALS checkpoints its factors every 5
-    iterations, without which the lineage grows until the JVM dies with
-    ``StackOverflowError`` after ~15 iterations. PulseError when the session has none.
-    """
-    if inter.sparkSession.sparkContext.getCheckpointDir() is None:
-        raise PulseError(
-            "ALS needs a Spark checkpoint directory: call "
-            "spark.sparkContext.setCheckpointDir(...) where the session is built"
-        )
-    ratings, users, items = als_matrix(inter)
-    als = ALS(
+def als_estimator(params: RecParams) -> ALS:
+    """Spark's implicit-feedback ALS with ``params``, on als_matrix's user, item, weight."""
+    return ALS(
         rank=params.rank,
         maxIter=params.max_iter,
         regParam=params.reg_param,
@@ -190,6 +178,23 @@ def fit_als(inter: DataFrame, params: RecParams) -> AlsFit:
         numItemBlocks=params.als_blocks,
         seed=params.seed,
     )
+
+
+def fit_als(inter: DataFrame, params: RecParams) -> AlsFit:
+    """Fit implicit ALS on the interactions.
+
+    Uses the session's checkpoint directory, which whoever owns the session sets
+    (``batch.retrain.retrain`` does for a run): ALS checkpoints its factors every 5
+    iterations, without which the lineage grows until the JVM dies with
+    ``StackOverflowError`` after ~15 iterations. PulseError when the session has none.
+    """
+    if inter.sparkSession.sparkContext.getCheckpointDir() is None:
+        raise PulseError(
+            "ALS needs a Spark checkpoint directory: call "
+            "spark.sparkContext.setCheckpointDir(...) where the session is built"
+        )
+    ratings, users, items = als_matrix(inter)
+    als = als_estimator(params)
     return AlsFit(model=als.fit(ratings), users=users, items=items)
 
 

@@ -83,9 +83,8 @@ def als_vs_implicit(spark, settings: Settings, params: RecParams) -> dict[str, f
     import pandas as pd
     import scipy.sparse as sp
     from implicit.als import AlternatingLeastSquares
-    from pyspark.ml.recommendation import ALS
 
-    from batch.recommend import als_interactions, als_matrix
+    from batch.recommend import als_estimator, als_interactions, als_matrix
     from storage.lake import last_event_date, read_lake
 
     cutoff = last_event_date(settings) + timedelta(days=1)
@@ -93,20 +92,7 @@ def als_vs_implicit(spark, settings: Settings, params: RecParams) -> dict[str, f
     ratings, users, items = als_matrix(als_interactions(events, cutoff, params))
     n = ratings.count()
     spark.sparkContext.setCheckpointDir(str((settings.checkpoint_dir / "als-bench").resolve()))
-    als = ALS(
-        rank=params.rank,
-        maxIter=params.max_iter,
-        regParam=params.reg_param,
-        alpha=params.alpha,
-        implicitPrefs=True,
-        userCol="user",
-        itemCol="item",
-        ratingCol="weight",
-        checkpointInterval=5,
-        numUserBlocks=params.als_blocks,
-        numItemBlocks=params.als_blocks,
-        seed=params.seed,
-    )
+    als = als_estimator(params)
     t = time.perf_counter()
     model = als.fit(ratings)
     model.userFactors.count()  # force the factors
