@@ -396,7 +396,10 @@ def run(
 
     ``seed``: on the first start, build the state from the lake first, after checking
     that the topic starts after the lake ends. ``sink`` gets each batch and snapshot
-    (``streaming.state.Sink``). Publishes a final snapshot on the way out.
+    (``streaming.state.Sink``). A clean stop (the end of ``until_idle``, or SIGINT,
+    which pyspark turns into KeyboardInterrupt) processes the batches already handed
+    over, publishes a final snapshot if the state moved since the last one, and then
+    re-raises the interrupt; a failed run publishes nothing.
     """
     store = open_store(settings)
     try:
@@ -410,8 +413,15 @@ def run(
         query = job.start(
             raw if raw is not None else kafka_source(spark, settings), until_idle=until_idle
         )
+        interrupted = False
         try:
-            monitor([query], log=log, stop_when=job.failed)
+            try:
+                monitor([query], log=log, stop_when=job.failed)
+            except KeyboardInterrupt:
+                # Ctrl-C is how a user stops a stream that runs forever: the query is
+                # stopped (monitor's finally), and what it handed over is still worth
+                # publishing, or the live features would lag the lake until a restart.
+                interrupted = True
             job.drain()
         finally:
             job.close()
@@ -422,6 +432,8 @@ def run(
             f"{s.duplicates} duplicates, {s.quarantined} quarantined, {s.late_dropped} beyond "
             "the allowed lateness (kept in the lake only)"
         )
+        if interrupted:
+            raise KeyboardInterrupt
         return s
     finally:
         store.close()

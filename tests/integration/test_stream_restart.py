@@ -118,3 +118,49 @@ def test_sigkill_and_restart_equals_uninterrupted_run(
     assert lake(reference).count() == 300
     assertDataFrameEqual(lake(crashed), lake(reference))
     assertDataFrameEqual(features(crashed), features(reference))
+
+
+def test_sigint_publishes_the_final_snapshot(kafka_settings, topic, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C on a running stream: what it processed is published, though no snapshot was due."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    settings = kafka_settings.model_copy(
+        update={
+            "topic_transactions": topic,
+            "max_offsets_per_trigger": 10_000,  # the whole topic in the first batch
+            "data_root": tmp_path / "root",
+        }
+    )
+    events = _events(300)
+    _produce(settings, events)
+    cmd, env = _stream_cmd(settings, until_idle=False)
+    env["PULSE_SNAPSHOT_INTERVAL_SECONDS"] = "86400"  # only the stop can publish
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    commits = settings.checkpoint_dir / "stream" / "commits"
+    try:
+        deadline = time.monotonic() + 900  # JVM start is slow on a busy 2-core box
+        while time.monotonic() < deadline and proc.poll() is None:
+            if commits.is_dir() and any(commits.glob("[0-9]*")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert snapshots.current(settings.features_dir) is None  # none published yet
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=300)[0].decode()
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == 130, output[-2000:]
+    assert "pulse: interrupted" in output
+    published = snapshots.current(settings.features_dir)
+    assert published is not None, output[-2000:]
+    features = pq.read_table(published)
+    assert sorted(features.column("customer_id").to_pylist()) == sorted(
+        {e["customer_id"] for e in events}
+    )
+    assert pc.sum(features.column("n_events")).as_py() == 300  # the 10 re-sent ones once
+    last = max(e["event_time"] for e in events)
+    assert {t.replace(tzinfo=last.tzinfo) for t in features.column("as_of").to_pylist()} == {last}
