@@ -556,14 +556,16 @@ def check_topic(producer: Any, settings: Settings) -> int:
     """Number of partitions of the topic; PulseError if the broker or topic is missing."""
     from confluent_kafka import KafkaException
 
+    from runtime.kafka_admin import admin_client, connection_error
+
+    # The producer's own metadata call raises "transport failure" for a refused SASL
+    # login too; the admin client tells that apart from a broker out of reach.
+    admin_client(settings, timeout_s=METADATA_TIMEOUT_S)
     name = settings.topic_transactions
     try:
         metadata = producer.list_topics(topic=name, timeout=METADATA_TIMEOUT_S)
     except KafkaException as exc:
-        raise PulseError(
-            f"Kafka at {settings.kafka_bootstrap} is unreachable ({exc.args[0].str()}): "
-            "start it with `pulse broker start` or set PULSE_KAFKA_BOOTSTRAP"
-        ) from None
+        raise connection_error(settings, exc.args[0]) from None
     topic = metadata.topics.get(name)
     if topic is None or topic.error is not None or not topic.partitions:
         raise PulseError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, KafkaException
@@ -11,6 +12,37 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
+
+
+def refused_login(err: KafkaError) -> bool:
+    """True when ``err`` is a refused SASL login, not a broker out of reach.
+
+    librdkafka's code for it is ``_AUTHENTICATION``; some paths only say so in the text
+    ("SASL authentication error: Authentication failed ..."), so both count.
+    """
+    return err.code() == KafkaError._AUTHENTICATION or "authentication" in err.str().lower()
+
+
+def connection_error(
+    settings: Settings, error: KafkaError, reported: Iterable[KafkaError] = ()
+) -> PulseError:
+    """The one line for a client that could not talk to Kafka: a refused login, or unreachable.
+
+    ``reported``: what the client's ``error_cb`` received, where librdkafka reports a
+    refused login (the raised error then only says "transport failure"). The line names
+    the SASL user and the settings to check, never the password.
+    """
+    refused = next((e for e in (*reported, error) if refused_login(e)), None)
+    if refused is not None:
+        return PulseError(
+            f"SASL authentication failed: Kafka at {settings.kafka_bootstrap} refused the login "
+            f"of user {settings.kafka_sasl_username!r} ({refused.str()}): check "
+            "PULSE_KAFKA_SASL_USERNAME, PULSE_KAFKA_SASL_PASSWORD, PULSE_KAFKA_SASL_MECHANISM"
+        )
+    return PulseError(
+        f"Kafka at {settings.kafka_bootstrap} is unreachable ({error.str()}): "
+        "start it with `pulse broker start` or set PULSE_KAFKA_BOOTSTRAP"
+    )
 
 
 def admin_client(settings: Settings, timeout_s: float = 10.0) -> AdminClient:
@@ -22,17 +54,7 @@ def admin_client(settings: Settings, timeout_s: float = 10.0) -> AdminClient:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         admin.poll(0)  # serves the error callbacks
-        refused = [e for e in errors if e.code() == KafkaError._AUTHENTICATION]
-        if refused:
-            raise PulseError(
-                f"Kafka at {settings.kafka_bootstrap} refused the login of SASL user "
-                f"{settings.kafka_sasl_username!r} ({refused[0].str()}): check "
-                "PULSE_KAFKA_SASL_USERNAME, PULSE_KAFKA_SASL_PASSWORD, PULSE_KAFKA_SASL_MECHANISM"
-            ) from None
-        raise PulseError(
-            f"Kafka at {settings.kafka_bootstrap} is unreachable ({exc.args[0].str()}): "
-            "start it with `pulse broker start` or set PULSE_KAFKA_BOOTSTRAP"
-        ) from None
+        raise connection_error(settings, exc.args[0], errors) from None
     return admin
 
 

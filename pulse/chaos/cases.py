@@ -679,13 +679,19 @@ def sasl_scram(ctx: Context) -> CaseResult:
         stream.wait(WAIT_S)
         bad = s.model_copy(update={"kafka_sasl_password": SecretStr(wrong)})
         outputs: list[str] = []
-        for argv in (("topics", "create"), ("stream", "--until-idle")):
+        shop = root / "shop"  # `pulse produce` stops at the login, before reading a row
+        shop.mkdir(parents=True, exist_ok=True)
+        (shop / "transactions_train.csv").write_text(
+            "t_dat,customer_id,article_id,price,sales_channel_id\n2020-01-01,c1,01,0.01,2\n"
+        )
+        for argv in (("topics", "create"), ("produce", f"hm:{shop}"), ("stream", "--until-idle")):
             code, out, err = _cli(bad, *argv)
             outputs += [out, err]
             lines = [line for line in err.splitlines() if line.strip()]
             shown = lines[0] if lines else "(nothing)"
-            result.notes.append(f"wrong password, `pulse {' '.join(argv)}`: exit {code}, {shown!r}")
-            clear = shown.startswith("pulse: error:") and "refused the login" in shown
+            result.notes.append(f"wrong password, `pulse {argv[0]}`: exit {code}, {shown!r}")
+            clear = shown.startswith("pulse: error: SASL authentication failed:")
+            clear = clear and "unreachable" not in shown
             if code == 0 or len(lines) != 1 or not clear:
                 problems.append(f"`pulse {' '.join(argv)}` with a wrong password: {lines[:3]}")
         code, out, err = _cli(s, "--help")
