@@ -494,6 +494,55 @@ def _finish_replay(
     return stats, failed, again.delivered
 
 
+def _after_fault(
+    ctx: Context,
+    s: Settings,
+    stream: lab.Stream,
+    producer: lab.Producer,
+    rest: pa.Table,
+    name: str,
+    result: CaseResult,
+    fault: str,
+) -> tuple[dict[str, Any], str]:
+    """Cases 2 and 3 once their fault is in: does everything carry on, and is anything lost?
+
+    Finishes the replay (resumed once if deliveries timed out), waits until the stream
+    has read the whole topic or stopped, stops it, and fills ``result``'s counts from the
+    lake, quarantine and features. ``fault`` names the fault in the error if the stream
+    stopped. Returns the details both cases record, and the note's "producer: ...;
+    stream ..." part.
+    """
+    n = ctx.small
+    stats, failed, resent = _finish_replay(ctx, s, producer, rest, name)
+    stats.delivered += max(n // 50, 1)  # the head, delivered before the fault
+    total = lab.end_offsets(s)
+    lab.wait_until(
+        lambda: lab.caught_up(stream, total) or not stream.alive(),
+        WAIT_S,
+        "the stream to read the whole topic",
+    )
+    carried_on = stream.alive()
+    if not carried_on:
+        result.error = f"the stream stopped after {fault}: {stream.tail(3)}"
+    stream.stop()
+    result.produced = stats.delivered
+    result.quarantined = len(lab.quarantine(s))
+    result.lost += result.quarantined
+    _fill(result, s, lab.expected_ids(ctx.seed, n), ctx.spark())
+    details = {
+        "producer_failed": failed,
+        "producer_resent": resent,
+        "stream_carried_on": carried_on,
+        "late_events": stream.late(),
+    }
+    note = (
+        f"producer: {stats.delivered:,} delivered, {failed} timed out"
+        + (f" and resumed ({resent:,} re-sent); " if failed else "; ")
+        + f"stream {'kept running' if carried_on else 'STOPPED'}"
+    )
+    return details, note
+
+
 # ------------------------------------------------------------- case 2: broker SIGKILL
 
 
@@ -522,38 +571,19 @@ def broker_kill(ctx: Context) -> CaseResult:
             time.sleep(2.0)
             broker.start(node, timeout_s=240, log=ctx.log)
             down = time.monotonic() - t0
-            stats, failed, resent = _finish_replay(ctx, s, producer, rest, "case2")
-            stats.delivered += max(n // 50, 1)  # the head, delivered before the fault
-            total = lab.end_offsets(s)
-            lab.wait_until(
-                lambda: lab.caught_up(stream, total) or not stream.alive(),
-                WAIT_S,
-                "the stream to read the whole topic",
+            details, note = _after_fault(
+                ctx, s, stream, producer, rest, "case2", result, "the broker restart"
             )
-            carried_on = stream.alive()
-            if not carried_on:
-                result.error = f"the stream stopped after the broker restart: {stream.tail(3)}"
-            stream.stop()
         finally:
             stream.stop()
-        result.produced = stats.delivered
-        result.quarantined = len(lab.quarantine(s))
-        result.lost += result.quarantined
-        _fill(result, s, lab.expected_ids(ctx.seed, n), ctx.spark())
         result.details = {
             "killed_at_records_read": at,
             "broker_down_seconds": round(down, 1),
-            "producer_failed": failed,
-            "producer_resent": resent,
-            "stream_carried_on": carried_on,
-            "late_events": stream.late(),
+            **details,
         }
         result.notes.insert(
             0,
-            f"broker killed at {at:,} records read, serving again after {down:.0f} s; "
-            f"producer: {stats.delivered:,} delivered, {failed} timed out"
-            + (f" and resumed ({resent:,} re-sent); " if failed else "; ")
-            + f"stream {'kept running' if carried_on else 'STOPPED'}",
+            f"broker killed at {at:,} records read, serving again after {down:.0f} s; {note}",
         )
     return result
 
@@ -595,38 +625,16 @@ def cluster_node_kill(ctx: Context) -> CaseResult:
             victim = _leader_of(s, 0)
             cluster.kill(victim)
             ctx.log(f"case 3: node {victim} (leader of partition 0) SIGKILLed at {at:,} read")
-            stats, failed, resent = _finish_replay(ctx, s, producer, rest, "case3")
-            stats.delivered += max(n // 50, 1)  # the head, delivered before the fault
-            total = lab.end_offsets(s)
-            lab.wait_until(
-                lambda: lab.caught_up(stream, total) or not stream.alive(),
-                WAIT_S,
-                "the stream to read the whole topic",
+            details, note = _after_fault(
+                ctx, s, stream, producer, rest, "case3", result, "the node died"
             )
-            carried_on = stream.alive()
-            if not carried_on:
-                result.error = f"the stream stopped after the node died: {stream.tail(3)}"
-            stream.stop()
         finally:
             stream.stop()
-        result.produced = stats.delivered
-        result.quarantined = len(lab.quarantine(s))
-        result.lost += result.quarantined
-        _fill(result, s, lab.expected_ids(ctx.seed, n), ctx.spark())
-        result.details = {
-            "killed_node": victim,
-            "killed_at_records_read": at,
-            "producer_failed": failed,
-            "producer_resent": resent,
-            "stream_carried_on": carried_on,
-            "late_events": stream.late(),
-        }
+        result.details = {"killed_node": victim, "killed_at_records_read": at, **details}
         result.notes.insert(
             0,
             f"node {victim} (leader of partition 0) killed at {at:,} records read and left "
-            f"down; producer: {stats.delivered:,} delivered, {failed} timed out"
-            + (f" and resumed ({resent:,} re-sent); " if failed else "; ")
-            + f"stream {'kept running' if carried_on else 'STOPPED'} on the other two",
+            f"down; {note} on the other two",
         )
     finally:
         cluster.stop()
