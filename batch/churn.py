@@ -13,9 +13,9 @@ The served model builds on what BG/NBD knows (``batch.btyd``): at each cutoff BG
 fitted on the customers' purchase history before it (no labels needed), and a
 regularised classifier is stacked on its P(no purchase in H) and E[purchases in H], plus
 the customer's own rhythm (recency / mean gap between purchase days), recency, frequency
-and recent spend. The classifier (a logistic regression, or a depth-2 GBT) is chosen by
-AUC on a fifth of the training customers held out from the training cutoff, never on
-the evaluation period.
+and recent spend. The classifier is a logistic regression (``ChurnParams.stack``; "auto"
+chooses between it and a depth-2 GBT by AUC on a fifth of the training customers held
+out from the training cutoff, never on the evaluation period).
 
 The saved model is a Spark ``PipelineModel`` from the ``features_as_of`` columns to
 ``probability`` (serving applies it to live features with
@@ -40,7 +40,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -51,13 +51,13 @@ from pyspark.ml.classification import (
     LogisticRegression,
     LogisticRegressionModel,
 )
-from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.feature import SQLTransformer, StringIndexer, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from batch import btyd
+from batch.evaluate import binary_curves_by, binary_metrics_by
 from batch.publish import finish, gate, write_output
 from features.attributes import with_customer_attributes
 from features.time import cutoff_ts
@@ -121,8 +121,10 @@ class ChurnParams:
     """The stack and the free-GBT baseline; ``invert_labels`` is a test hook that sabotages
     the served model's training.
 
-    ``stack``: "auto" (logistic or GBT, whichever has the higher AUC on a fifth of the
-    training customers), "logistic" or "gbt". ``max_iter`` / ``max_depth`` / ``step_size``
+    ``stack``: "logistic" (served), "gbt", or "auto" (logistic or GBT, whichever has the
+    higher AUC on a fifth of the training customers). Logistic is the default: auto chose
+    it on the demo's data (selection AUC 0.851 against 0.849), and its fit costs a
+    fraction of the GBT's 40 rounds of Spark jobs. ``max_iter`` / ``max_depth`` / ``step_size``
     are the free GBT baseline's; the GBT stack uses ``stack_depth`` and ``stack_iter``.
     """
 
@@ -131,7 +133,7 @@ class ChurnParams:
     step_size: float = 0.1
     seed: int = 42
     invert_labels: bool = False
-    stack: str = "auto"
+    stack: str = "logistic"
     reg_param: float = 1e-4  # L2 on the standardised inputs, per mean log-loss
     stack_depth: int = 2
     stack_iter: int = 40
@@ -256,10 +258,13 @@ def choose_stack(train: DataFrame, params: ChurnParams) -> tuple[str, dict[str, 
     labels_seen = {r[0] for r in val_rows.select("label").distinct().collect()}
     if len(labels_seen) < 2:
         return "logistic", {}
-    scores = {}
+    frame = val_rows
     for kind in ("logistic", "gbt"):
-        model = fit_stack(fit_rows, kind, params)
-        scores[kind] = auc(churn_probability(model, val_rows), "churn_probability")
+        frame = _apply(fit_stack(fit_rows, kind, params), frame, f"p_{kind}").drop(
+            *[f"s_{c}" for c in STACK_FEATURES], "stack_features"
+        )
+    auc = binary_metrics_by(frame, {k: f"p_{k}" for k in ("logistic", "gbt")})
+    scores = {kind: m["auc_roc"] for kind, m in auc.items()}
     # the simpler model unless the trees are clearly better
     kind = "gbt" if scores["gbt"] > scores["logistic"] + 0.002 else "logistic"
     return kind, scores
@@ -333,67 +338,6 @@ def recency_baseline(train: DataFrame) -> PipelineModel:
             LogisticRegression(featuresCol="recency_features", labelCol="label", maxIter=100),
         ]
     ).fit(train)
-
-
-# --- Metrics (in Spark) ------------------------------------------------------------------
-
-
-def auc(
-    df: DataFrame, score: str, metric: Literal["areaUnderROC", "areaUnderPR"] = "areaUnderROC"
-) -> float:
-    """AUC-ROC (or -PR) of ``score`` against ``label``, exact (no binning)."""
-    return float(
-        BinaryClassificationEvaluator(
-            rawPredictionCol=score, labelCol="label", metricName=metric, numBins=0
-        ).evaluate(df)
-    )
-
-
-def binary_metrics(df: DataFrame, score: str) -> dict[str, float]:
-    """AUC-ROC, PR-AUC (area under the PR curve) and Brier score of probabilities ``score``."""
-    stats = df.agg(
-        F.countDistinct("label").alias("classes"),
-        F.avg((F.col(score) - F.col("label")) ** 2).alias("brier"),
-        F.count(F.when(F.col(score).isNull() | F.isnan(score), True)).alias("undefined"),
-    ).first()
-    if stats is None or stats["classes"] < 2 or stats["undefined"]:
-        return {"auc_roc": float("nan"), "pr_auc": float("nan"), "brier": float("nan")}
-    return {
-        "auc_roc": auc(df, score),
-        "pr_auc": auc(df, score, "areaUnderPR"),
-        "brier": float(stats["brier"]),
-    }
-
-
-def curves(df: DataFrame, score: str, bins: int = 10) -> dict[str, dict[str, list[float]]]:
-    """ROC points (scores rounded to 3 decimals) and reliability points (``bins`` equal-width
-    bins of predicted probability: mean prediction, observed churn rate, customers)."""
-    hist = (
-        df.groupBy(F.round(score, 3).alias("s"))
-        .agg(F.sum("label").alias("pos"), F.count(F.lit(1)).alias("n"))
-        .orderBy(F.desc("s"))
-        .collect()
-    )
-    pos = np.array([float(r["pos"]) for r in hist])
-    neg = np.array([float(r["n"]) for r in hist]) - pos
-    tpr = np.concatenate(([0.0], np.cumsum(pos) / max(pos.sum(), 1)))
-    fpr = np.concatenate(([0.0], np.cumsum(neg) / max(neg.sum(), 1)))
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(80, len(fpr))).astype(int))
-    b = F.least(F.floor(F.col(score) * bins), F.lit(bins - 1))
-    rel = (
-        df.groupBy(b.alias("bin"))
-        .agg(F.avg(score).alias("p"), F.avg("label").alias("y"), F.count(F.lit(1)).alias("n"))
-        .orderBy("bin")
-        .collect()
-    )
-    return {
-        "roc": {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()},
-        "reliability": {
-            "predicted": [round(float(r["p"]), 4) for r in rel],
-            "observed": [round(float(r["y"]), 4) for r in rel],
-            "customers": [int(r["n"]) for r in rel],
-        },
-    }
 
 
 # --- Legacy ---------------------------------------------------------------------------------
@@ -504,8 +448,8 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
             F.col("bg_p_no_purchase").alias("p_bgnbd"), "p_recency", "p_gbt",
         ).cache()  # fmt: skip
         columns = {"stack": "p_stack", "bgnbd": "p_bgnbd", "recency": "p_recency", "gbt": "p_gbt"}
-        metrics = {name: binary_metrics(scored, col) for name, col in columns.items()}
-        plots = {name: curves(scored, col) for name, col in columns.items()}
+        metrics = binary_metrics_by(scored, columns)
+        plots = binary_curves_by(scored, columns)
         churn_rate = scored.agg(F.avg("label")).first()
         value = value_check(scored)
         weights = stack_weights(stack)

@@ -11,6 +11,10 @@ hold-out); a customer with no list scores 0.
 - precision@K = hits / K; recall@K = hits / |actual|.
 - NDCG@K with binary relevance: DCG / ideal DCG of min(K, |actual|) hits.
 - coverage = distinct recommended articles / catalogue size.
+
+Binary classifiers (churn): ``binary_metrics_by`` gives AUC-ROC, PR-AUC and the Brier
+score of several models' probabilities in one pass, equal to Spark's
+``BinaryClassificationEvaluator``; ``binary_curves_by`` their ROC and reliability points.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -161,5 +166,126 @@ def spark_ranking_metrics_by(
         out[name] = {f"{n}@{k}": float(row[n]) for n in metric_names} | {
             "coverage": coverage,
             "customers": int(row["customers"]),
+        }
+    return out
+
+
+# --- Binary classifiers (churn) ----------------------------------------------------------
+
+
+def _long_scores(df: DataFrame, scores: Mapping[str, str], label: str) -> DataFrame:
+    """One row per (input row, model): y, model, p (every model's score side by side)."""
+    pairs = [F.struct(F.lit(n).alias("model"), F.col(c).cast("double").alias("p"))
+             for n, c in scores.items()]  # fmt: skip
+    return df.select(F.col(label).cast("double").alias("y"), F.explode(F.array(*pairs)).alias("m"))
+
+
+def binary_metrics_by(
+    df: DataFrame, scores: Mapping[str, str], label: str = "label"
+) -> dict[str, dict[str, float]]:
+    """AUC-ROC, PR-AUC and Brier score of several probability columns, in two Spark jobs.
+
+    ``scores``: model name -> column of P(label = 1); ``label`` is 0/1. The AUCs are
+    exact and equal to ``BinaryClassificationEvaluator(numBins=0)``'s: the trapezoids of
+    the ROC and PR curves over the distinct scores (best first), the PR curve starting at
+    (recall 0, the first precision). For a group of g rows with score s, pos of them
+    positive, after tp and fp rows with scores >= s:
+
+    - ROC area += (g - pos) * (tp - pos / 2) / (P * N),
+    - PR area += pos * (precision + previous precision) / 2 / P.
+
+    A model with a null or NaN score, or a label with one class, gets NaN for all three.
+    """
+    defined = {n: F.col(c).isNotNull() & ~F.isnan(F.col(c)) for n, c in scores.items()}
+    check = df.agg(
+        F.countDistinct(label).alias("classes"),
+        *[F.count(F.when(~ok, True)).alias(n) for n, ok in defined.items()],
+    ).first()
+    nan = {"auc_roc": float("nan"), "pr_auc": float("nan"), "brier": float("nan")}
+    if check is None or check["classes"] < 2:
+        return {n: dict(nan) for n in scores}
+    valid = {n: c for n, c in scores.items() if not check[n]}
+    out = {n: dict(nan) for n in scores if n not in valid}
+    if not valid:
+        return out
+    groups = (
+        _long_scores(df, valid, label)
+        .groupBy(F.col("m.model").alias("model"), F.col("m.p").alias("p"))
+        .agg(
+            F.sum("y").alias("pos"),
+            F.count(F.lit(1)).alias("g"),
+            F.sum((F.col("m.p") - F.col("y")) ** 2).alias("sq"),
+        )
+    )
+    best_first = Window.partitionBy("model").orderBy(F.desc("p"))
+    running = best_first.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    curve = (
+        groups.withColumn("tp", F.sum("pos").over(running))
+        .withColumn("fp", F.sum(F.col("g") - F.col("pos")).over(running))
+        .withColumn("precision", F.col("tp") / (F.col("tp") + F.col("fp")))
+        .withColumn("prev", F.coalesce(F.lag("precision").over(best_first), F.col("precision")))
+    )
+    rows = curve.groupBy("model").agg(
+        F.sum("pos").alias("P"),
+        F.sum(F.col("g") - F.col("pos")).alias("N"),
+        F.sum((F.col("g") - F.col("pos")) * (F.col("tp") - F.col("pos") / 2)).alias("roc"),
+        F.sum(F.col("pos") * (F.col("precision") + F.col("prev")) / 2).alias("pr"),
+        F.sum("sq").alias("sq"),
+    )
+    for r in rows.collect():
+        pos, neg = float(r["P"]), float(r["N"])
+        out[r["model"]] = {
+            "auc_roc": float(r["roc"]) / (pos * neg),
+            "pr_auc": float(r["pr"]) / pos,
+            "brier": float(r["sq"]) / (pos + neg),
+        }
+    return {n: out[n] for n in scores}
+
+
+def binary_curves_by(
+    df: DataFrame, scores: Mapping[str, str], label: str = "label", bins: int = 10,
+    points: int = 80,
+) -> dict[str, dict[str, dict[str, list[float]]]]:  # fmt: skip
+    """Per model: ROC points (scores rounded to 3 decimals, at most ``points`` of them) and
+    reliability points (``bins`` equal-width bins of predicted probability: mean
+    prediction, observed rate, rows). One Spark job; at most ~1,000 rows per model reach
+    the driver. Rows with a null or NaN score are left out."""
+    p = F.col("m.p")
+    hist = (
+        _long_scores(df, scores, label)
+        .where(p.isNotNull() & ~F.isnan(p))
+        .groupBy(
+            F.col("m.model").alias("model"),
+            F.round(p, 3).alias("s"),
+            F.least(F.floor(p * bins), F.lit(bins - 1)).alias("bin"),
+        )
+        .agg(F.sum("y").alias("pos"), F.count(F.lit(1)).alias("n"), F.sum(p).alias("sum_p"))
+        .collect()
+    )
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for name in scores:
+        mine = [r for r in hist if r["model"] == name]
+        roc: dict[float, list[float]] = {}
+        rel: dict[int, list[float]] = {}
+        for r in mine:
+            acc = roc.setdefault(float(r["s"]), [0.0, 0.0])
+            acc[0] += float(r["pos"])
+            acc[1] += float(r["n"]) - float(r["pos"])
+            b = rel.setdefault(int(r["bin"]), [0.0, 0.0, 0.0])
+            b[0] += float(r["sum_p"])
+            b[1] += float(r["pos"])
+            b[2] += float(r["n"])
+        ordered = [roc[s] for s in sorted(roc, reverse=True)]
+        tp = np.concatenate(([0.0], np.cumsum([a[0] for a in ordered])))
+        fp = np.concatenate(([0.0], np.cumsum([a[1] for a in ordered])))
+        tpr, fpr = tp / max(tp[-1], 1.0), fp / max(fp[-1], 1.0)
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).astype(int))
+        out[name] = {
+            "roc": {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()},
+            "reliability": {
+                "predicted": [round(rel[b][0] / rel[b][2], 4) for b in sorted(rel)],
+                "observed": [round(rel[b][1] / rel[b][2], 4) for b in sorted(rel)],
+                "customers": [int(rel[b][2]) for b in sorted(rel)],
+            },
         }
     return out

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from batch import btyd
-from batch.churn import ChurnParams, binary_metrics, churn_probability, fit_btyd, fit_stack
+from batch.churn import ChurnParams, choose_stack, churn_probability, fit_btyd, fit_stack
+from batch.evaluate import binary_metrics_by
 from batch.segments import adjusted_rand_index
 
 pytestmark = pytest.mark.spark
@@ -87,14 +88,20 @@ def test_stack_beats_bgnbd_where_the_rhythm_matters(spark):
     test = fit_btyd(test, H, params).stage().transform(test).cache()
     stack = fit_stack(train, "logistic", params)
     scored = churn_probability(stack, test).cache()
-    ours = binary_metrics(scored, "churn_probability")
-    bgnbd = binary_metrics(scored, "bg_p_no_purchase")
+    both = binary_metrics_by(scored, {"ours": "churn_probability", "bgnbd": "bg_p_no_purchase"})
+    ours, bgnbd = both["ours"], both["bgnbd"]
     assert bgnbd["auc_roc"] > 0.6  # a real baseline...
     assert ours["auc_roc"] > bgnbd["auc_roc"] + 0.003  # ...which the stack beats (0.963 vs 0.958)
     assert ours["brier"] < bgnbd["brier"]
     # the sabotage hook really sabotages: inverted labels rank churners last
     inverted = fit_stack(train, "logistic", ChurnParams(invert_labels=True))
-    assert binary_metrics(churn_probability(inverted, test), "churn_probability")["auc_roc"] < 0.5
+    flipped = binary_metrics_by(churn_probability(inverted, test), {"p": "churn_probability"})
+    assert flipped["p"]["auc_roc"] < 0.5
+    # "auto" scores both stacks on a fifth of the training customers; the default does not
+    kind, scores = choose_stack(train, ChurnParams(stack="auto"))
+    assert set(scores) == {"logistic", "gbt"} and min(scores.values()) > 0.6
+    assert kind == ("gbt" if scores["gbt"] > scores["logistic"] + 0.002 else "logistic")
+    assert choose_stack(train, params) == ("logistic", {})
 
 
 def test_adjusted_rand_index_matches_sklearn():
