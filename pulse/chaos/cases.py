@@ -725,6 +725,220 @@ def sasl_scram(ctx: Context) -> CaseResult:
     return result
 
 
+# ------------------------------------------------------- case 6: Spark standalone
+
+
+def _sorted_table(table: pa.Table) -> pa.Table:
+    """``table`` in a canonical row order (every column, ascending), for equality.
+
+    Dictionary columns (a partition column read back) are decoded first: Arrow cannot
+    sort by them.
+    """
+    for i, column in enumerate(table.columns):
+        if pa.types.is_dictionary(column.type):
+            table = table.set_column(i, table.field(i).name, column.cast(column.type.value_type))
+    return table.sort_by([(name, "ascending") for name in table.column_names])
+
+
+def _lake_table(settings: Settings) -> pa.Table:
+    """Every lake row, all columns, in canonical order."""
+    import pyarrow.parquet as pq
+
+    from storage.lake import live_files
+
+    files = live_files(settings)
+    return _sorted_table(pq.ParquetDataset(files).read()) if files else pa.table({})
+
+
+def _retrain_outputs(settings: Settings) -> dict[str, pa.Table]:
+    """The newest retrain's output tables (``outputs/<table>/<version>/``)."""
+    import pyarrow.parquet as pq
+
+    from storage import registry
+
+    tables = {}
+    for model, table in zip(registry.MODELS, registry.TABLES, strict=True):
+        versions = registry.versions(settings, model)
+        path = registry.output_path(settings, table, versions[-1]) if versions else None
+        if path is not None and path.is_dir():
+            tables[table] = _sorted_table(pq.read_table(path))
+    return tables
+
+
+def _retrain_metrics(settings: Settings) -> dict[str, Any]:
+    """The newest retrain's metrics per model (``meta.json``)."""
+    from storage import registry
+
+    out = {}
+    for model in registry.MODELS:
+        versions = registry.versions(settings, model)
+        if versions:
+            out[model] = registry.read_meta(settings, model, versions[-1]).get("metrics")
+    return out
+
+
+def _compare(name: str, local: pa.Table, cluster: pa.Table) -> str | None:
+    """None when equal, else one line saying how ``cluster`` differs from ``local``."""
+    if local.equals(cluster):
+        return None
+    if local.column_names != cluster.column_names or local.num_rows != cluster.num_rows:
+        return f"{name}: {local.num_rows:,} rows locally, {cluster.num_rows:,} on the cluster"
+    differ = []
+    for c in local.column_names:
+        if local[c].equals(cluster[c]):
+            continue
+        rows = pc.sum(pc.cast(pc.not_equal(local[c], cluster[c]), pa.int64())).as_py()
+        text = f"{c} ({rows} rows"
+        if pa.types.is_floating(local[c].type):
+            delta = pc.max(pc.abs(pc.subtract(local[c], cluster[c]))).as_py()
+            text += f", max |difference| {delta:.3g}"
+        differ.append(text + ")")
+    return f"{name}: same {local.num_rows:,} rows but values differ in {', '.join(differ)}"
+
+
+def _retrain(settings: Settings, log_path: Path) -> float:
+    """`pulse retrain` as a user runs it, configured by ``settings``; its seconds."""
+    t0 = time.monotonic()
+    code, out, err = _cli(settings, "retrain", timeout_s=WAIT_S)
+    log_path.write_text(out + err)
+    if code != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        raise PulseError(f"`pulse retrain` exited {code}: {lines[-1] if lines else '(no output)'}")
+    return time.monotonic() - t0
+
+
+#: Retrain outputs that need not equal local mode's, and why. Measured with seed 1 and
+#: 2,000 events: the same lake copied and retrained locally again gave the same
+#: segments, but two runs of this case (same events, lake files named differently)
+#: chose k=3 and k=6 in local mode, and the cluster differed again from its run's local
+#: one. So segments are not reproducible even locally; the fix belongs in
+#: batch.segments (a fixed row order before fitting), not in the deployment.
+ORDER_SENSITIVE = {
+    "segments": "K-Means (k-means|| start) depends on the order of its input rows, which "
+    "the lake's file names and, on a cluster, the shuffle fetch order change; two "
+    "local-mode runs over the same events differ too",
+}
+
+
+def spark_cluster(ctx: Context) -> CaseResult:
+    """The stream and the retrain on a Spark standalone cluster, against local mode.
+
+    The same topic is streamed (``--until-idle``) and the lake retrained twice, each
+    time into its own data root: once with ``PULSE_SPARK_MASTER=local[2]``, once with
+    the master of a standalone cluster (a master and two workers of one core and 2g,
+    from pyspark's launcher), and ``PULSE_SPARK_EXECUTOR_MEMORY`` small enough for a
+    worker. Nothing else differs. The lake, the feature snapshot and every retrain
+    output table must be equal, row for row.
+    """
+    from storage import registry
+
+    n = ctx.small
+    result = CaseResult(
+        "6 Spark standalone", "master + 2 workers (1 core, 2g) via PULSE_SPARK_MASTER"
+    )
+    root = ctx.root / "case6"
+    seconds: dict[str, float] = {}
+    with lab.local_broker(ctx.base, root / "broker", ctx.log) as kafka:
+        base = ctx.stream_settings(kafka, "case6", n).model_copy(
+            update={"spark_executor_memory": "1g"}
+        )
+        lab.create_topic(base)
+        stats = lab.Producer(base, lab.generate(n, ctx.seed), name="case6", seed=ctx.seed).result()
+        runs = {
+            "local": base.model_copy(update={"data_root": root / "local"}),
+            "cluster": base.model_copy(update={"data_root": root / "cluster"}),
+        }
+
+        def stream_and_retrain(mode: str) -> None:
+            s = runs[mode]
+            t0 = time.monotonic()
+            stream = lab.Stream(s, root / f"stream-{mode}.log")
+            try:
+                stream.start(until_idle=True)
+                stream.wait(WAIT_S)
+            finally:
+                stream.stop()
+            seconds[f"stream_{mode}"] = round(time.monotonic() - t0, 1)
+            seconds[f"retrain_{mode}"] = round(_retrain(s, root / f"retrain-{mode}.log"), 1)
+            ctx.log(f"case 6: {mode}: stream {seconds[f'stream_{mode}']} s, "
+                    f"retrain {seconds[f'retrain_{mode}']} s")  # fmt: skip
+
+        stream_and_retrain("local")
+        with lab.spark_standalone(root / "spark", ctx.log) as master:
+            runs["cluster"] = runs["cluster"].model_copy(update={"spark_master": master})
+            stream_and_retrain("cluster")
+    local, cluster = runs["local"], runs["cluster"]
+    result.produced = stats.delivered
+    result.quarantined = len(lab.quarantine(cluster))
+    result.lost += result.quarantined
+    _fill(result, cluster, lab.expected_ids(ctx.seed, n), ctx.spark())
+
+    differences = []
+    lake_diff = _compare("lake", _lake_table(local), _lake_table(cluster))
+    if lake_diff:
+        differences.append(lake_diff)
+    paths = [lab.snapshot_path(s) for s in (local, cluster)]
+    if paths[0] is None or paths[1] is None:
+        differences.append("features: a run published no snapshot")
+    else:
+        import pyarrow.parquet as pq
+
+        feature_diff = _compare(
+            "features", *(_sorted_table(pq.read_table(p)) for p in paths if p is not None)
+        )
+        if feature_diff:
+            differences.append(feature_diff)
+    outputs = {mode: _retrain_outputs(s) for mode, s in runs.items()}
+    metrics = {mode: _retrain_metrics(s) for mode, s in runs.items()}
+    known: list[str] = []  # differences ORDER_SENSITIVE explains: reported, not failed
+    for table in sorted(set(outputs["local"]) | set(outputs["cluster"])):
+        if table not in outputs["local"] or table not in outputs["cluster"]:
+            differences.append(f"{table}: written by one run only")
+            continue
+        diff = _compare(table, outputs["local"][table], outputs["cluster"][table])
+        if diff:
+            (known if table in ORDER_SENSITIVE else differences).append(diff)
+    for model in sorted(set(metrics["local"]) | set(metrics["cluster"])):
+        local_m, cluster_m = metrics["local"].get(model), metrics["cluster"].get(model)
+        if local_m != cluster_m:
+            table = dict(zip(registry.MODELS, registry.TABLES, strict=True))[model]
+            diff = f"{model} metrics: {local_m} locally, {cluster_m} on the cluster"
+            (known if table in ORDER_SENSITIVE else differences).append(diff)
+    if not outputs["local"]:
+        differences.append("the retrain wrote no output table")
+    compared = ["lake", "features"] + [
+        f"{t} (+ metrics)" for t in sorted(outputs["local"]) if t not in ORDER_SENSITIVE
+    ]
+    result.notes.insert(
+        0,
+        f"master {runs['cluster'].spark_master} (2 workers, 1 core and 2g each); "
+        f"stream {seconds['stream_local']} s local, {seconds['stream_cluster']} s cluster; "
+        f"retrain {seconds['retrain_local']} s local, {seconds['retrain_cluster']} s cluster",
+    )
+    result.notes.insert(
+        1,
+        f"identical to local mode: {', '.join(compared)}"
+        if not differences
+        else "differs from local mode: " + "; ".join(differences),
+    )
+    for table, why in ORDER_SENSITIVE.items():
+        same = not any(k.startswith(table) for k in known)
+        result.notes.append(
+            f"{table}: {'identical too' if same else 'NOT identical'} "
+            f"({why}){'' if same else ': ' + '; '.join(known)}"
+        )
+    if differences:
+        result.error = differences[0]
+    result.details = {
+        "seconds": seconds,
+        "compared": compared,
+        "differences": differences,
+        "order_sensitive_differences": known,
+        "metrics": metrics,
+    }
+    return result
+
+
 CASES: dict[str, tuple[str, Callable[[Context], CaseResult | list[CaseResult]]]] = {
     "1": ("the stream SIGKILLed at random points, restarted on its checkpoint", stream_kills),
     "5": ("bad records at 1 % and 10 %, future and far-past dates", bad_records),
@@ -732,6 +946,7 @@ CASES: dict[str, tuple[str, Callable[[Context], CaseResult | list[CaseResult]]]]
     "2": ("the broker SIGKILLed mid-replay and restarted", broker_kill),
     "3": ("a three-broker KRaft cluster losing a broker mid-replay", cluster_node_kill),
     "7": ("a SASL/SCRAM broker: right and wrong credentials", sasl_scram),
+    "6": ("the stream and the retrain on a Spark standalone cluster", spark_cluster),
 }
 
 

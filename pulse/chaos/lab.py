@@ -544,3 +544,97 @@ def features_equal_batch(
 def random_points(rng: random.Random, n: int, total: int) -> list[int]:
     """``n`` sorted random record counts spread over (3 %, 97 %) of ``total``."""
     return sorted(int(total * rng.uniform(0.03, 0.97)) for _ in range(n))
+
+
+# --------------------------------------------------------------- Spark standalone
+
+
+def spark_home() -> Path:
+    """pyspark's own installation: it ships ``bin/spark-class`` and Spark's jars."""
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def _alive_workers(ui_port: int) -> int:
+    """Workers the master lists as ALIVE (its web UI's JSON), 0 if it does not answer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as r:
+            return int(json.load(r).get("aliveworkers", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+@contextlib.contextmanager
+def spark_standalone(
+    root: Path, log: Log, workers: int = 2, cores: int = 1, memory: str = "2g"
+) -> Iterator[str]:
+    """A Spark standalone master and ``workers`` workers on this machine; yields its URL.
+
+    Started as a user would from pyspark's launcher (``spark-class ...Master`` and
+    ``...Worker``), on free ports, logs and work directories under ``root``; each
+    daemon in its own process group (a worker's executors are its children), stopped
+    with SIGTERM, then SIGKILL, on exit.
+    """
+    spark_class = str(spark_home() / "bin" / "spark-class")
+    root.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(spark_home()),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_DAEMON_MEMORY": "256m",  # the daemons only schedule; executors get `memory`
+    }
+    port, ui_port = free_port(), free_port()
+    url = f"spark://127.0.0.1:{port}"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def launch(name: str, *args: str) -> None:
+        with open(root / f"{name}.log", "ab") as out:
+            procs.append(
+                subprocess.Popen(
+                    [spark_class, *args],
+                    env=env,
+                    cwd=root,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )  # fmt: skip
+            )
+
+    try:
+        launch(
+            "master", "org.apache.spark.deploy.master.Master",
+            "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui_port),
+        )  # fmt: skip
+        for i in range(1, workers + 1):
+            launch(
+                f"worker-{i}", "org.apache.spark.deploy.worker.Worker",
+                "--host", "127.0.0.1", "--cores", str(cores), "--memory", memory,
+                "--webui-port", str(free_port()), "--work-dir", str(root / f"worker-{i}"), url,
+            )  # fmt: skip
+        wait_until(
+            lambda: _alive_workers(ui_port) >= workers or any(p.poll() is not None for p in procs),
+            240,
+            f"the Spark master to list {workers} workers",
+            poll_s=1.0,
+        )
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise PulseError(f"a Spark daemon exited (code {dead[0].returncode}); see {root}")
+        log(f"Spark standalone {url}: {workers} workers, {cores} core(s) and {memory} each")
+        yield url
+    finally:
+        for p in reversed(procs):  # workers first: they stop their executors
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(30)

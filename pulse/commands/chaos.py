@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "injected, produced, accepted, quarantined, wrote to the lake, and whether the "
         "features equal the batch recompute. Exit 1 if any event was lost or doubled. "
         "Cases: 1 stream SIGKILLs, 5 bad records, 4 replay twice, 2 broker SIGKILL, "
-        "3 three-broker cluster, 7 SASL/SCRAM (6, a Spark standalone cluster, is not built).",
+        "3 three-broker cluster, 7 SASL/SCRAM, 6 stream and retrain on a Spark standalone "
+        "cluster against local mode.",
     )
     p.add_argument(
         "--cases", type=case_list, help=f"comma-separated cases to run (default {DEFAULT_CASES})"
