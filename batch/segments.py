@@ -46,16 +46,29 @@ def build_pipeline(k: int, seed: int = 42) -> Pipeline:
     )
 
 
+FIXED_PARTITIONS = 4
+
+
+def in_fixed_order(features: DataFrame) -> DataFrame:
+    """``features`` hash-partitioned by customer into ``FIXED_PARTITIONS`` and sorted within
+    each: K-Means' initialisation and the silhouette sample depend on the rows' partitions
+    and order, which otherwise follow the lake's files (a Spark cluster and local mode
+    chose different k from the same events). Cached."""
+    return (
+        features.repartition(FIXED_PARTITIONS, "customer_id")
+        .sortWithinPartitions("customer_id")
+        .cache()
+    )
+
+
 def choose_k(
     features: DataFrame, k_range: range = range(3, 9), sample_rows: int = 50_000, seed: int = 42
 ) -> tuple[int, dict[int, float]]:
-    """Silhouette for each k (on a sample of at most ``sample_rows``); the best k."""
+    """Silhouette for each k (on a sample of about ``sample_rows``); the best k."""
     n = features.count()
-    sample = (
-        features.sample(min(1.0, sample_rows / max(n, 1)), seed=seed)
-        if n > sample_rows
-        else features
-    )
+    # by a hash of the id, not .sample(): the same customers whatever the partitioning
+    share = F.abs(F.xxhash64("customer_id", F.lit(seed))) % 1_000_000 / 1_000_000
+    sample = features.where(share < sample_rows / max(n, 1)) if n > sample_rows else features
     sample = sample.cache()
     scores: dict[int, float] = {}
     evaluator = ClusteringEvaluator(featuresCol="seg_vec", predictionCol="prediction")
@@ -188,7 +201,7 @@ def stability(ctx: RetrainContext, assigned: DataFrame) -> dict[str, Any] | None
 def retrain(ctx: RetrainContext) -> dict[str, Any]:
     """K-Means on log RFM as of the cutoff; k by silhouette; named from centroids."""
     settings, opts, version = ctx.settings, ctx.opts, ctx.version
-    feats = ctx.features_at(ctx.cutoff)
+    feats = in_fixed_order(ctx.features_at(ctx.cutoff))
     with ctx.stage("segments: choose k by silhouette"):
         k, scores = choose_k(feats, range(opts.k_min, opts.k_max + 1))
     with ctx.stage(f"segments: fit k = {k} on all customers") as st:
@@ -241,4 +254,5 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         "gate": gate(settings, "segments", "silhouette", scores[k], 0.0, opts.regression_tolerance),
     }
     assigned.unpersist()
+    feats.unpersist()
     return finish(settings, "segments", version, meta)

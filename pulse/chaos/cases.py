@@ -807,17 +807,10 @@ def _retrain(settings: Settings, log_path: Path) -> float:
     return time.monotonic() - t0
 
 
-#: Retrain outputs that need not equal local mode's, and why. Measured with seed 1 and
-#: 2,000 events: the same lake copied and retrained locally again gave the same
-#: segments, but two runs of this case (same events, lake files named differently)
-#: chose k=3 and k=6 in local mode, and the cluster differed again from its run's local
-#: one. So segments are not reproducible even locally; the fix belongs in
-#: batch.segments (a fixed row order before fitting), not in the deployment.
-ORDER_SENSITIVE = {
-    "segments": "K-Means (k-means|| start) depends on the order of its input rows, which "
-    "the lake's file names and, on a cluster, the shuffle fetch order change; two "
-    "local-mode runs over the same events differ too",
-}
+#: Retrain outputs that need not equal local mode's, and why: none. Segments were here
+#: (K-Means followed the lake's row order: two local runs over the same events chose
+#: k=3 and k=6) until ``batch.segments.in_fixed_order`` fixed their input's layout.
+ORDER_SENSITIVE: dict[str, str] = {}
 
 
 def spark_cluster(ctx: Context) -> CaseResult:
