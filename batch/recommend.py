@@ -10,7 +10,9 @@ Candidates (each filled up to K from popularity, so cold-start customers get a l
 - ``popularity``: the most bought articles in the last ``popular_days`` days;
 - ``repurchase``: the customer's own articles, most recency-weighted first;
 - ``als``: implicit-feedback ALS (confidence = recency-decayed purchase counts);
-- ``blend``: repurchase first, then ALS, then popularity.
+- ``blend``: repurchase first, then ALS, then popularity;
+- ``ranker``: a GBT over repurchase, popularity and co-purchase candidates, trained on
+  the windows before the cutoff (``batch.ranker``), then popularity.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from batch import ranker as ranking
 from batch.evaluate import spark_ranking_metrics_by
 from batch.publish import finish, gate, write_output
 from features.time import cutoff_ts
@@ -46,6 +49,7 @@ STRATEGIES = {
     "repurchase": ("repurchase", "popularity"),
     "als": ("als", "popularity"),
     "blend": ("repurchase", "als", "popularity"),
+    "ranker": ("ranker", "popularity"),
 }
 
 
@@ -66,6 +70,9 @@ class RecParams:
     als_days: int = 180
     als_min_buyers: int = 3
     als_blocks: int = 4  # user and item blocks: the cores' count is enough on a laptop
+    # the learned ranker (None: not trained, the ``ranker`` strategy is left out); opt-in
+    # (`pulse retrain --ranker`) until its cost fits the demo's ten minutes
+    ranker: ranking.RankerParams | None = None
 
 
 def interactions(events: DataFrame, cutoff: date, half_life_days: float) -> DataFrame:
@@ -321,14 +328,21 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
     with ctx.stage("recommendations: hold-out candidates (ALS fit on the training window)"):
         sources = candidate_sources(train, train_end, p, hold_customers, only_customers=True)
         sources["als"].count()
-    with ctx.stage(f"recommendations: {MAP_AT_K} of {len(STRATEGIES)} strategies") as st:
+    if p.ranker is not None:
+        n = p.ranker.train_cutoffs
+        with ctx.stage(f"recommendations: ranker trained on {n} windows before {train_end}"):
+            model = ranking.fit(train, train_end, opts.holdout_days, p.ranker)
+            sources["ranker"] = ranking.ranked(model, train, train_end, hold_customers, p.ranker)
+            sources["ranker"] = sources["ranker"].cache()
+    strategies = {n: o for n, o in STRATEGIES.items() if all(s in sources for s in o)}
+    with ctx.stage(f"recommendations: {MAP_AT_K} of {len(strategies)} strategies") as st:
         st.rows = hold_customers.count()
         every = [
             assemble(hold_customers, sources, order).withColumn("strategy", F.lit(name))
-            for name, order in STRATEGIES.items()
+            for name, order in strategies.items()
         ]
         recs = reduce(DataFrame.unionByName, every)
-        metrics = spark_ranking_metrics_by(recs, actual, catalogue, list(STRATEGIES))
+        metrics = spark_ranking_metrics_by(recs, actual, catalogue, list(strategies))
         if opts.progress:
             for name, m in metrics.items():
                 print(f"  {name:<11} {MAP_AT_K} {m[MAP_AT_K]:.4f}", file=sys.stderr)
@@ -342,6 +356,9 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         everyone = everyone.cache()
         order = STRATEGIES[best]
         full = candidate_sources(events, cutoff, p, everyone, als_scope(order))
+        if "ranker" in order and p.ranker is not None:
+            model = ranking.fit(events, cutoff, opts.holdout_days, p.ranker)
+            full["ranker"] = ranking.ranked(model, events, cutoff, everyone, p.ranker)
         write_output(
             assemble(everyone, full, order),
             registry.output_path(settings, "recommendations", ctx.version),

@@ -57,12 +57,15 @@ def check_lake(settings: Settings, as_of: date | None) -> None:
 
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     check_lake(settings, args.as_of)  # before the imports too: they take seconds
+    from batch.ranker import RankerParams
+    from batch.recommend import RecParams
     from batch.retrain import RetrainOptions, StageLog, retrain
     from batch.summary import print_summary
     from runtime.spark import build_spark
 
+    rec = RecParams(ranker=RankerParams() if args.ranker else None)
     opts = RetrainOptions(
-        as_of=args.as_of, holdout_days=args.holdout_days, models=tuple(args.models)
+        as_of=args.as_of, holdout_days=args.holdout_days, models=tuple(args.models), rec=rec
     )
     spark = build_spark(settings, "pulse-retrain", with_kafka=False)
     while True:
@@ -123,6 +126,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="recommendation hold-out: the last N days before the cutoff",
     )
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument(
+        "--ranker",
+        action="store_true",
+        help="also train the learned recommendation ranker (batch.ranker) and serve it "
+        "when it wins on the hold-out",
+    )
     p.set_defaults(handler=_retrain)
 
     p = sub.add_parser("report", help="write data_root/reports/report.md with PNG plots")
