@@ -93,3 +93,15 @@ def test_ten_percent_bad_records(ctx: cases.Context) -> None:
     assert result.produced == result.accepted + result.quarantined
     for kind in cases.EXPECTED_REASON:
         assert result.details["quarantined_by_kind"].get(kind, 0) == injected.get(kind, 0), kind
+
+
+def test_cluster_figures_compare_to_the_last_digits_only() -> None:
+    from pulse.chaos.cases import _same_figures
+
+    # a silhouette summed in another order on the cluster: its 16th digit differs
+    local = {"silhouette_by_k": {"5": 0.4456346206265611}, "k": 4, "rows": [1.0, 2.0]}
+    cluster = {"silhouette_by_k": {"5": 0.4456346206265613}, "k": 4, "rows": [1.0, 2.0]}
+    assert _same_figures(local, cluster)
+    assert not _same_figures(local, cluster | {"k": 3})
+    assert not _same_figures({"auc": 0.85583}, {"auc": 0.85584})
+    assert not _same_figures([1.0], [1.0, 2.0])
