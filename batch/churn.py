@@ -340,48 +340,6 @@ def recency_baseline(train: DataFrame) -> PipelineModel:
     ).fit(train)
 
 
-# --- Legacy ---------------------------------------------------------------------------------
-
-
-def bgnbd_expected(frame: pd.DataFrame, horizon: int, sample: int = 20_000, seed: int = 0):
-    """Legacy: BG/NBD from ``lifetimes``, expected purchase days in the next ``horizon``.
-
-    Not used by the retrain any more (``batch.btyd`` replaced it); kept only because
-    tests/batch/test_batch_metrics.py still tests it (and monkeypatches ``lifetimes``).
-    Remove it, and the ``lifetimes`` dependency, together with those two tests.
-
-    ``frame`` needs frequency, recency_days, tenure_days (features as of a cutoff).
-    Returns a numpy array aligned with ``frame`` (vectorised scoring of all rows).
-    """
-    from lifetimes import BetaGeoFitter
-    from lifetimes.utils import ConvergenceError
-
-    # Weeks, not days: the optimiser converges far more reliably on this scale.
-    x = (frame["frequency"] - 1).clip(lower=0).to_numpy(float)  # repeat purchase days
-    t_age = (frame["tenure_days"].to_numpy(float) + 1.0) / 7
-    rec = (frame["tenure_days"] - frame["recency_days"]).to_numpy(float) / 7
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(frame), size=min(sample, len(frame)), replace=False)
-    for penalizer in (0.01, 0.1, 1.0):
-        try:
-            bgf = BetaGeoFitter(penalizer_coef=penalizer)
-            bgf.fit(x[idx], rec[idx], t_age[idx])
-            break
-        except ConvergenceError:
-            continue
-    else:
-        return np.full(len(frame), np.nan)  # reported as an undefined baseline
-    with np.errstate(all="ignore"):
-        expected = np.asarray(
-            bgf.conditional_expected_number_of_purchases_up_to_time(horizon / 7, x, rec, t_age),
-            dtype=float,
-        )
-    # The hypergeometric term overflows for extreme buyers (hundreds of purchase days):
-    # for them P(alive) ~ 1, so their own purchase-day rate is the expectation.
-    own_rate = np.divide(x, t_age, out=np.zeros_like(x), where=t_age > 0) * (horizon / 7)
-    return np.where(np.isfinite(expected), expected, own_rate)
-
-
 # --- Labels and the run ------------------------------------------------------------------
 
 
