@@ -778,8 +778,14 @@ def _retrain_metrics(settings: Settings) -> dict[str, Any]:
     return out
 
 
+FLOAT_REL = 1e-9  # how far a float on the cluster may be from local mode's, relative
+
+
 def _compare(name: str, local: pa.Table, cluster: pa.Table) -> str | None:
-    """None when equal, else one line saying how ``cluster`` differs from ``local``."""
+    """None when equal, else one line saying how ``cluster`` differs from ``local``.
+
+    Floats are equal to ``FLOAT_REL`` relative: a model fitted on the cluster sums its
+    partitions in another order (churn probabilities differed by 1.1e-15)."""
     if local.equals(cluster):
         return None
     if local.column_names != cluster.column_names or local.num_rows != cluster.num_rows:
@@ -788,12 +794,24 @@ def _compare(name: str, local: pa.Table, cluster: pa.Table) -> str | None:
     for c in local.column_names:
         if local[c].equals(cluster[c]):
             continue
-        rows = pc.sum(pc.cast(pc.not_equal(local[c], cluster[c]), pa.int64())).as_py()
+        if pa.types.is_floating(local[c].type):
+            scale = pc.max_element_wise(pc.abs(local[c]), pc.abs(cluster[c]))
+            close = pc.less_equal(
+                pc.abs(pc.subtract(local[c], cluster[c])), pc.multiply(scale, FLOAT_REL)
+            )
+            same = pc.or_kleene(close, pc.and_(pc.is_null(local[c]), pc.is_null(cluster[c])))
+            rows = pc.sum(pc.cast(pc.invert(pc.fill_null(same, False)), pa.int64())).as_py()
+        else:
+            rows = pc.sum(pc.cast(pc.not_equal(local[c], cluster[c]), pa.int64())).as_py()
+        if not rows:
+            continue
         text = f"{c} ({rows} rows"
         if pa.types.is_floating(local[c].type):
             delta = pc.max(pc.abs(pc.subtract(local[c], cluster[c]))).as_py()
             text += f", max |difference| {delta:.3g}"
         differ.append(text + ")")
+    if not differ:
+        return None
     return f"{name}: same {local.num_rows:,} rows but values differ in {', '.join(differ)}"
 
 
@@ -808,7 +826,7 @@ def _retrain(settings: Settings, log_path: Path) -> float:
     return time.monotonic() - t0
 
 
-def _same_figures(a: object, b: object, rel: float = 1e-9) -> bool:
+def _same_figures(a: object, b: object, rel: float = FLOAT_REL) -> bool:
     """Equal, floats to ``rel``: a sum over partitions adds in another order on a cluster
     (a silhouette differed in its 16th digit)."""
     if isinstance(a, float) and isinstance(b, float):

@@ -105,3 +105,28 @@ def test_cluster_figures_compare_to_the_last_digits_only() -> None:
     assert not _same_figures(local, cluster | {"k": 3})
     assert not _same_figures({"auc": 0.85583}, {"auc": 0.85584})
     assert not _same_figures([1.0], [1.0, 2.0])
+
+
+def test_cluster_tables_compare_floats_to_the_last_digits_only() -> None:
+    import pyarrow as pa
+
+    from pulse.chaos.cases import _compare
+
+    local = pa.table({"id": ["a", "b", "c"], "p": [0.5, 0.25, None]})
+    # churn probabilities fitted on the cluster differed by 1.1e-15
+    assert (
+        _compare(
+            "churn", local, pa.table({"id": ["a", "b", "c"], "p": [0.5 + 1.1e-15, 0.25, None]})
+        )
+        is None
+    )
+    moved = _compare("churn", local, pa.table({"id": ["a", "b", "c"], "p": [0.5, 0.2501, None]}))
+    assert moved is not None and "p (1 rows" in moved
+    assert (
+        _compare("churn", local, pa.table({"id": ["a", "b", "c"], "p": [0.5, 0.25, 0.1]}))
+        is not None
+    )
+    assert (
+        _compare("churn", local, pa.table({"id": ["a", "x", "c"], "p": [0.5, 0.25, None]}))
+        is not None
+    )
