@@ -68,6 +68,26 @@ def _stream_cmd(settings: Settings, until_idle: bool) -> tuple[list[str], dict[s
     return cmd, env
 
 
+def _running_stream(
+    settings: Settings, command: tuple[list[str], dict[str, str]], batches: int
+) -> tuple[subprocess.Popen, Path]:
+    """Start `pulse stream` and return once it has committed ``batches`` micro-batches
+    (the process, still running, and its commits folder)."""
+    cmd, env = command
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    commits = settings.checkpoint_dir / "stream" / "commits"
+    deadline = time.monotonic() + 900  # JVM start is slow on a busy 2-core box
+    while time.monotonic() < deadline and proc.poll() is None:
+        if commits.is_dir() and len(list(commits.glob("[0-9]*"))) >= batches:
+            break
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        pytest.fail(f"pulse stream exited: {proc.stdout.read().decode()[-2000:]}")
+    return proc, commits
+
+
 def test_sigkill_and_restart_equals_uninterrupted_run(
     spark, kafka_settings, topic, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -84,18 +104,8 @@ def test_sigkill_and_restart_equals_uninterrupted_run(
 
     # The crashed run: a real process, SIGKILLed once its first batches are committed.
     crashed = base.model_copy(update={"data_root": tmp_path / "crashed"})
-    cmd, env = _stream_cmd(crashed, until_idle=False)
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    commits = crashed.checkpoint_dir / "stream" / "commits"
+    proc, commits = _running_stream(crashed, _stream_cmd(crashed, until_idle=False), batches=2)
     try:
-        deadline = time.monotonic() + 900  # JVM start is slow on a busy 2-core box
-        while time.monotonic() < deadline and proc.poll() is None:
-            if commits.is_dir() and len(list(commits.glob("[0-9]*"))) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -136,17 +146,8 @@ def test_sigint_publishes_the_final_snapshot(kafka_settings, topic, tmp_path) ->
     _produce(settings, events)
     cmd, env = _stream_cmd(settings, until_idle=False)
     env["PULSE_SNAPSHOT_INTERVAL_SECONDS"] = "86400"  # only the stop can publish
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    commits = settings.checkpoint_dir / "stream" / "commits"
+    proc, _ = _running_stream(settings, (cmd, env), batches=1)
     try:
-        deadline = time.monotonic() + 900  # JVM start is slow on a busy 2-core box
-        while time.monotonic() < deadline and proc.poll() is None:
-            if commits.is_dir() and any(commits.glob("[0-9]*")):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
         assert snapshots.current(settings.features_dir) is None  # none published yet
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=300)[0].decode()
