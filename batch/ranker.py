@@ -131,9 +131,10 @@ def candidates(
     )
     by_pop = Window.orderBy(F.desc("a_n7"), F.desc("a_n30"), "article_id")
     arts = arts.withColumn("a_pop_rank", F.row_number().over(by_pop).cast("double"))
+    # not cached: nothing would unpersist it (one per cutoff), and it is per article, small
     arts = arts.withColumn(
         "a_trend", (F.col("a_n7") / params.popular_days) / (F.col("a_n30") / 30.0 + 1e-9)
-    ).cache()
+    )
     popular = arts.where(F.col("a_pop_rank") <= params.popular_k).select("article_id")
 
     by_weight = Window.partitionBy("customer_id").orderBy(F.desc("ca_weight"), "article_id")
