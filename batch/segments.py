@@ -49,15 +49,18 @@ def build_pipeline(k: int, seed: int = 42) -> Pipeline:
 FIXED_PARTITIONS = 4
 
 
-def in_fixed_order(features: DataFrame) -> DataFrame:
-    """``features`` hash-partitioned by customer into ``FIXED_PARTITIONS`` and sorted within
+def in_fixed_order(features: DataFrame, partitions: int = FIXED_PARTITIONS) -> DataFrame:
+    """``features`` hash-partitioned by customer into ``partitions`` and sorted within
     each: K-Means' initialisation and the silhouette sample depend on the rows' partitions
     and order, which otherwise follow the lake's files (a Spark cluster and local mode
-    chose different k from the same events). Cached."""
+    chose different k from the same events). Cached.
+
+    ``partitions=1`` also makes a model's sums exact across runs: Spark merges the
+    partitions' partial sums (tree statistics, gradients) in the order their shuffle
+    blocks arrive, which differs between a cluster and local mode, and a float sum in
+    another order can flip a near-tied split of a GBT."""
     return (
-        features.repartition(FIXED_PARTITIONS, "customer_id")
-        .sortWithinPartitions("customer_id")
-        .cache()
+        features.repartition(partitions, "customer_id").sortWithinPartitions("customer_id").cache()
     )
 
 
