@@ -64,15 +64,20 @@ def in_fixed_order(features: DataFrame, partitions: int = FIXED_PARTITIONS) -> D
     )
 
 
+def id_sample(frame: DataFrame, n: int, rows: int, seed: int = 42) -> DataFrame:
+    """About ``rows`` of ``frame``'s ``n`` rows, chosen by a hash of customer_id (all of them
+    when ``n <= rows``): unlike ``.sample()``, the same customers whatever the partitioning."""
+    if n <= rows:
+        return frame
+    share = F.abs(F.xxhash64("customer_id", F.lit(seed))) % 1_000_000 / 1_000_000
+    return frame.where(share < rows / n)
+
+
 def choose_k(
     features: DataFrame, k_range: range = range(3, 9), sample_rows: int = 50_000, seed: int = 42
 ) -> tuple[int, dict[int, float]]:
     """Silhouette for each k (on a sample of about ``sample_rows``); the best k."""
-    n = features.count()
-    # by a hash of the id, not .sample(): the same customers whatever the partitioning
-    share = F.abs(F.xxhash64("customer_id", F.lit(seed))) % 1_000_000 / 1_000_000
-    sample = features.where(share < sample_rows / max(n, 1)) if n > sample_rows else features
-    sample = sample.cache()
+    sample = id_sample(features, features.count(), sample_rows, seed).cache()
     scores: dict[int, float] = {}
     evaluator = ClusteringEvaluator(featuresCol="seg_vec", predictionCol="prediction")
     for k in k_range:
