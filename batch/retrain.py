@@ -104,7 +104,7 @@ def retrain(
     out = {name: TRAINERS[name](ctx) for name in TRAINERS if name in opts.models}
     with log.stage("customer state for the speed layer") as st:
         # Every run: the stream takes it at its next batch (the lambda correction).
-        st.rows = write_state(settings, events, cutoff, ctx.version)["customers"]
+        st.rows = write_state(settings, events, cutoff, ctx.version, daily)["customers"]
     ctx.release()
     if opts.progress:
         seconds = time.perf_counter() - start

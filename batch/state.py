@@ -28,11 +28,17 @@ FILES = ("customers.parquet", "days.parquet")
 
 
 def write_state(
-    settings: Settings, events: DataFrame, cutoff: date, version: str
+    settings: Settings,
+    events: DataFrame,
+    cutoff: date,
+    version: str,
+    daily: DataFrame | None = None,
 ) -> dict[str, Any]:
-    """State of every customer from ``events`` before ``cutoff``; registered and promoted."""
+    """State of every customer from ``events`` before ``cutoff``; registered and promoted.
+
+    ``daily``: the customer-day table of exactly those events, if the caller has it."""
     upto = events.where(F.col("event_time") < F.lit(cutoff_ts(cutoff)))
-    customers, days = store_tables(upto, as_of_for(cutoff))
+    customers, days = store_tables(upto, as_of_for(cutoff), daily)
     out = registry.output_path(settings, NAME, version)
     out.mkdir(parents=True, exist_ok=True)
     for name, table in zip(FILES, (customers, days), strict=True):

@@ -128,15 +128,20 @@ def state_from_record(record: dict[str, Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=STATE_ARROW)
 
 
-def store_tables(events: DataFrame, as_of: Any) -> tuple[pa.Table, pa.Table]:
+def store_tables(
+    events: DataFrame, as_of: Any, daily: DataFrame | None = None
+) -> tuple[pa.Table, pa.Table]:
     """Events (``event_time <= as_of``) -> the store's (customers, customer_days) tables.
 
     Dates as day numbers since 1970-01-01, ``max_event_time`` in microseconds: what
     ``CustomerStateStore.load`` takes. The days are those of the history (the last
-    ``HISTORY_DAYS`` before ``as_of``).
+    ``HISTORY_DAYS`` before ``as_of``). ``daily``: the events' customer-day table when the
+    caller has it already (a retrain does); else it is built here.
     """
     latest = events.groupBy("customer_id").agg(F.max("event_time").alias("max_event_time"))
-    state = customer_state(daily_activity(events), as_of).join(latest, "customer_id")
+    daily = daily_activity(events) if daily is None else daily
+    # both tables below read it: computed once
+    state = customer_state(daily, as_of).join(latest, "customer_id").cache()
     epoch = F.lit("1970-01-01").cast("date")
     dates = ("first_purchase_date", "last_purchase_date")
     customers = state.select(
@@ -151,6 +156,7 @@ def store_tables(events: DataFrame, as_of: Any) -> tuple[pa.Table, pa.Table]:
         .withColumn("day", F.datediff("day", epoch).cast("long"))
         .toArrow()
     )
+    state.unpersist()
     return customers, days
 
 
