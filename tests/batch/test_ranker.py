@@ -15,11 +15,14 @@ import random
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from batch_shop import TableSource, events_table
 from pyspark.sql import functions as F
 
 from batch import ranker
 from batch.evaluate import spark_ranking_metrics_by
+from batch.ingest import ingest_source
 from batch.recommend import RecParams, assemble, candidate_sources
+from batch.retrain import RetrainOptions, retrain
 
 pytestmark = pytest.mark.spark
 
@@ -127,3 +130,21 @@ def test_candidates_features_by_hand(spark) -> None:  # type: ignore[no-untyped-
     assert cands["C"]["from_copurchase"] == 1.0 and cands["C"]["from_repurchase"] == ranker.MISSING
     # article B: 2 purchases in the last 30 days, 1 in the last 7 (v's, day 25)
     assert (cands["B"]["a_n30"], cands["B"]["a_n7"], cands["B"]["a_buyers30"]) == (2.0, 1.0, 2.0)
+
+
+def test_a_ranker_with_nothing_to_learn_from_is_left_out_not_fatal(spark, settings) -> None:  # type: ignore[no-untyped-def]
+    """Purchases in days 0-9 and in the hold-out week only: the ranker's three training
+    windows before the hold-out hold no purchase, so it cannot be fitted. The retrain
+    still evaluates and serves the other strategies, and says why the ranker is missing."""
+    rows = [(d % 10, f"c{c:02d}", f"a{(c + d) % 4}") for c in range(12) for d in range(c, c + 3)]
+    rows += [(61 + c % 5, f"c{c:02d}", f"a{c % 4}") for c in range(12)]
+    ingest_source(spark, settings, TableSource([events_table(rows)]), progress=False)
+    rec = RecParams(rank=4, max_iter=2, ranker=ranker.RankerParams(max_iter=3))
+    opts = RetrainOptions(
+        as_of=date(2020, 3, 8), models=("recommendations",), rec=rec, progress=False
+    )  # day 67: hold-out [60, 67), ranker windows [39, 60) hold nothing
+    meta = retrain(spark, settings, opts)["recommendations"]
+
+    assert "no purchases to learn from" in meta["left_out"]["ranker"]
+    assert "ranker" not in meta["metrics"]
+    assert {"repurchase", "popularity"} <= set(meta["metrics"])
