@@ -83,6 +83,7 @@ def als_vs_implicit(spark, settings: Settings, params: RecParams) -> dict[str, f
     import pandas as pd
     import scipy.sparse as sp
     from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
     from batch.recommend import als_estimator, als_interactions, als_matrix
     from storage.lake import last_event_date, read_lake
@@ -111,9 +112,11 @@ def als_vs_implicit(spark, settings: Settings, params: RecParams) -> dict[str, f
         regularization=params.reg_param,
         random_state=params.seed,
     )
-    t = time.perf_counter()
-    model_i.fit(conf, show_progress=False)
-    implicit_s = time.perf_counter() - t
+    # implicit runs its own threads: BLAS's pool on top slows it (its own warning says so)
+    with threadpool_limits(1, "blas"):
+        t = time.perf_counter()
+        model_i.fit(conf, show_progress=False)
+        implicit_s = time.perf_counter() - t
     for frame in (ratings, users, items):
         frame.unpersist()
     return {
