@@ -217,7 +217,8 @@ def als_candidates(fit: AlsFit, customers: DataFrame, k: int = N_RECOMMENDATIONS
     priority queue one at a time, which at 84k hold-out customers x 77k articles took most
     of the hold-out stage. Here each task multiplies a block of customer factors by the
     article factors (NumPy, float32 like Spark's ALS) and keeps the top ``k`` per row with
-    ``argpartition``; ties go to the smaller article index, so the lists are deterministic.
+    ``argpartition``, whose scores are then recomputed per row in float64; ties go to the
+    smaller article index, so the lists do not depend on how the customers are partitioned.
     The article factors (one row per article) are collected once and shipped to the tasks.
     """
     import numpy as np
@@ -247,7 +248,11 @@ def als_candidates(fit: AlsFit, customers: DataFrame, k: int = N_RECOMMENDATIONS
             for lo in range(0, len(users), SCORE_CHUNK):
                 scores = users[lo : lo + SCORE_CHUNK] @ factors
                 best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
-                picked = np.take_along_axis(scores, best, axis=1)
+                # the kept scores again, row by row in float64: a matrix product's last
+                # bits may depend on how many rows it had, i.e. on the partitioning
+                chosen = factors.T[best].astype(np.float64)
+                block = users[lo : lo + SCORE_CHUNK, None, :].astype(np.float64)
+                picked = (chosen * block).sum(axis=2)
                 # by score descending, then article index ascending
                 order = np.lexsort((best, -picked), axis=1)
                 best = np.take_along_axis(best, order, axis=1)

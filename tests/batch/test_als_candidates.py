@@ -59,3 +59,7 @@ def test_als_top_k_equals_spark_recommend_for_user_subset(spark, tmp_path) -> No
     for lists in by_customer.values():
         scores = [s for _, s in sorted(lists)]
         assert scores == sorted(scores, reverse=True)
+    # the same lists, to the last bit, however the customers are partitioned
+    again = als_candidates(fit, who.repartition(5), k=10).collect()
+    assert sorted(again) == sorted(als_candidates(fit, who.coalesce(1), k=10).collect())
+    assert {(r.customer_id, r.pos): (r.article_id, r.score) for r in again} == ours
