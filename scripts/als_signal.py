@@ -1,11 +1,12 @@
-"""Which interactions should ALS learn from? MAP@12 and fit time per training set.
+"""Which interactions, rank and iterations should ALS use? MAP@12 and fit time for each.
 
-Usage: ``python scripts/als_signal.py [--holdout-days N]`` on the lake of
-``PULSE_DATA_ROOT``. Holds out the last N days (default 30: a month of Online Retail),
-then for each (recency window, minimum buyers per article) fits ALS on the training
-window's interactions that pass, and prints a table: interactions kept, fit + scoring
-seconds, and MAP@12 of ALS alone and of the blend (repurchase, ALS, popularity) on the
-hold-out. The retrain's defaults (``batch.recommend.RecParams``) were chosen from it.
+Usage: ``python scripts/als_signal.py [--holdout-days N] [--vary window|size]`` on the
+lake of ``PULSE_DATA_ROOT``. Holds out the last N days (default 30: a month of Online
+Retail), then for each variant -- (recency window, minimum buyers per article) with
+``--vary window``, (rank, iterations) with ``--vary size`` -- fits ALS on the training
+window's interactions and prints a table: interactions kept, fit + scoring seconds, and
+MAP@12 of ALS alone and of the blend (repurchase, ALS, popularity) on the hold-out. The
+retrain's defaults (``batch.recommend.RecParams``) were chosen from it.
 """
 
 from __future__ import annotations
@@ -29,13 +30,19 @@ from runtime.settings import Settings
 from runtime.spark import build_spark
 from storage.lake import last_event_date, read_lake
 
-VARIANTS = [(100_000, 1), (365, 1), (180, 1), (90, 1), (100_000, 3), (180, 3), (180, 10)]
+# (window days, min buyers, rank, iterations)
+VARIANTS = {
+    "window": [(d, b, 32, 10) for d, b in [(100_000, 1), (365, 1), (180, 1), (90, 1),
+                                           (100_000, 3), (180, 3), (180, 10)]],
+    "size": [(180, 3, r, i) for r, i in [(32, 10), (16, 10), (8, 10), (32, 5), (16, 5)]],
+}  # fmt: skip
 
 
 def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--holdout-days", type=int, default=30)
+    parser.add_argument("--vary", choices=sorted(VARIANTS), default="window")
     args = parser.parse_args()
     settings = Settings()
     spark = build_spark(settings, "als-signal", with_kafka=False)
@@ -55,12 +62,12 @@ def main() -> None:
     catalogue = train.select("article_id").distinct().count()
     print(f"hold-out [{train_end}, {cutoff}): {hold.count():,} buyers\n")
     print(
-        "| ALS window (days) | min buyers / article | interactions | fit + score s | "
-        "MAP@12 ALS | MAP@12 blend |"
+        "| ALS window (days) | min buyers / article | rank | iterations | interactions | "
+        "fit + score s | MAP@12 ALS | MAP@12 blend |"
     )
-    print("|---|---|---|---|---|---|")
-    for days, min_buyers in VARIANTS:
-        p = RecParams(als_days=days, als_min_buyers=min_buyers)
+    print("|---|---|---|---|---|---|---|---|")
+    for days, min_buyers, rank, iters in VARIANTS[args.vary]:
+        p = RecParams(als_days=days, als_min_buyers=min_buyers, rank=rank, max_iter=iters)
         kept = als_interactions(train, train_end, p).count()
         t = time.perf_counter()
         sources = candidate_sources(train, train_end, p, hold, only_customers=True)
@@ -74,7 +81,8 @@ def main() -> None:
         }
         window = "all" if days >= 100_000 else str(days)
         print(
-            f"| {window} | {min_buyers} | {kept:,} | {seconds:.1f} | {maps['als']:.4f} | "
+            f"| {window} | {min_buyers} | {rank} | {iters} | {kept:,} | {seconds:.1f} | "
+            f"{maps['als']:.4f} | "
             f"{maps['blend']:.4f} |",
             flush=True,
         )

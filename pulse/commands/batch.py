@@ -91,7 +91,8 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from batch.recommend import RecParams
     from pulse.bench.batch import run_bench
 
-    params = RecParams(rank=args.rank, max_iter=args.max_iter)
+    default = RecParams()
+    params = RecParams(rank=args.rank or default.rank, max_iter=args.max_iter or default.max_iter)
     run_bench(
         settings, args.sizes, params, as_json=args.json, stream_batches=args.stream_batches or 0
     )
@@ -148,8 +149,10 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
         default=[1_000_000],
         help="generated transactions per run",
     )
-    p.add_argument("--rank", type=positive_int, default=32)
-    p.add_argument("--max-iter", type=positive_int, default=10)
+    p.add_argument("--rank", type=positive_int, default=None, help="ALS rank (the retrain's)")
+    p.add_argument(
+        "--max-iter", type=positive_int, default=None, help="ALS iterations (the retrain's)"
+    )
     p.add_argument(
         "--stream-batches",
         type=positive_int,
