@@ -25,7 +25,6 @@ from datetime import date, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
-from pyspark.ml.feature import StringIndexer
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -139,12 +138,13 @@ def repurchase_candidates(inter: DataFrame, k: int = N_RECOMMENDATIONS) -> DataF
 def index_ids(df: DataFrame, col: str, idx: str) -> DataFrame:
     """Distinct ``col`` values -> dense int ``idx`` (0..n-1, in ``col`` order).
 
-    Spark's ``StringIndexer`` does it in the JVM: no Python per row (its fit keeps the
-    labels in the model: one string per customer on the driver, tens of MB at H&M's size).
+    A row number over the sorted distinct values, in one task (10 s for 705k customer ids
+    at H&M scale). Not Spark's ``StringIndexer``: its model holds every label and ships
+    them all in the task binary that applies it (57 MB at that size), and it took 28 s.
     """
     distinct = df.select(col).distinct()
-    indexer = StringIndexer(inputCol=col, outputCol=idx, stringOrderType="alphabetAsc")
-    return indexer.fit(distinct).transform(distinct).select(col, F.col(idx).cast("int"))
+    number = F.row_number().over(Window.orderBy(col)) - 1
+    return distinct.select(col, number.cast("int").alias(idx))
 
 
 @dataclass
@@ -159,15 +159,17 @@ class AlsFit:
 def als_matrix(inter: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Interactions -> (ratings user,item,weight; user index; item index), all materialised.
 
-    The indexes are local checkpoints, not caches: a cached frame keeps its lineage, and
-    with it the ``StringIndexerModel`` and its labels (one per customer) in every task
-    that reads it. At 1.37M customers that made each ALS task binary 57 MB.
+    ``inter`` is computed once and cached while the three are built from it (each would
+    otherwise aggregate the events again: 40-60 s apiece at H&M scale). The three are
+    local checkpoints, so ALS's many jobs do not carry their lineage.
     """
+    inter = inter.select("customer_id", "article_id", "weight").cache()
     users = index_ids(inter, "customer_id", "user").localCheckpoint()
     items = index_ids(inter, "article_id", "item").localCheckpoint()
     ratings = (
         inter.join(users, "customer_id").join(items, "article_id").select("user", "item", "weight")
     ).localCheckpoint()
+    inter.unpersist()
     return ratings, users, items
 
 

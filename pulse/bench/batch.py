@@ -106,14 +106,14 @@ def als_vs_implicit(spark, settings: Settings, params: RecParams) -> dict[str, f
         (1 + params.alpha * pdf["weight"].to_numpy(np.float32), (pdf["user"], pdf["item"])),
         shape=shape,
     )
-    model_i = AlternatingLeastSquares(
-        factors=params.rank,
-        iterations=params.max_iter,
-        regularization=params.reg_param,
-        random_state=params.seed,
-    )
-    # implicit runs its own threads: BLAS's pool on top slows it (its own warning says so)
+    # implicit runs its own threads: BLAS's pool on top slows it (its constructor warns)
     with threadpool_limits(1, "blas"):
+        model_i = AlternatingLeastSquares(
+            factors=params.rank,
+            iterations=params.max_iter,
+            regularization=params.reg_param,
+            random_state=params.seed,
+        )
         t = time.perf_counter()
         model_i.fit(conf, show_progress=False)
         implicit_s = time.perf_counter() - t

@@ -8,7 +8,7 @@ import random
 import pytest
 from pyspark.sql import functions as F
 
-from batch.recommend import RecParams, als_candidates, fit_als
+from batch.recommend import RecParams, als_candidates, als_matrix, fit_als
 
 pytestmark = pytest.mark.spark
 
@@ -63,3 +63,15 @@ def test_als_top_k_equals_spark_recommend_for_user_subset(spark, tmp_path) -> No
     again = als_candidates(fit, who.repartition(5), k=10).collect()
     assert sorted(again) == sorted(als_candidates(fit, who.coalesce(1), k=10).collect())
     assert {(r.customer_id, r.pos): (r.article_id, r.score) for r in again} == ours
+
+
+def test_als_matrix_numbers_ids_densely_in_id_order(spark) -> None:  # type: ignore[no-untyped-def]
+    inter = spark.createDataFrame(
+        [("c2", "a9", 1, 1.0), ("c10", "a1", 2, 2.0), ("c2", "a1", 1, 0.5), ("c1", "a5", 1, 3.0)],
+        "customer_id string, article_id string, n int, weight double",
+    )
+    ratings, users, items = als_matrix(inter)
+    # string order: c1 < c10 < c2
+    assert sorted(users.collect()) == [("c1", 0), ("c10", 1), ("c2", 2)]
+    assert sorted(items.collect()) == [("a1", 0), ("a5", 1), ("a9", 2)]
+    assert sorted(ratings.collect()) == [(0, 1, 3.0), (1, 0, 2.0), (2, 0, 0.5), (2, 2, 1.0)]
