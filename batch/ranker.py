@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import reduce
 
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier
@@ -45,7 +44,6 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from features.time import cutoff_ts
 from runtime.errors import PulseError
 from schemas.tables import N_RECOMMENDATIONS
 
@@ -64,13 +62,15 @@ class RankerParams:
     max_basket: int = 40  # larger baskets add pairs quadratically and little signal
     half_life_days: float = 30.0
     train_cutoffs: int = 3
-    max_iter: int = 40
+    max_iter: int = 20
     max_depth: int = 5
+    step_size: float = 0.2
     seed: int = 42
 
 
 FEATURES = [
-    "ca_n", "ca_days", "ca_weight", "ca_days_since", "ca_since_over_gap", "ca_share",
+    "ca_n", "ca_days", "ca_weight", "ca_days_since", "ca_since_over_gap", "ca_before_last",
+    "ca_share",
     "co_score", "from_repurchase", "from_popular", "from_copurchase",
     "c_days", "c_recency", "c_mean_gap", "c_n",
     "a_n7", "a_n30", "a_trend", "a_buyers30", "a_price", "a_pop_rank",
@@ -79,139 +79,169 @@ FEATURES = [
 MISSING = -1.0  # what a feature is when it does not apply (never bought, no gap yet)
 
 
-def _purchases(events: DataFrame, cutoff: date) -> DataFrame:
-    """Purchases strictly before ``cutoff``, with their UTC day."""
-    return events.where(
-        (F.col("quantity") > 0) & (F.col("event_time") < F.lit(cutoff_ts(cutoff)))
-    ).select("customer_id", "article_id", "unit_price", F.to_date("event_time").alias("day"))
+def _purchases(events: DataFrame) -> DataFrame:
+    """Purchases with their UTC day: customer_id, article_id, unit_price, day."""
+    return events.where(F.col("quantity") > 0).select(
+        "customer_id", "article_id", "unit_price", F.to_date("event_time").alias("day")
+    )
 
 
-def _days_before(cutoff: date, col: str = "day") -> Column:
-    return F.datediff(F.lit(cutoff), F.col(col))
+def _age() -> Column:
+    """Days from a purchase's ``day`` to its row's ``cutoff`` (1 = the day before)."""
+    return F.datediff(F.col("cutoff"), F.col("day"))
 
 
-def candidates(
-    events: DataFrame, cutoff: date, customers: DataFrame, params: RankerParams
-) -> DataFrame:
-    """Candidates with their features for ``customers`` (a customer_id frame) at ``cutoff``.
+def _within(days: int) -> Column:
+    """The purchase falls in the ``days`` days before its row's cutoff."""
+    return (F.col("day") < F.col("cutoff")) & (_age() <= days)
 
-    Columns: customer_id, article_id, ``FEATURES`` (doubles, ``MISSING`` where they do
-    not apply). A customer with no purchase gets the popular articles only.
+
+def at(customers: DataFrame, cutoff: date) -> DataFrame:
+    """A scope for ``candidates``: every customer of ``customers`` at one ``cutoff``."""
+    return customers.select(F.lit(cutoff).alias("cutoff"), "customer_id")
+
+
+def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> DataFrame:
+    """Candidates with their features for each (cutoff, customer_id) of ``scope``.
+
+    Every cutoff of ``scope`` is built in the same Spark jobs (a cutoff is a column, not
+    a loop): one pass for all the training windows. Each row sees only the purchases
+    strictly before its own cutoff. Columns: cutoff, customer_id, article_id,
+    ``FEATURES`` (doubles, ``MISSING`` where they do not apply). A customer with no
+    purchase gets the popular articles only.
     """
-    bought = _purchases(events, cutoff)
-    own = bought.join(customers, "customer_id", "left_semi")
-    decay = F.exp(-math.log(2) * _days_before(cutoff) / F.lit(params.half_life_days))
-    pairs = own.groupBy("customer_id", "article_id").agg(
+    bought = _purchases(events)
+    cuts = F.broadcast(scope.select("cutoff").distinct())
+    own = bought.join(scope, "customer_id").where(F.col("day") < F.col("cutoff"))
+    key = ["cutoff", "customer_id", "article_id"]
+    decay = F.exp(-math.log(2) * _age() / F.lit(params.half_life_days))
+    pairs = own.groupBy(*key).agg(
         F.count(F.lit(1)).cast("double").alias("ca_n"),
         F.countDistinct("day").cast("double").alias("ca_days"),
-        F.sum(decay).alias("ca_weight"),
+        # rounded: a float sum's last bits depend on the order the partitions arrive in,
+        # and the repurchase candidates are chosen by it
+        F.round(F.sum(decay), 9).alias("ca_weight"),
         F.min("day").alias("_first"),
         F.max("day").alias("_last"),
     )
-    cust = own.groupBy("customer_id").agg(
+    # used four times (repurchase, co-purchase seeds and exclusions, features): computed once
+    pairs = pairs.localCheckpoint()
+    cust = own.groupBy("cutoff", "customer_id").agg(
         F.countDistinct("day").cast("double").alias("c_days"),
         F.max("day").alias("_cl"),
         F.min("day").alias("_cf"),
         F.count(F.lit(1)).cast("double").alias("c_n"),
     )
     cust = cust.select(
-        "customer_id", "c_days", "c_n",
-        F.datediff(F.lit(cutoff), F.col("_cl")).cast("double").alias("c_recency"),
+        "cutoff", "customer_id", "c_days", "c_n", "_cl",
+        F.datediff(F.col("cutoff"), F.col("_cl")).cast("double").alias("c_recency"),
         F.when(F.col("c_days") > 1, F.datediff("_cl", "_cf") / (F.col("c_days") - 1))
         .alias("c_mean_gap"),
     )  # fmt: skip
-    recent = bought.where(_days_before(cutoff) <= 30)
-    arts = recent.groupBy("article_id").agg(
-        F.count(F.when(_days_before(cutoff) <= params.popular_days, True))
-        .cast("double")
-        .alias("a_n7"),
+    recent = bought.join(cuts, _within(30))
+    arts = recent.groupBy("cutoff", "article_id").agg(
+        F.count(F.when(_age() <= params.popular_days, True)).cast("double").alias("a_n7"),
         F.count(F.lit(1)).cast("double").alias("a_n30"),
         F.countDistinct("customer_id").cast("double").alias("a_buyers30"),
         F.avg("unit_price").alias("a_price"),
     )
-    by_pop = Window.orderBy(F.desc("a_n7"), F.desc("a_n30"), "article_id")
+    by_pop = Window.partitionBy("cutoff").orderBy(F.desc("a_n7"), F.desc("a_n30"), "article_id")
     arts = arts.withColumn("a_pop_rank", F.row_number().over(by_pop).cast("double"))
-    # not cached: nothing would unpersist it (one per cutoff), and it is per article, small
     arts = arts.withColumn(
         "a_trend", (F.col("a_n7") / params.popular_days) / (F.col("a_n30") / 30.0 + 1e-9)
     )
-    popular = arts.where(F.col("a_pop_rank") <= params.popular_k).select("article_id")
+    popular = arts.where(F.col("a_pop_rank") <= params.popular_k).select("cutoff", "article_id")
 
-    by_weight = Window.partitionBy("customer_id").orderBy(F.desc("ca_weight"), "article_id")
+    by_weight = Window.partitionBy("cutoff", "customer_id").orderBy(
+        F.desc("ca_weight"), "article_id"
+    )
     rep = (
         pairs.withColumn("_r", F.row_number().over(by_weight))
         .where(F.col("_r") <= params.repurchase_k)
-        .select("customer_id", "article_id", F.lit(1.0).alias("from_repurchase"))
+        .select(*key, F.lit(1.0).alias("from_repurchase"))
     )
-    co = _copurchase(bought, own, pairs, cutoff, params)
-    keys = (
-        rep.select("customer_id", "article_id")
-        .unionByName(customers.select("customer_id").crossJoin(F.broadcast(popular)))
-        .unionByName(co.select("customer_id", "article_id"))
-        .distinct()
-    )
+    co = _copurchase(bought, cuts, pairs, params)
+    none = F.lit(None).cast("double")
+    proposed = (
+        rep.select(*key, "from_repurchase", none.alias("from_popular"), none.alias("co_score"))
+        .unionByName(
+            scope.join(F.broadcast(popular), "cutoff").select(
+                *key, none.alias("from_repurchase"), F.lit(1.0).alias("from_popular"),
+                none.alias("co_score"),
+            )
+        )
+        .unionByName(co.select(*key, none.alias("from_repurchase"), none.alias("from_popular"),
+                               "co_score"))
+        .groupBy(*key)
+        .agg(*(F.max(c).alias(c) for c in ("from_repurchase", "from_popular", "co_score")))
+    )  # fmt: skip
     out = (
-        keys.join(rep, ["customer_id", "article_id"], "left")
-        .join(F.broadcast(popular.withColumn("from_popular", F.lit(1.0))), "article_id", "left")
-        .join(co, ["customer_id", "article_id"], "left")
-        .join(pairs, ["customer_id", "article_id"], "left")
-        .join(cust, "customer_id", "left")
-        .join(arts, "article_id", "left")
+        proposed.join(pairs, key, "left")
+        .join(cust, ["cutoff", "customer_id"], "left")
+        .join(arts, ["cutoff", "article_id"], "left")
     )
-    since = F.datediff(F.lit(cutoff), F.col("_last")).cast("double")
+    since = F.datediff(F.col("cutoff"), F.col("_last")).cast("double")
     gap = F.when(F.col("ca_days") > 1, F.datediff("_last", "_first") / (F.col("ca_days") - 1))
     derived = {
         "ca_days_since": since,
         "ca_since_over_gap": since / gap,
+        "ca_before_last": F.datediff("_cl", "_last").cast("double"),
         "ca_share": F.col("ca_n") / F.col("c_n"),
         "from_copurchase": F.when(F.col("co_score").isNotNull(), 1.0),
     }
+    # rounded to 6 decimals, so that a local run and a cluster run train and score on the
+    # same values (see ``fit``)
     cols = [
-        F.coalesce(derived.get(f, F.col(f)).cast("double"), F.lit(MISSING)).alias(f)
+        F.round(F.coalesce(derived.get(f, F.col(f)).cast("double"), F.lit(MISSING)), 6).alias(f)
         for f in FEATURES
     ]
-    return out.select("customer_id", "article_id", *cols)
+    return out.select(*key, *cols)
 
 
 def _copurchase(
-    bought: DataFrame, own: DataFrame, pairs: DataFrame, cutoff: date, params: RankerParams
+    bought: DataFrame, cuts: DataFrame, pairs: DataFrame, params: RankerParams
 ) -> DataFrame:
-    """customer_id, article_id, co_score: articles bought in the same baskets as the
-    customer's most recent ones (sum of pair counts over those seeds), the top
+    """cutoff, customer_id, article_id, co_score: articles bought in the same baskets as
+    the customer's most recent ones (sum of pair counts over those seeds), the top
     ``copurchase_k`` per customer, excluding what they bought already."""
     baskets = (
-        bought.where(_days_before(cutoff) <= params.copurchase_days)
-        .select("customer_id", "day", "article_id")
+        bought.join(cuts, _within(params.copurchase_days))
+        .select("cutoff", "customer_id", "day", "article_id")
         .distinct()
     )
-    size = Window.partitionBy("customer_id", "day")
+    size = Window.partitionBy("cutoff", "customer_id", "day")
     baskets = baskets.withColumn("_size", F.count(F.lit(1)).over(size)).where(
         (F.col("_size") > 1) & (F.col("_size") <= params.max_basket)
     )
     a, b = baskets.alias("a"), baskets.alias("b")
     together = (
-        a.join(b, ["customer_id", "day"])
+        a.join(b, ["cutoff", "customer_id", "day"])
         .where(F.col("a.article_id") != F.col("b.article_id"))
-        .groupBy(F.col("a.article_id").alias("seed"), F.col("b.article_id").alias("article_id"))
+        .groupBy(
+            "cutoff", F.col("a.article_id").alias("seed"), F.col("b.article_id").alias("article_id")
+        )
         .agg(F.count(F.lit(1)).alias("n"))
     )
-    top = Window.partitionBy("seed").orderBy(F.desc("n"), "article_id")
+    top = Window.partitionBy("cutoff", "seed").orderBy(F.desc("n"), "article_id")
     neighbours = together.withColumn("_r", F.row_number().over(top)).where(
         F.col("_r") <= params.neighbours
     )
-    latest = Window.partitionBy("customer_id").orderBy(F.desc("_last"), F.desc("ca_weight"))
+    latest = Window.partitionBy("cutoff", "customer_id").orderBy(
+        F.desc("_last"), F.desc("ca_weight"), "article_id"
+    )
     seeds = (
         pairs.withColumn("_r", F.row_number().over(latest))
         .where(F.col("_r") <= params.seed_articles)
-        .select("customer_id", F.col("article_id").alias("seed"))
+        .select("cutoff", "customer_id", F.col("article_id").alias("seed"))
     )
+    key = ["cutoff", "customer_id", "article_id"]
     scored = (
-        seeds.join(neighbours.drop("_r"), "seed")
-        .groupBy("customer_id", "article_id")
+        seeds.join(neighbours.drop("_r"), ["cutoff", "seed"])
+        .groupBy(*key)
         .agg(F.sum("n").cast("double").alias("co_score"))
-        .join(own.select("customer_id", "article_id"), ["customer_id", "article_id"], "left_anti")
+        .join(pairs.select(*key), key, "left_anti")
     )
-    best = Window.partitionBy("customer_id").orderBy(F.desc("co_score"), "article_id")
+    best = Window.partitionBy("cutoff", "customer_id").orderBy(F.desc("co_score"), "article_id")
     return (
         scored.withColumn("_r", F.row_number().over(best))
         .where(F.col("_r") <= params.copurchase_k)
@@ -219,61 +249,62 @@ def _copurchase(
     )
 
 
-def labelled(events: DataFrame, cutoff: date, horizon: int, params: RankerParams) -> DataFrame:
-    """Candidates at ``cutoff`` of the customers who bought in ``[cutoff, cutoff + H)``,
-    with ``label`` 1.0 for the articles they bought there."""
-    end = cutoff + timedelta(days=horizon)
-    window = events.where(
-        (F.col("quantity") > 0)
-        & (F.col("event_time") >= F.lit(cutoff_ts(cutoff)))
-        & (F.col("event_time") < F.lit(cutoff_ts(end)))
-    )
-    truth = window.select("customer_id", "article_id").distinct().withColumn("label", F.lit(1.0))
-    buyers = truth.select("customer_id").distinct()
-    return (
-        candidates(events, cutoff, buyers, params)
-        .join(truth, ["customer_id", "article_id"], "left")
-        .fillna(0.0, ["label"])
-    )
+def training_cutoffs(cutoff: date, horizon: int, n: int) -> list[date]:
+    """The ``n`` cutoffs before ``cutoff``, ``horizon`` days apart, oldest first: the label
+    window of the newest ends at ``cutoff``."""
+    return [cutoff - timedelta(days=i * horizon) for i in range(n, 0, -1)]
 
 
-def fit(events: DataFrame, cutoff: date, horizon: int, params: RankerParams) -> PipelineModel:
-    """The GBT trained on the labelled candidates at cutoff - i * H, i = 1..train_cutoffs
-    (every label window ends by ``cutoff``)."""
-    cutoffs = [cutoff - timedelta(days=i * horizon) for i in range(1, params.train_cutoffs + 1)]
-    rows = reduce(DataFrame.unionByName, [labelled(events, c, horizon, params) for c in cutoffs])
-    rows = rows.cache()
+def labelled(
+    events: DataFrame, cutoffs: list[date], horizon: int, params: RankerParams
+) -> DataFrame:
+    """Candidates at each of ``cutoffs`` of the customers who bought in the window
+    ``[cutoff, cutoff + horizon)`` after it, with ``label`` 1.0 for the articles they
+    bought there (one pass for every cutoff). ``events`` must reach the last window's end.
+    """
+    cuts = events.sparkSession.createDataFrame([(c,) for c in cutoffs], "cutoff date")
+    after = (F.col("day") >= F.col("cutoff")) & (F.datediff("day", "cutoff") < horizon)
+    truth = (
+        _purchases(events)
+        .join(F.broadcast(cuts), after)
+        .select("cutoff", "customer_id", "article_id")
+        .distinct()
+        .withColumn("label", F.lit(1.0))
+    )
+    scope = truth.select("cutoff", "customer_id").distinct()
+    key = ["cutoff", "customer_id", "article_id"]
+    return candidates(events, scope, params).join(truth, key, "left").fillna(0.0, ["label"])
+
+
+def fit(rows: DataFrame, params: RankerParams) -> PipelineModel:
+    """The GBT trained on labelled candidates (``labelled``); PulseError when they hold no
+    purchase to learn from (or nothing else).
+
+    Trained on one partition in key order, so that the trees are the same on a cluster as
+    locally (the subsampling and the split statistics depend on the partitioning); it
+    costs nothing measurable here, the fit being bound by its per-iteration jobs.
+    """
+    rows = rows.repartition(1).sortWithinPartitions("cutoff", "customer_id", "article_id")
     stats = rows.agg(F.count(F.lit(1)).alias("n"), F.sum("label").alias("pos")).first()
     if stats is None or not stats["pos"] or stats["pos"] == stats["n"]:
-        rows.unpersist()
-        raise PulseError(f"ranker: no purchases to learn from in the {horizon} days windows "
-                         f"before {cutoff}")  # fmt: skip
-    model = Pipeline(
+        raise PulseError("ranker: no purchases to learn from in the windows before the cutoff")
+    return Pipeline(
         stages=[
             VectorAssembler(inputCols=FEATURES, outputCol="rank_features"),
             GBTClassifier(
                 featuresCol="rank_features", labelCol="label", maxIter=params.max_iter,
-                maxDepth=params.max_depth, stepSize=0.1, subsamplingRate=0.8,
+                maxDepth=params.max_depth, stepSize=params.step_size, subsamplingRate=0.8,
                 seed=params.seed, maxBins=64,
             ),
         ]
     ).fit(rows)  # fmt: skip
-    rows.unpersist()
-    return model
 
 
-def ranked(
-    model: PipelineModel,
-    events: DataFrame,
-    cutoff: date,
-    customers: DataFrame,
-    params: RankerParams,
-    k: int = N_RECOMMENDATIONS,
-) -> DataFrame:
-    """Each customer's top ``k`` candidates by the model's P(bought), as a candidate source
-    for ``batch.recommend.assemble`` (which fills short lists from popularity): customer_id,
-    article_id, score, pos."""
-    scored = model.transform(candidates(events, cutoff, customers, params)).select(
+def ranked(model: PipelineModel, cands: DataFrame, k: int = N_RECOMMENDATIONS) -> DataFrame:
+    """Each customer's top ``k`` of ``cands`` (``candidates`` at one cutoff) by the model's
+    P(bought), as a candidate source for ``batch.recommend.assemble`` (which fills short
+    lists from popularity): customer_id, article_id, score, pos."""
+    scored = model.transform(cands).select(
         "customer_id", "article_id",
         vector_to_array(F.col("probability"))[1].alias("score"), "a_pop_rank",
     )  # fmt: skip

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING, Any
@@ -72,9 +72,9 @@ class RecParams:
     als_days: int = 180
     als_min_buyers: int = 3
     als_blocks: int = 4  # user and item blocks: the cores' count is enough on a laptop
-    # the learned ranker (None: not trained, the ``ranker`` strategy is left out); opt-in
-    # (`pulse retrain --ranker`) until its cost fits the demo's ten minutes
-    ranker: ranking.RankerParams | None = None
+    # the learned ranker (None: not trained, the ``ranker`` strategy is left out;
+    # `pulse retrain --no-ranker`)
+    ranker: ranking.RankerParams | None = field(default_factory=ranking.RankerParams)
 
 
 def interactions(events: DataFrame, cutoff: date, half_life_days: float) -> DataFrame:
@@ -385,17 +385,24 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         sources = candidate_sources(train, train_end, p, hold_customers, only_customers=True)
         sources["als"].count()
     left_out: dict[str, str] = {}
+    rows = None  # the ranker's labelled candidates, at its training cutoffs and train_end
     if p.ranker is not None:
-        n = p.ranker.train_cutoffs
+        n, horizon = p.ranker.train_cutoffs, opts.holdout_days
+        cuts = ranking.training_cutoffs(train_end, horizon, n) + [train_end]
+        with ctx.stage(f"recommendations: ranker candidates at {n + 1} cutoffs") as st:
+            # train_end's are the hold-out buyers' (labelled by the hold-out: never trained
+            # on for the hold-out's figures, only by the refit)
+            rows = ranking.labelled(events, cuts, horizon, p.ranker).cache()
+            st.rows = rows.count()
         with ctx.stage(f"recommendations: ranker trained on {n} windows before {train_end}"):
             try:
-                model = ranking.fit(train, train_end, opts.holdout_days, p.ranker)
+                model = ranking.fit(rows.where(F.col("cutoff") < F.lit(train_end)), p.ranker)
             except PulseError as exc:  # too little history: the other strategies still run
-                left_out["ranker"] = str(exc)
-                print(f"  ranker left out: {exc}", file=sys.stderr)
+                left_out["ranker"] = f"{exc} ({n} windows of {horizon} days before {train_end})"
+                print(f"  ranker left out: {left_out['ranker']}", file=sys.stderr)
             else:
-                ranked = ranking.ranked(model, train, train_end, hold_customers, p.ranker)
-                sources["ranker"] = ranked.cache()
+                held = rows.where(F.col("cutoff") == F.lit(train_end))
+                sources["ranker"] = ranking.ranked(model, held).cache()
     strategies = {n: o for n, o in STRATEGIES.items() if all(s in sources for s in o)}
     with ctx.stage(f"recommendations: {MAP_AT_K} of {len(strategies)} strategies") as st:
         st.rows = hold_customers.count()
@@ -418,14 +425,18 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         everyone = everyone.cache()
         order = STRATEGIES[best]
         full = candidate_sources(events, cutoff, p, everyone, als_scope(order))
-        if "ranker" in order and p.ranker is not None:
-            model = ranking.fit(events, cutoff, opts.holdout_days, p.ranker)
-            full["ranker"] = ranking.ranked(model, events, cutoff, everyone, p.ranker)
+        if "ranker" in order and p.ranker is not None and rows is not None:
+            # refit on the newest windows: the hold-out's labels included, the oldest dropped
+            model = ranking.fit(rows.where(F.col("cutoff") > F.lit(cuts[0])), p.ranker)
+            cands = ranking.candidates(events, ranking.at(everyone, cutoff), p.ranker)
+            full["ranker"] = ranking.ranked(model, cands)
         write_output(
             assemble(everyone, full, order),
             registry.output_path(settings, "recommendations", ctx.version),
         )
         st.rows = everyone.count()
+        if rows is not None:
+            rows.unpersist()
         # Serving gives this list to customers first seen after this run (not in the table).
         popular_ids = [r.article_id for r in full["popularity"].orderBy("pos").collect()]
         version_dir = registry.model_dir(settings, "recommendations", ctx.version)

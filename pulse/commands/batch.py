@@ -57,13 +57,12 @@ def check_lake(settings: Settings, as_of: date | None) -> None:
 
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     check_lake(settings, args.as_of)  # before the imports too: they take seconds
-    from batch.ranker import RankerParams
     from batch.recommend import RecParams
     from batch.retrain import RetrainOptions, StageLog, retrain
     from batch.summary import print_summary
     from runtime.spark import build_spark
 
-    rec = RecParams(ranker=RankerParams() if args.ranker else None)
+    rec = RecParams() if args.ranker else RecParams(ranker=None)
     opts = RetrainOptions(
         as_of=args.as_of, holdout_days=args.holdout_days, models=tuple(args.models), rec=rec
     )
@@ -129,9 +128,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument(
         "--ranker",
-        action="store_true",
-        help="also train the learned recommendation ranker (batch.ranker) and serve it "
-        "when it wins on the hold-out",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the learned recommendation ranker (batch.ranker; served when it wins "
+        "on the hold-out, like every strategy); --no-ranker leaves it out",
     )
     p.set_defaults(handler=_retrain)
 

@@ -11,6 +11,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from batch.churn import ChurnParams
 from batch.ingest import ingest_source
+from batch.ranker import RankerParams
 from batch.recommend import RecParams, popular
 from batch.retrain import RetrainOptions, retrain
 from features.customer import compute_features
@@ -22,7 +23,7 @@ from storage.lake import read_lake
 pytestmark = pytest.mark.spark
 
 SMALL = dict(
-    rec=RecParams(rank=4, max_iter=3),
+    rec=RecParams(rank=4, max_iter=3, ranker=RankerParams(max_iter=3)),
     churn=ChurnParams(max_iter=3, max_depth=3),
     k_min=3,
     k_max=3,
@@ -58,7 +59,7 @@ def test_retrain_outputs_and_gate_keeps_current(spark, settings):
 
     recs_meta = run["recommendations"]
     assert recs_meta["window"]["cutoff_exclusive"] == "2020-04-20"
-    assert set(recs_meta["metrics"]) == {"popularity", "repurchase", "als", "blend"}
+    assert set(recs_meta["metrics"]) == {"popularity", "repurchase", "als", "blend", "ranker"}
     # the loyal half rebuy their 3 favourites: repurchase must beat plain popularity here
     m = recs_meta["metrics"]
     assert m["repurchase"]["map@12"] > m["popularity"]["map@12"]

@@ -74,9 +74,11 @@ def test_ranker_beats_repurchase_and_popularity_on_staples(spark) -> None:  # ty
     )
     buyers = actual.select("customer_id").distinct().cache()
     params = ranker.RankerParams(max_iter=20, max_depth=4)
-    model = ranker.fit(train, train_end, HOLDOUT, params)
+    cutoffs = ranker.training_cutoffs(train_end, HOLDOUT, params.train_cutoffs)
+    model = ranker.fit(ranker.labelled(train, cutoffs, HOLDOUT, params), params)
     sources = candidate_sources(train, train_end, RecParams(), buyers, als_for=None)
-    sources["ranker"] = ranker.ranked(model, train, train_end, buyers, params)
+    cands = ranker.candidates(train, ranker.at(buyers, train_end), params)
+    sources["ranker"] = ranker.ranked(model, cands)
     orders = {
         "popularity": ("popularity",),
         "repurchase": ("repurchase", "popularity"),
@@ -116,7 +118,7 @@ def test_candidates_features_by_hand(spark) -> None:  # type: ignore[no-untyped-
     cands = {
         r["article_id"]: r.asDict()
         for r in ranker.candidates(
-            events, START + timedelta(days=30), who, ranker.RankerParams()
+            events, ranker.at(who, START + timedelta(days=30)), ranker.RankerParams()
         ).collect()
     }
     assert set(cands) == {"A", "B", "C"}  # own A, B; C co-bought with B by v (and popular)
@@ -148,3 +150,32 @@ def test_a_ranker_with_nothing_to_learn_from_is_left_out_not_fatal(spark, settin
     assert "no purchases to learn from" in meta["left_out"]["ranker"]
     assert "ranker" not in meta["metrics"]
     assert {"repurchase", "popularity"} <= set(meta["metrics"])
+
+
+def test_each_cutoff_sees_only_its_past(spark) -> None:  # type: ignore[no-untyped-def]
+    """Two cutoffs built in one pass: w buys X on day 2 and Y on day 8. At day 5 only X
+    exists (Y is neither a candidate nor counted); at day 10 Y is in the last basket and X
+    was bought 6 days before it."""
+    t = lambda d: datetime.combine(START + timedelta(days=d), datetime.min.time(), UTC)  # noqa: E731
+    events = spark.createDataFrame(
+        [("w", "X", t(2), 1, 2.0, 1), ("w", "Y", t(8), 1, 4.0, 1)],
+        "customer_id string, article_id string, event_time timestamp, quantity int, "
+        "unit_price double, sales_channel_id int",
+    )
+    who = spark.createDataFrame([("w",)], "customer_id string")
+    day5, day10 = START + timedelta(days=5), START + timedelta(days=10)
+    scope = ranker.at(who, day5).unionByName(ranker.at(who, day10))
+    got = {
+        (r["cutoff"], r["article_id"]): r.asDict()
+        for r in ranker.candidates(events, scope, ranker.RankerParams()).collect()
+    }
+    assert set(got) == {(day5, "X"), (day10, "X"), (day10, "Y")}
+    x5, x10, y10 = got[(day5, "X")], got[(day10, "X")], got[(day10, "Y")]
+    assert (x5["ca_days_since"], x5["ca_before_last"], x5["c_n"], x5["a_n30"]) == (
+        3.0,
+        0.0,
+        1.0,
+        1.0,
+    )
+    assert (x10["ca_days_since"], x10["ca_before_last"], x10["c_n"]) == (8.0, 6.0, 2.0)
+    assert (y10["ca_days_since"], y10["ca_before_last"], y10["a_price"]) == (2.0, 0.0, 4.0)
