@@ -103,7 +103,9 @@ def spark_ranking_metrics_by(
     """``spark_ranking_metrics`` of several strategies at once (two Spark jobs in all).
 
     ``recs`` has a ``strategy`` column besides customer_id, rank, article_id; a strategy
-    of ``strategies`` with no rows scores 0 for every buyer.
+    of ``strategies`` with no rows scores 0 for every buyer. When ``actual`` has a
+    ``spend`` column (what the customer spent on the article in the hold-out),
+    ``revenue@K`` is the spend on the articles that were in the customers' lists.
     """
     key = ["strategy", "customer_id"]
     by_rank = Window.partitionBy(*key).orderBy("rank", "article_id")
@@ -120,10 +122,12 @@ def spark_ranking_metrics_by(
         .fillna(0, ["_hit"])
         .withColumn("_cum", F.sum("_hit").over(by_rank.rowsBetween(Window.unboundedPreceding, 0)))
     )
+    spend = "spend" in actual.columns
     per_customer = scored.groupBy(*key).agg(
         F.sum(F.when(hit, F.col("_cum") / F.col("pos"))).alias("ap_sum"),
         F.sum("_hit").alias("hits"),
         F.sum(F.when(hit, 1 / F.log2(F.col("pos") + 1))).alias("dcg"),
+        (F.sum(F.when(hit, F.col("spend"))) if spend else F.lit(0.0)).alias("revenue"),
     )
     # ideal DCG of m hits, m = 1..k, as an array literal indexed by min(k, |actual|)
     ideal = F.array(
@@ -138,7 +142,7 @@ def spark_ranking_metrics_by(
     m = F.least(F.col("n_actual"), F.lit(k))
     rows = (
         n_actual.join(per_customer, key, "left")
-        .fillna(0.0, ["ap_sum", "hits", "dcg"])
+        .fillna(0.0, ["ap_sum", "hits", "dcg", "revenue"])
         .groupBy("strategy")
         .agg(
             F.avg(F.col("ap_sum") / m).alias("map"),
@@ -146,6 +150,7 @@ def spark_ranking_metrics_by(
             F.avg(F.col("hits") / F.col("n_actual")).alias("recall"),
             F.avg(F.col("dcg") / F.element_at(ideal, m.cast("int"))).alias("ndcg"),
             F.count(F.lit(1)).alias("customers"),
+            F.sum("revenue").alias("revenue"),
         )
         .collect()
     )
@@ -162,11 +167,15 @@ def spark_ranking_metrics_by(
         if row is None or not row["customers"]:
             out[name] = {f"{n}@{k}": 0.0 for n in metric_names} | {"coverage": coverage}
             out[name]["customers"] = 0
+            if spend:
+                out[name][f"revenue@{k}"] = 0.0
             continue
         out[name] = {f"{n}@{k}": float(row[n]) for n in metric_names} | {
             "coverage": coverage,
             "customers": int(row["customers"]),
         }
+        if spend:
+            out[name][f"revenue@{k}"] = float(row["revenue"])
     return out
 
 

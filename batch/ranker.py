@@ -13,7 +13,8 @@ Each candidate (customer, article) gets features (``FEATURES``):
 
 - customer x article: times bought, on how many days, recency-weighted count, days since
   last bought, that divided by the customer's own gap between buying it (the strongest
-  signal in the issue's prototype), the article's share of the customer's purchases,
+  signal in the issue's prototype), days between it and the customer's last purchase
+  day (0: in the last basket), the article's share of the customer's purchases,
   co-purchase strength, which sources proposed it;
 - customer: purchase days, days since the last, mean gap between purchase days, purchases;
 - article: purchases in the last 7 and 30 days, the trend between them, buyers in 30
@@ -26,9 +27,16 @@ apart, of the customers who bought in the window after each (the others have no
 positive to learn from). Lists are each customer's candidates by that probability
 (``ranked``), filled from popularity to K by ``batch.recommend.assemble``.
 
+The cutoff is a column, not a loop: ``candidates`` builds every (cutoff, customer) of its
+scope in the same Spark jobs, so a retrain builds its four labelled sets (three training
+windows and the hold-out's) in one pass, and its refit reuses them (at 50k generated
+customers: 42 s for the four, where one cutoff at a time took 28 s each).
+
 Pointwise GBT rather than LambdaMART: it is Spark ML's own (no extra native library on
 the executors), and it orders each customer's candidates by P(bought), which is what
-MAP rewards when most customers buy one or two of them.
+MAP rewards when most customers buy one or two of them. 20 rounds at step 0.2: the same
+MAP@12 as 40 at 0.1 (Online Retail 0.2100 vs 0.2098, generated 0.0501 vs 0.0494) at half
+the fit; depth 6 or training on a quarter of the negatives did no better on both.
 """
 
 from __future__ import annotations

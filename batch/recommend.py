@@ -375,7 +375,12 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         F.col("quantity") > 0
     )
     with ctx.stage("recommendations: hold-out buyers") as st:
-        actual = holdout.select("customer_id", "article_id").distinct().cache()
+        # spend per purchased article: the revenue the lists would have caught (revenue@12)
+        actual = (
+            holdout.groupBy("customer_id", "article_id")
+            .agg(F.sum(F.col("quantity") * F.col("unit_price")).alias("spend"))
+            .cache()
+        )
         hold_customers = actual.select("customer_id").distinct().cache()
         st.rows = hold_customers.count()
         if not st.rows:

@@ -262,6 +262,14 @@ def write_report(settings: Settings) -> Path:
             f"**{rec['served']}** refit on all data. ALS params: rank {rec['params']['rank']}, "
             f"maxIter {rec['params']['max_iter']}, alpha {rec['params']['alpha']}.",
             "",
+            "Strategies: popularity (the most bought articles of the last days, the same "
+            "list for everyone); repurchase (the customer's own articles, most recently and "
+            "often bought first, then popularity); ALS (collaborative filtering); blend "
+            "(repurchase, then ALS, then popularity); ranker (a gradient-boosted model that "
+            "orders repurchase, popularity and co-purchase candidates, trained on the windows "
+            "before the hold-out). Revenue in lists: what the hold-out's buyers spent on the "
+            "articles that were in their 12, against popularity's 12.",
+            "",
             *rec_table(rec),
             "",
             gate_line(rec),

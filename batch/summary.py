@@ -8,18 +8,25 @@ from schemas.tables import N_RECOMMENDATIONS
 
 
 def rec_table(meta: dict[str, Any]) -> list[str]:
-    """Markdown rows: one per recommendation candidate."""
+    """Markdown rows: one per recommendation candidate. Revenue: what the hold-out's buyers
+    spent there on articles that were in their list, and that against popularity's lists
+    (blank for a version written before it was measured)."""
     k = N_RECOMMENDATIONS
     lines = [
-        f"| candidate | MAP@{k} | precision@{k} | recall@{k} | NDCG@{k} | coverage | customers |",
-        "|---|---|---|---|---|---|---|",
+        f"| candidate | MAP@{k} | precision@{k} | recall@{k} | NDCG@{k} | coverage | customers "
+        "| revenue in lists | vs popularity |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    base = meta["metrics"].get("popularity", {}).get(f"revenue@{k}")
     for name, m in meta["metrics"].items():
         mark = " (served)" if name == meta["served"] else ""
+        revenue = m.get(f"revenue@{k}")
+        money = f"{revenue:,.2f}" if revenue is not None else ""
+        ratio = f"{revenue / base:.2f}x" if revenue is not None and base else ""
         lines.append(
             f"| {name}{mark} | {m[f'map@{k}']:.4f} | {m[f'precision@{k}']:.4f} | "
             f"{m[f'recall@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m['coverage']:.4f} | "
-            f"{m['customers']} |"
+            f"{m['customers']} | {money} | {ratio} |"
         )
     return lines
 

@@ -72,3 +72,25 @@ def test_several_strategies_at_once_match_each_alone(spark) -> None:  # type: ig
     # a strategy without a single list still averages over every buyer, each scoring 0
     assert got["none"]["map@12"] == 0.0 and got["none"]["coverage"] == 0.0
     assert got["none"]["customers"] == len(actual) == 60
+
+
+def test_revenue_in_lists_by_hand(spark) -> None:  # type: ignore[no-untyped-def]
+    """u1 spent 10 on a (in both lists, once at rank 13: beyond K) and 5 on b (only in
+    "own"'s 12); u2 spent 7 on c, in no list. "own" caught 10 + 5, "pop" only 10."""
+    pad = [f"z{i}" for i in range(10)]
+    rows = [("own", "u1", ["a", "b", *pad]), ("pop", "u1", ["a", *pad, "x", "b"])]
+    recs = spark.createDataFrame(
+        [(s, c, r, a) for s, c, items in rows for r, a in enumerate(items, 1)],
+        "strategy string, customer_id string, rank int, article_id string",
+    )
+    actual = spark.createDataFrame(
+        [("u1", "a", 10.0), ("u1", "b", 5.0), ("u2", "c", 7.0)],
+        "customer_id string, article_id string, spend double",
+    )
+    got = spark_ranking_metrics_by(recs, actual, 20, ["own", "pop", "none"])
+    assert (got["own"]["revenue@12"], got["pop"]["revenue@12"]) == (15.0, 10.0)
+    assert got["none"]["revenue@12"] == 0.0
+    # without a spend column there is no revenue figure, and the others are unchanged
+    plain = spark_ranking_metrics_by(recs, actual.drop("spend"), 20, ["own", "pop"])
+    assert "revenue@12" not in plain["own"]
+    assert plain["own"]["map@12"] == got["own"]["map@12"]
