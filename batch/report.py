@@ -44,15 +44,26 @@ def _plot_recs(meta: dict[str, Any], path: Path) -> None:
 
     names = list(meta["metrics"])
     keys = [f"{m}@{N_RECOMMENDATIONS}" for m in ("map", "precision", "recall", "ndcg")]
+    revenue = f"revenue@{N_RECOMMENDATIONS}"
+    base = meta["metrics"].get("popularity", {}).get(revenue)
     x = np.arange(len(keys))
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, (ax, rev) = plt.subplots(
+        1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]}, squeeze=True
+    )
     width = 0.8 / len(names)
-    for i, n in enumerate(names):
-        label = f"{n} (served)" if n == meta["served"] else n
+    labels = [f"{n} (served)" if n == meta["served"] else n for n in names]
+    for i, (n, label) in enumerate(zip(names, labels, strict=True)):
         ax.bar(x + i * width, [meta["metrics"][n][k] for k in keys], width, label=label)
     ax.set_xticks(x + width * (len(names) - 1) / 2, keys)
     ax.set_title(f"Recommendations on the hold-out {' .. '.join(meta['window']['holdout'])}")
     ax.legend()
+    if base:  # versions written before revenue was measured have none
+        ratios = [meta["metrics"][n].get(revenue, 0.0) / base for n in names]
+        rev.barh(labels, ratios, color=[f"C{i}" for i in range(len(names))])
+        rev.axvline(1.0, color="grey", linestyle=":")
+        rev.set_title("hold-out revenue in lists\nvs popularity's")
+    else:
+        rev.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
