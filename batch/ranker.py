@@ -52,6 +52,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from batch.segments import in_fixed_order
 from runtime.errors import PulseError
 from schemas.tables import N_RECOMMENDATIONS
 
@@ -292,7 +293,14 @@ def fit(rows: DataFrame, params: RankerParams) -> PipelineModel:
     locally (the subsampling and the split statistics depend on the partitioning); it
     costs nothing measurable here, the fit being bound by its per-iteration jobs.
     """
-    rows = rows.repartition(1).sortWithinPartitions("cutoff", "customer_id", "article_id")
+    rows = in_fixed_order(rows, 1, ("cutoff", "customer_id", "article_id"))
+    try:
+        return _fit(rows, params)
+    finally:
+        rows.unpersist()
+
+
+def _fit(rows: DataFrame, params: RankerParams) -> PipelineModel:
     stats = rows.agg(F.count(F.lit(1)).alias("n"), F.sum("label").alias("pos")).first()
     if stats is None or not stats["pos"] or stats["pos"] == stats["n"]:
         raise PulseError("ranker: no purchases to learn from in the windows before the cutoff")

@@ -49,19 +49,22 @@ def build_pipeline(k: int, seed: int = 42) -> Pipeline:
 FIXED_PARTITIONS = 4
 
 
-def in_fixed_order(features: DataFrame, partitions: int = FIXED_PARTITIONS) -> DataFrame:
-    """``features`` hash-partitioned by customer into ``partitions`` and sorted within
-    each: K-Means' initialisation and the silhouette sample depend on the rows' partitions
-    and order, which otherwise follow the lake's files (a Spark cluster and local mode
-    chose different k from the same events). Cached.
+def in_fixed_order(
+    features: DataFrame,
+    partitions: int = FIXED_PARTITIONS,
+    keys: tuple[str, ...] = ("customer_id",),
+) -> DataFrame:
+    """``features`` hash-partitioned by ``keys`` (a unique key of its rows; the customer by
+    default) into ``partitions`` and sorted by them within each: K-Means' initialisation
+    and the silhouette sample depend on the rows' partitions and order, which otherwise
+    follow the lake's files (a Spark cluster and local mode chose different k from the
+    same events). Cached.
 
     ``partitions=1`` also makes a model's sums exact across runs: Spark merges the
     partitions' partial sums (tree statistics, gradients) in the order their shuffle
     blocks arrive, which differs between a cluster and local mode, and a float sum in
     another order can flip a near-tied split of a GBT."""
-    return (
-        features.repartition(partitions, "customer_id").sortWithinPartitions("customer_id").cache()
-    )
+    return features.repartition(partitions, *keys).sortWithinPartitions(*keys).cache()
 
 
 def id_sample(frame: DataFrame, n: int, rows: int, seed: int = 42) -> DataFrame:
