@@ -48,7 +48,9 @@ STRATEGIES = {
     "repurchase": ("repurchase", "popularity"),
     "als": ("als", "popularity"),
     "blend": ("repurchase", "als", "popularity"),
-    "ranker": ("ranker", "popularity"),
+    # the customers the ranker does not score (``RankerParams.score_customers``) get the
+    # repurchase baseline; the ranker's own lists are always K long
+    "ranker": ("ranker", "repurchase", "popularity"),
 }
 
 
@@ -366,6 +368,24 @@ def als_scope(order: tuple[str, ...]) -> str | None:
     return "all"
 
 
+def _everyone(ctx: RetrainContext, events: DataFrame) -> DataFrame:
+    """Every customer the lists are for (cached): those in ``events`` and in the customer
+    table."""
+    everyone = events.select("customer_id").distinct()
+    if ctx.customers is not None:
+        everyone = everyone.unionByName(ctx.customers.select("customer_id")).distinct()
+    return everyone.cache()
+
+
+def _training_scope(
+    events: DataFrame, cutoffs: list[date], horizon: int, params: ranking.RankerParams
+) -> DataFrame:
+    """The ranker's training customers (cutoff, customer_id): each window's buyers, at most
+    ``params.train_customers`` of them (``ranking.sample``)."""
+    buyers = ranking.bought_after(events, cutoffs, horizon).select("cutoff", "customer_id")
+    return ranking.sample(buyers.distinct(), params.train_customers)
+
+
 def retrain(ctx: RetrainContext) -> dict[str, Any]:
     """Evaluate every strategy on the hold-out, serve the best one refit on all data."""
     p, opts, settings, events, cutoff = ctx.opts.rec, ctx.opts, ctx.settings, ctx.events, ctx.cutoff
@@ -396,9 +416,17 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         cuts = ranking.training_cutoffs(train_end, horizon, n) + [train_end]
         with ctx.stage(f"recommendations: ranker candidates at {n + 1} cutoffs") as st:
             # train_end's are the hold-out buyers' (labelled by the hold-out: never trained
-            # on for the hold-out's figures, only by the refit)
-            rows = ranking.labelled(events, cuts, horizon, p.ranker).cache()
+            # on for the hold-out's figures, only by the refit), those of them the ranker
+            # would score at train_end, as it will everyone at the cutoff
+            known = _everyone(ctx, train)
+            scored = ranking.most_recent(train, known, train_end, p.ranker.score_customers)
+            held = hold_customers if scored is None else scored
+            scope = ranking.at(held, train_end).unionByName(
+                _training_scope(events, cuts[:-1], horizon, p.ranker)
+            )
+            rows = ranking.labelled(events, cuts, horizon, p.ranker, scope).cache()
             st.rows = rows.count()
+            known.unpersist()
         with ctx.stage(f"recommendations: ranker trained on {n} windows before {train_end}"):
             try:
                 model = ranking.fit(rows.where(F.col("cutoff") < F.lit(train_end)), p.ranker)
@@ -424,16 +452,16 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         hold_customers.unpersist()
     best = max(metrics, key=lambda n: metrics[n][MAP_AT_K])
     with ctx.stage(f"recommendations: refit '{best}', top {N_RECOMMENDATIONS} for everyone") as st:
-        everyone = events.select("customer_id").distinct()
-        if ctx.customers is not None:
-            everyone = everyone.unionByName(ctx.customers.select("customer_id")).distinct()
-        everyone = everyone.cache()
+        everyone = _everyone(ctx, events)
         order = STRATEGIES[best]
         full = candidate_sources(events, cutoff, p, everyone, als_scope(order))
         if "ranker" in order and p.ranker is not None and rows is not None:
             # refit on the newest windows: the hold-out's labels included, the oldest dropped
-            model = ranking.fit(rows.where(F.col("cutoff") > F.lit(cuts[0])), p.ranker)
-            cands = ranking.candidates(events, ranking.at(everyone, cutoff), p.ranker)
+            newest = rows.where(F.col("cutoff") > F.lit(cuts[0]))
+            model = ranking.fit(ranking.sample(newest, p.ranker.train_customers), p.ranker)
+            scored = ranking.most_recent(events, everyone, cutoff, p.ranker.score_customers)
+            who = everyone if scored is None else scored
+            cands = ranking.candidates(events, ranking.at(who, cutoff), p.ranker)
             full["ranker"] = ranking.ranked(model, cands)
         write_output(
             assemble(everyone, full, order),

@@ -278,8 +278,10 @@ def write_report(settings: Settings) -> Path:
             "often bought first, then popularity); ALS (collaborative filtering); blend "
             "(repurchase, then ALS, then popularity); ranker (a gradient-boosted model that "
             "orders repurchase, popularity and co-purchase candidates, trained on the windows "
-            "before the hold-out). Revenue in lists: what the hold-out's buyers spent on the "
-            "articles that were in their 12, against popularity's 12.",
+            "before the hold-out; on a large customer base only the most recently active are "
+            "ranked, the others get repurchase, then popularity). Revenue in lists: what the "
+            "hold-out's buyers spent on the articles that were in their 12, against "
+            "popularity's 12.",
             "",
             *rec_table(rec),
             "",

@@ -179,3 +179,69 @@ def test_each_cutoff_sees_only_its_past(spark) -> None:  # type: ignore[no-untyp
     )
     assert (x10["ca_days_since"], x10["ca_before_last"], x10["c_n"]) == (8.0, 6.0, 2.0)
     assert (y10["ca_days_since"], y10["ca_before_last"], y10["a_price"]) == (2.0, 0.0, 4.0)
+
+
+def _events(spark, rows):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    """(customer, article, day) -> an events frame, each a purchase at noon of START + day."""
+    t = lambda d: datetime.combine(START + timedelta(days=d), datetime.min.time(), UTC)  # noqa: E731
+    return spark.createDataFrame(
+        [(c, a, t(d) + timedelta(hours=12), 1, 1.0, 1) for c, a, d in rows],
+        "customer_id string, article_id string, event_time timestamp, quantity int, "
+        "unit_price double, sales_channel_id int",
+    )
+
+
+def test_copurchase_counts_each_cutoffs_own_window(spark) -> None:  # type: ignore[no-untyped-def]
+    """v buys {P, Q} on day 2, u buys {P, Q} on day 7; w's only article is P (day 1). With
+    a 4-day co-purchase window, at day 5 one basket counts (v's, 3 days old), at day 10
+    one (u's: v's is 8 days old); with 90 days, 1 at day 5 and 2 at day 10."""
+    events = _events(
+        spark, [("v", "P", 2), ("v", "Q", 2), ("u", "P", 7), ("u", "Q", 7), ("w", "P", 1)]
+    )
+    who = spark.createDataFrame([("w",)], "customer_id string")
+    day5, day10 = START + timedelta(days=5), START + timedelta(days=10)
+    scope = ranker.at(who, day5).unionByName(ranker.at(who, day10))
+    for days, want in ((4, {day5: 1.0, day10: 1.0}), (90, {day5: 1.0, day10: 2.0})):
+        params = ranker.RankerParams(copurchase_days=days)
+        got = {
+            r["cutoff"]: r["co_score"]
+            for r in ranker.candidates(events, scope, params).collect()
+            if r["article_id"] == "Q"
+        }
+        assert got == want, days
+
+
+def test_sample_keeps_whole_customers_up_to_the_limit_per_cutoff(spark) -> None:  # type: ignore[no-untyped-def]
+    """Five customers at one cutoff, two at another, limit 3: three and two customers, with
+    all their rows, the same ones however the rows are partitioned."""
+    a, b = START, START + timedelta(days=7)
+    rows = [(a, f"c{i}", art) for i in range(5) for art in ("X", "Y")] + [
+        (b, "c0", "X"),
+        (b, "c9", "X"),
+    ]
+    df = spark.createDataFrame(rows, "cutoff date, customer_id string, article_id string")
+    kept = ranker.sample(df, 3).collect()
+    again = ranker.sample(df.repartition(4, "article_id"), 3).collect()
+    assert sorted(kept) == sorted(again)
+    per_cutoff: dict[date, set[str]] = {}
+    for r in kept:
+        per_cutoff.setdefault(r["cutoff"], set()).add(r["customer_id"])
+    assert len(per_cutoff[a]) == 3 and per_cutoff[b] == {"c0", "c9"}
+    assert len(kept) == 3 * 2 + 2  # every kept customer keeps both rows
+
+
+def test_most_recent_cuts_at_whole_days(spark) -> None:  # type: ignore[no-untyped-def]
+    """Last purchases before day 10: a and b day 9, c day 8, d day 5; e only on day 12
+    (after the cutoff). Within 3: a, b, c; within 2: a, b; within 1: nobody (day 9 alone
+    holds two); within 5 (all five customers): no limit needed."""
+    events = _events(spark, [("a", "X", 9), ("b", "X", 9), ("c", "X", 8), ("d", "X", 5),
+                             ("d", "X", 1), ("e", "X", 12)])  # fmt: skip
+    everyone = events.select("customer_id").distinct()
+    day10 = START + timedelta(days=10)
+    assert ranker.most_recent(events, everyone, day10, 5) is None
+    got = {}
+    for limit in (3, 2, 1):
+        scored = ranker.most_recent(events, everyone, day10, limit)
+        assert scored is not None
+        got[limit] = {r["customer_id"] for r in scored.collect()}
+    assert got == {3: {"a", "b", "c"}, 2: {"a", "b"}, 1: set()}
