@@ -49,7 +49,8 @@ STRATEGIES = {
     "als": ("als", "popularity"),
     "blend": ("repurchase", "als", "popularity"),
     # the customers the ranker does not score (``RankerParams.score_customers``) get the
-    # repurchase baseline; the ranker's own lists are always K long
+    # repurchase baseline; the ranker's own lists are K long whenever K articles sold in
+    # the popular window (it proposes ``popular_k`` of them), so repurchase reaches no one else
     "ranker": ("ranker", "repurchase", "popularity"),
 }
 
