@@ -29,8 +29,9 @@ positive to learn from). Lists are each customer's candidates by that probabilit
 
 The cutoff is a column, not a loop: ``candidates`` builds every (cutoff, customer) of its
 scope in the same Spark jobs, so a retrain builds its four labelled sets (three training
-windows and the hold-out's) in one pass, and its refit reuses them (at 50k generated
-customers: 42 s for the four, where one cutoff at a time took 28 s each).
+windows and the hold-out's) and the served lists' candidates at its cutoff in one pass
+(``batch.recommend``; at 50k generated customers: 42 s for the four, where one cutoff at
+a time took 28 s each).
 
 What bounds its cost at H&M scale (1.37M customers, 84k buyers a week), and binds on
 none of the three data sets below it: each training window keeps at most
@@ -99,6 +100,9 @@ FEATURES = [
     "a_n7", "a_n30", "a_trend", "a_buyers30", "a_price", "a_pop_rank",
 ]  # fmt: skip
 
+# ``candidates``' own number for a customer of its scope (see there)
+CID = "_cid"
+
 MISSING = -1.0  # what a feature is when it does not apply (never bought, no gap yet)
 
 
@@ -136,8 +140,22 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
     bought = _purchases(events)
     cutoffs = sorted(r["cutoff"] for r in scope.select("cutoff").distinct().collect())
     cuts = F.broadcast(scope.sparkSession.createDataFrame([(c,) for c in cutoffs], "cutoff date"))
-    own = bought.join(scope, "customer_id").where(F.col("day") < F.col("cutoff"))
-    key = ["cutoff", "customer_id", "article_id"]
+    # The scope's customers get numbers that every key below joins, groups and sorts on,
+    # instead of ids of any length (H&M's are 64 characters); the ids go back at the end
+    ids = (
+        scope.select("customer_id")
+        .distinct()
+        .withColumn(CID, F.monotonically_increasing_id())
+        .localCheckpoint()  # fixes the numbers, which a recomputation could change
+    )
+    scope = scope.join(F.broadcast(ids), "customer_id").select("cutoff", "customer_id", CID)
+    own = (
+        bought.join(F.broadcast(scope), "customer_id")
+        .where(F.col("day") < F.col("cutoff"))
+        .drop("customer_id")
+    )
+    scope = scope.drop("customer_id")
+    key = ["cutoff", CID, "article_id"]
     decay = F.exp(-math.log(2) * _age() / F.lit(params.half_life_days))
     pairs = own.groupBy(*key).agg(
         F.count(F.lit(1)).cast("double").alias("ca_n"),
@@ -150,19 +168,21 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
     )
     # used four times (repurchase, co-purchase seeds and exclusions, features): computed once
     pairs = pairs.localCheckpoint()
-    cust = own.groupBy("cutoff", "customer_id").agg(
+    cust = own.groupBy("cutoff", CID).agg(
         F.countDistinct("day").cast("double").alias("c_days"),
         F.max("day").alias("_cl"),
         F.min("day").alias("_cf"),
         F.count(F.lit(1)).cast("double").alias("c_n"),
     )
     cust = cust.select(
-        "cutoff", "customer_id", "c_days", "c_n", "_cl",
+        "cutoff", CID, "c_days", "c_n", "_cl",
         F.datediff(F.col("cutoff"), F.col("_cl")).cast("double").alias("c_recency"),
         F.when(F.col("c_days") > 1, F.datediff("_cl", "_cf") / (F.col("c_days") - 1))
         .alias("c_mean_gap"),
     )  # fmt: skip
-    recent = bought.join(cuts, _within(30))
+    # the 30 days before the cutoffs first, so the join checks those rows only
+    since = min(cutoffs, default=date.min) - timedelta(days=30)
+    recent = bought.where(F.col("day") >= F.lit(since)).join(cuts, _within(30))
     arts = recent.groupBy("cutoff", "article_id").agg(
         F.count(F.when(_age() <= params.popular_days, True)).cast("double").alias("a_n7"),
         F.count(F.lit(1)).cast("double").alias("a_n30"),
@@ -176,9 +196,7 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
     )
     popular = arts.where(F.col("a_pop_rank") <= params.popular_k).select("cutoff", "article_id")
 
-    by_weight = Window.partitionBy("cutoff", "customer_id").orderBy(
-        F.desc("ca_weight"), "article_id"
-    )
+    by_weight = Window.partitionBy("cutoff", CID).orderBy(F.desc("ca_weight"), "article_id")
     rep = (
         pairs.withColumn("_r", F.row_number().over(by_weight))
         .where(F.col("_r") <= params.repurchase_k)
@@ -188,7 +206,7 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
         _copurchase(bought, cutoffs, pairs, params)
         if cutoffs
         else scope.sparkSession.createDataFrame(
-            [], "cutoff date, customer_id string, article_id string, co_score double"
+            [], f"cutoff date, {CID} long, article_id string, co_score double"
         )
     )
     none = F.lit(None).cast("double")
@@ -207,7 +225,7 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
     )  # fmt: skip
     out = (
         proposed.join(pairs, key, "left")
-        .join(cust, ["cutoff", "customer_id"], "left")
+        .join(cust, ["cutoff", CID], "left")
         .join(arts, ["cutoff", "article_id"], "left")
     )
     since = F.datediff(F.col("cutoff"), F.col("_last")).cast("double")
@@ -225,13 +243,14 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
         F.round(F.coalesce(derived.get(f, F.col(f)).cast("double"), F.lit(MISSING)), 6).alias(f)
         for f in FEATURES
     ]
-    return out.select(*key, *cols)
+    out = out.join(F.broadcast(ids), CID)
+    return out.select("cutoff", "customer_id", "article_id", *cols)
 
 
 def _copurchase(
     bought: DataFrame, cutoffs: list[date], pairs: DataFrame, params: RankerParams
 ) -> DataFrame:
-    """cutoff, customer_id, article_id, co_score: articles bought in the same baskets as
+    """cutoff, CID, article_id, co_score: articles bought in the same baskets as
     the customer's most recent ones (sum of pair counts over those seeds), the top
     ``copurchase_k`` per customer, excluding what they bought already.
 
@@ -242,13 +261,13 @@ def _copurchase(
     (at H&M scale, 91M pairs for four cutoffs took 262 s the other way). Only the
     articles that are some customer's seed at a cutoff get their neighbours ranked.
     """
-    latest = Window.partitionBy("cutoff", "customer_id").orderBy(
+    latest = Window.partitionBy("cutoff", CID).orderBy(
         F.desc("_last"), F.desc("ca_weight"), "article_id"
     )
     seeds = (
         pairs.withColumn("_r", F.row_number().over(latest))
         .where(F.col("_r") <= params.seed_articles)
-        .select("cutoff", "customer_id", F.col("article_id").alias("seed"))
+        .select("cutoff", CID, F.col("article_id").alias("seed"))
     ).localCheckpoint()
     # only the neighbours of articles that are some customer's seed are ranked
     wanted = seeds.select("cutoff", "seed").distinct()
@@ -288,14 +307,14 @@ def _copurchase(
     neighbours = together.withColumn("_r", F.row_number().over(top)).where(
         F.col("_r") <= params.neighbours
     )
-    key = ["cutoff", "customer_id", "article_id"]
+    key = ["cutoff", CID, "article_id"]
     scored = (
         seeds.join(neighbours.drop("_r"), ["cutoff", "seed"])
         .groupBy(*key)
         .agg(F.sum("n").cast("double").alias("co_score"))
         .join(pairs.select(*key), key, "left_anti")
     )
-    best = Window.partitionBy("cutoff", "customer_id").orderBy(F.desc("co_score"), "article_id")
+    best = Window.partitionBy("cutoff", CID).orderBy(F.desc("co_score"), "article_id")
     return (
         scored.withColumn("_r", F.row_number().over(best))
         .where(F.col("_r") <= params.copurchase_k)
@@ -334,13 +353,19 @@ def labelled(
     bought there (one pass for every cutoff). ``events`` must reach the last window's end.
     ``scope`` (cutoff, customer_id), when given, narrows those buyers to the ones in it.
     """
-    truth = bought_after(events, cutoffs, horizon).withColumn("label", F.lit(1.0))
+    truth = bought_after(events, cutoffs, horizon)
     buyers = truth.select("cutoff", "customer_id").distinct()
     if scope is not None:
         buyers = buyers.join(scope, ["cutoff", "customer_id"], "left_semi")
+    return with_labels(candidates(events, buyers.localCheckpoint(), params), truth)
+
+
+def with_labels(cands: DataFrame, truth: DataFrame) -> DataFrame:
+    """``cands`` + ``label``: 1.0 where ``truth`` (``bought_after``) has the row's cutoff,
+    customer and article, else 0.0 (also at a cutoff ``truth`` does not cover)."""
     key = ["cutoff", "customer_id", "article_id"]
-    cands = candidates(events, buyers.localCheckpoint(), params)
-    return cands.join(truth, key, "left").fillna(0.0, ["label"])
+    hits = truth.select(*key).withColumn("label", F.lit(1.0))
+    return cands.join(hits, key, "left").fillna(0.0, ["label"])
 
 
 def sample(rows: DataFrame, limit: int) -> DataFrame:
@@ -352,29 +377,27 @@ def sample(rows: DataFrame, limit: int) -> DataFrame:
     return rows.join(keep.drop("_r"), ["cutoff", "customer_id"], "left_semi")
 
 
-def most_recent(
-    events: DataFrame, customers: DataFrame, cutoff: date, limit: int
-) -> DataFrame | None:
-    """The customers (customer_id) the ranker scores at ``cutoff`` when ``customers`` are
-    more than ``limit``: those who bought on or after the earliest day that keeps them
-    within ``limit`` (whole days, so no tie is broken by id). None: no limit needed."""
-    if customers.count() <= limit:
-        return None
+def most_recent(daily: DataFrame, cutoff: date, limit: int) -> DataFrame | None:
+    """The customers (customer_id) the ranker scores at ``cutoff`` when more than ``limit``
+    bought before it: those whose last purchase is on or after the earliest day that
+    keeps them within ``limit`` (whole days, so no tie is broken by id). ``daily``: the
+    customer-day table (``features.customer.daily_activity``). None: no limit needed."""
     last = (
-        _purchases(events)
-        .where(F.col("day") < F.lit(cutoff))
-        .join(customers, "customer_id", "left_semi")
+        daily.where((F.col("n_purchases") > 0) & (F.col("day") < F.lit(cutoff)))
         .groupBy("customer_id")
         .agg(F.max("day").alias("last"))
         .localCheckpoint()
     )
+    days = last.groupBy("last").count().orderBy(F.desc("last")).collect()
+    if sum(row["count"] for row in days) <= limit:
+        return None
     since, total = None, 0
-    for row in last.groupBy("last").count().orderBy(F.desc("last")).collect():
+    for row in days:
         if total + row["count"] > limit:
             break
         since, total = row["last"], total + row["count"]
     if since is None:  # one day alone is over the limit: nobody, rather than a biased cut
-        return customers.select("customer_id").limit(0)
+        return last.select("customer_id").limit(0)
     return last.where(F.col("last") >= F.lit(since)).select("customer_id")
 
 

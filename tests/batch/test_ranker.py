@@ -23,6 +23,7 @@ from batch.evaluate import spark_ranking_metrics_by
 from batch.ingest import ingest_source
 from batch.recommend import RecParams, assemble, candidate_sources
 from batch.retrain import RetrainOptions, retrain
+from features.customer import daily_activity
 
 pytestmark = pytest.mark.spark
 
@@ -232,16 +233,18 @@ def test_sample_keeps_whole_customers_up_to_the_limit_per_cutoff(spark) -> None:
 
 def test_most_recent_cuts_at_whole_days(spark) -> None:  # type: ignore[no-untyped-def]
     """Last purchases before day 10: a and b day 9, c day 8, d day 5; e only on day 12
-    (after the cutoff). Within 3: a, b, c; within 2: a, b; within 1: nobody (day 9 alone
-    holds two); within 5 (all five customers): no limit needed."""
+    (after the cutoff) and f never bought (a return). Within 3: a, b, c; within 2: a, b;
+    within 1: nobody (day 9 alone holds two); within 4 (all four who bought before day
+    10): no limit needed."""
     events = _events(spark, [("a", "X", 9), ("b", "X", 9), ("c", "X", 8), ("d", "X", 5),
                              ("d", "X", 1), ("e", "X", 12)])  # fmt: skip
-    everyone = events.select("customer_id").distinct()
+    returned = events.where(F.col("customer_id") == "a").withColumn("customer_id", F.lit("f"))
+    daily = daily_activity(events.unionByName(returned.withColumn("quantity", F.lit(-1))))
     day10 = START + timedelta(days=10)
-    assert ranker.most_recent(events, everyone, day10, 5) is None
+    assert ranker.most_recent(daily, day10, 4) is None
     got = {}
     for limit in (3, 2, 1):
-        scored = ranker.most_recent(events, everyone, day10, limit)
+        scored = ranker.most_recent(daily, day10, limit)
         assert scored is not None
         got[limit] = {r["customer_id"] for r in scored.collect()}
     assert got == {3: {"a", "b", "c"}, 2: {"a", "b"}, 1: set()}
