@@ -422,6 +422,13 @@ def run(
                 # stopped (monitor's finally), and what it handed over is still worth
                 # publishing, or the live features would lag the lake until a restart.
                 interrupted = True
+            except PulseError:
+                # The worker's failure also fails the query when Spark hands over the next
+                # batch before monitor sees it (``_receive`` raises it there): report the
+                # worker's error, which is the cause, not the query's first line.
+                if job.failed():
+                    job.drain()
+                raise
             job.drain()
         finally:
             job.close()
