@@ -369,10 +369,10 @@ def als_scope(order: tuple[str, ...]) -> str | None:
     return "all"
 
 
-def _everyone(ctx: RetrainContext, events: DataFrame) -> DataFrame:
-    """Every customer the lists are for (cached): those in ``events`` and in the customer
-    table."""
-    everyone = events.select("customer_id").distinct()
+def _everyone(ctx: RetrainContext) -> DataFrame:
+    """Every customer the lists are for (cached): those in the run's events and in the
+    customer table."""
+    everyone = ctx.events.select("customer_id").distinct()
     if ctx.customers is not None:
         everyone = everyone.unionByName(ctx.customers.select("customer_id")).distinct()
     return everyone.cache()
@@ -380,7 +380,7 @@ def _everyone(ctx: RetrainContext, events: DataFrame) -> DataFrame:
 
 def _ranker_rows(
     ctx: RetrainContext, cuts: list[date], held: DataFrame, everyone: DataFrame
-) -> DataFrame:
+) -> tuple[DataFrame, int]:
     """The ranker's candidates for the whole run, built in one pass (``ranking.candidates``)
     and labelled by what each customer bought in the ``holdout_days`` after each cutoff:
 
@@ -394,7 +394,8 @@ def _ranker_rows(
 
     One pass, not one for evaluation and one for the refit: the two share the costs that
     do not grow with the customers (co-purchase pairs, article statistics; 169 s of the
-    refit's 464 s at H&M scale). Cached and counted (eager).
+    refit's 464 s at H&M scale). Cached and counted (eager): returns the rows and their
+    count.
     """
     params, horizon, train_end = ctx.opts.rec.ranker, ctx.opts.holdout_days, cuts[-1]
     assert params is not None
@@ -410,9 +411,9 @@ def _ranker_rows(
     )
     cands = ranking.candidates(ctx.events, scope.localCheckpoint(), params)
     rows = ranking.with_labels(cands, truth).cache()
-    rows.count()
+    n = rows.count()
     truth.unpersist()
-    return rows
+    return rows, n
 
 
 def retrain(ctx: RetrainContext) -> dict[str, Any]:
@@ -439,14 +440,13 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         sources = candidate_sources(train, train_end, p, hold_customers, only_customers=True)
         sources["als"].count()
     left_out: dict[str, str] = {}
-    everyone = _everyone(ctx, events)
+    everyone = _everyone(ctx)
     rows = None  # the ranker's candidates at its training cutoffs, train_end and the cutoff
     if p.ranker is not None:
         n, horizon = p.ranker.train_cutoffs, opts.holdout_days
         cuts = ranking.training_cutoffs(train_end, horizon, n) + [train_end]
         with ctx.stage(f"recommendations: ranker candidates at {n + 2} cutoffs") as st:
-            rows = _ranker_rows(ctx, cuts, hold_customers, everyone)
-            st.rows = rows.count()
+            rows, st.rows = _ranker_rows(ctx, cuts, hold_customers, everyone)
         with ctx.stage(f"recommendations: ranker trained on {n} windows before {train_end}"):
             try:
                 model = ranking.fit(rows.where(F.col("cutoff") < F.lit(train_end)), p.ranker)
