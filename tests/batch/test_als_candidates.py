@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from batch.recommend import RecParams, als_candidates, als_matrix, fit_als
+from batch.recommend import RecParams, als_candidates, als_matrix, fit_als, top_k
 
 pytestmark = pytest.mark.spark
 
@@ -63,6 +64,20 @@ def test_als_top_k_equals_spark_recommend_for_user_subset(spark, tmp_path) -> No
     again = als_candidates(fit, who.repartition(5), k=10).collect()
     assert sorted(again) == sorted(als_candidates(fit, who.coalesce(1), k=10).collect())
     assert {(r.customer_id, r.pos): (r.article_id, r.score) for r in again} == ours
+
+
+@pytest.mark.parametrize(("width", "k"), [(60_000, 12), (300, 12), (12, 12), (5, 1), (700, 300)])
+def test_top_k_is_the_full_sort_s_head(width: int, k: int) -> None:
+    rng = np.random.default_rng(width)
+    scores = rng.standard_normal((64, width)).astype(np.float32)
+    scores[1] = 0.0  # one row all tied: the smallest indices win
+    scores[2, ::7] = 5.0  # ties at the top, across blocks
+    scores[3] = np.round(scores[3])  # many ties at the floor
+    full = np.lexsort((np.broadcast_to(np.arange(width), scores.shape), -scores), axis=1)
+    got = top_k(scores, k)
+    assert got.shape == (64, k)
+    assert (got == full[:, :k]).all()
+    assert list(got[1]) == list(range(k))
 
 
 def test_als_matrix_numbers_ids_densely_in_id_order(spark) -> None:  # type: ignore[no-untyped-def]
