@@ -106,6 +106,8 @@ AID = "_aid"
 
 MISSING = -1.0  # what a feature is when it does not apply (never bought, no gap yet)
 
+FIT_PARTITIONS = 2  # the GBT's partitions (see ``fit``): no more, or the trees may drift
+
 
 def _purchases(events: DataFrame) -> DataFrame:
     """Purchases with their UTC day: customer_id, article_id, unit_price, day."""
@@ -414,11 +416,14 @@ def fit(rows: DataFrame, params: RankerParams) -> PipelineModel:
     """The GBT trained on labelled candidates (``labelled``); PulseError when they hold no
     purchase to learn from (or nothing else).
 
-    Trained on one partition in key order, so that the trees are the same on a cluster as
-    locally (the subsampling and the split statistics depend on the partitioning); it
-    costs nothing measurable here, the fit being bound by its per-iteration jobs.
+    Trained on ``FIT_PARTITIONS`` partitions in key order, so that the trees are the same
+    on a cluster as locally: the subsampling and the split statistics depend on the
+    partitioning, and Spark adds the partitions' partial sums in the order they arrive.
+    Two partial sums add up to the same bits in either order (a float addition is
+    commutative; three are not associative), and two partitions use both cores here: a
+    1.5M-row fit took 45.9 s against 66.9 s on one.
     """
-    rows = in_fixed_order(rows, 1, ("cutoff", "customer_id", "article_id"))
+    rows = in_fixed_order(rows, FIT_PARTITIONS, ("cutoff", "customer_id", "article_id"))
     try:
         return _fit(rows, params)
     finally:

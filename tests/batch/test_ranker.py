@@ -248,3 +248,27 @@ def test_most_recent_cuts_at_whole_days(spark) -> None:  # type: ignore[no-untyp
         assert scored is not None
         got[limit] = {r["customer_id"] for r in scored.collect()}
     assert got == {3: {"a", "b", "c"}, 2: {"a", "b"}, 1: set()}
+
+
+def test_fit_is_the_same_from_any_partitioning(spark) -> None:  # type: ignore[no-untyped-def]
+    # fit re-partitions its rows by key (FIT_PARTITIONS of them, sorted): the trees must
+    # not depend on how the rows arrived (fitting them as they come fails this)
+    events = spark.createDataFrame(
+        staple_shop(customers=120),
+        "customer_id string, article_id string, event_time timestamp, quantity int, "
+        "unit_price double, sales_channel_id int",
+    )
+    train_end = START + timedelta(days=DAYS - HOLDOUT)
+    params = ranker.RankerParams(max_iter=8, max_depth=4)
+    cutoffs = ranker.training_cutoffs(train_end, HOLDOUT, params.train_cutoffs)
+    rows = ranker.labelled(events, cutoffs, HOLDOUT, params).localCheckpoint()
+    assert rows.where(F.col("label") == 1.0).count() > 50  # something to learn
+    scores = []
+    for frame in (rows.coalesce(1), rows.repartition(7).orderBy(F.rand(4))):
+        model = ranker.fit(frame, params)
+        p = model.transform(rows).select(
+            "cutoff", "customer_id", "article_id", F.col("probability").cast("string")
+        )
+        scores.append(sorted(p.collect()))
+    assert len({r[3] for r in scores[0]}) > 10  # the trees split: not one score for all
+    assert scores[0] == scores[1]
