@@ -152,12 +152,7 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
     bought = bought.join(F.broadcast(articles), "article_id").select(
         "customer_id", F.col(AID).alias("article_id"), "unit_price", "day"
     )
-    ids = (
-        scope.select("customer_id")
-        .distinct()
-        .withColumn(CID, F.monotonically_increasing_id())
-        .localCheckpoint()  # fixes the numbers, which a recomputation could change
-    )
+    ids = index_ids(scope, "customer_id", CID).localCheckpoint()
     scope = scope.join(F.broadcast(ids), "customer_id").select("cutoff", "customer_id", CID)
     own = (
         bought.join(F.broadcast(scope), "customer_id")
@@ -216,7 +211,7 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
         _copurchase(bought, cutoffs, pairs, params)
         if cutoffs
         else scope.sparkSession.createDataFrame(
-            [], f"cutoff date, {CID} long, article_id int, co_score double"
+            [], f"cutoff date, {CID} int, article_id int, co_score double"
         )
     )
     none = F.lit(None).cast("double")
