@@ -46,6 +46,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from py4j.protocol import Py4JError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
@@ -421,6 +422,13 @@ def run(
                 # Ctrl-C is how a user stops a stream that runs forever: the query is
                 # stopped (monitor's finally), and what it handed over is still worth
                 # publishing, or the live features would lag the lake until a restart.
+                interrupted = True
+            except Py4JError as exc:
+                # Ctrl-C during a call into the JVM: pyspark's handler raises
+                # KeyboardInterrupt inside py4j, whose attempt to cancel the call can
+                # fail with this instead (seen once in CI: exit 1 and a traceback)
+                if not isinstance(exc.__context__, KeyboardInterrupt):
+                    raise
                 interrupted = True
             except PulseError:
                 # The worker's failure also fails the query when Spark hands over the next
