@@ -9,7 +9,7 @@ after C is read) and H = ``settings.churn_horizon_days``:
 - the served model is refit at F2 with the same parameters, and scores every customer
   on features as of C.
 
-The served model builds on what BG/NBD knows (``batch.btyd``): at each cutoff BG/NBD is
+The served model builds on what BG/NBD knows (``scoring.btyd``): at each cutoff BG/NBD is
 fitted on the customers' purchase history before it (no labels needed), and a
 regularised classifier is stacked on its P(no purchase in H) and E[purchases in H], plus
 the customer's own rhythm (recency / mean gap between purchase days), recency, frequency
@@ -56,13 +56,14 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from batch import btyd
 from batch.evaluate import binary_curves_by, binary_metrics_by
 from batch.publish import finish, gate, write_output
 from batch.segments import id_sample, in_fixed_order
 from features.attributes import with_customer_attributes
 from features.time import cutoff_ts
 from runtime.errors import PulseError
+from scoring import btyd
+from scoring.churn import STACK_FEATURES, STACK_SQL, ChurnScorer, Trees, btyd_statement
 from storage import registry
 
 if TYPE_CHECKING:
@@ -95,26 +96,6 @@ NUMERIC = [
 ]
 CATEGORICAL = ["club_member_status", "fashion_news_frequency"]
 
-# The stack's inputs, from the BG/NBD stage's columns and the feature columns.
-STACK_SQL = {
-    # log odds from both tails, each computed accurately (no clipping near 0 or 1)
-    "bg_logit_p_no_purchase": (
-        "ln(greatest(bg_p_no_purchase, 1e-300)) - ln(greatest(bg_p_purchase, 1e-300))"
-    ),
-    "bg_log_expected_purchases": "ln(1.0 + bg_expected_purchases)",
-    "log_recency": "ln(1.0 + CAST(coalesce(recency_days, 0) AS DOUBLE))",
-    # the customer's own rhythm: recency in units of their mean gap (their observed
-    # lifetime for a one-day customer), so 'overdue' means the same for everyone
-    "log_recency_per_gap": (
-        "ln(1.0 + CAST(coalesce(recency_days, 0) AS DOUBLE) / greatest(coalesce("
-        "CAST(mean_days_between AS DOUBLE), CAST(tenure_days AS DOUBLE) + 1.0, 1.0), 1.0))"
-    ),
-    "one_purchase_day": "CAST(coalesce(frequency, 0) <= 1 AS DOUBLE)",
-    "log_frequency": "ln(1.0 + CAST(coalesce(frequency, 0) AS DOUBLE))",
-    "log_spend_30d": "ln(1.0 + greatest(CAST(coalesce(spend_30d, 0.0) AS DOUBLE), 0.0))",
-    "log_spend_90d": "ln(1.0 + greatest(CAST(coalesce(spend_90d, 0.0) AS DOUBLE), 0.0))",
-}
-STACK_FEATURES = list(STACK_SQL)
 
 
 @dataclass(frozen=True)
@@ -159,14 +140,7 @@ class Btyd:
 
     def statement(self) -> str:
         """The SQLTransformer statement: the feature columns + the BTYD scores."""
-        m, h = self.bgnbd, float(self.horizon)
-        spend = btyd.sql_expected_spend_per_purchase(self.gamma_gamma)
-        inner = (
-            f"SELECT *, {btyd.sql_p_no_purchase(m, h)} AS bg_p_no_purchase, "
-            f"{btyd.sql_p_purchase(m, h)} AS bg_p_purchase, {btyd.sql_p_alive(m)} AS bg_p_alive, "
-            f"{btyd.sql_expected_purchases(m, h)} AS bg_expected_purchases FROM __THIS__"
-        )
-        return f"SELECT *, bg_expected_purchases * {spend} AS expected_spend FROM ({inner})"
+        return btyd_statement(self.bgnbd, self.gamma_gamma, self.horizon)
 
     def stage(self) -> SQLTransformer:
         """The BTYD scores as a pipeline stage (parameters as literals)."""
@@ -243,6 +217,51 @@ def stack_pipeline(kind: str, params: ChurnParams) -> Pipeline:
 def with_btyd(fitted: PipelineModel, scores: Btyd) -> PipelineModel:
     """The servable model: the BTYD stage of ``scores`` + the fitted stack."""
     return PipelineModel(stages=[scores.stage(), *fitted.stages])
+
+
+def export(served: PipelineModel, scores: Btyd, version: str) -> dict[str, Any]:
+    """The servable model's numbers for ``scoring.churn.ChurnScorer`` (``scorer.json``)."""
+    last = served.stages[-1]
+    if isinstance(last, LogisticRegressionModel):
+        coefficients = [float(c) for c in last.coefficients.toArray()]
+        scorer = ChurnScorer(
+            version, scores.horizon, scores.bgnbd, scores.gamma_gamma, "logistic",
+            coefficients=coefficients, intercept=float(last.intercept),
+        )  # fmt: skip
+    else:
+        gbt = cast(GBTClassificationModel, last)
+        roots = [cast(Any, t)._java_obj.rootNode() for t in gbt.trees]
+        scorer = ChurnScorer(
+            version, scores.horizon, scores.bgnbd, scores.gamma_gamma, "gbt",
+            trees=_trees(roots, gbt.treeWeights),
+        )  # fmt: skip
+    return scorer.as_dict()
+
+
+def _trees(roots: list[Any], weights: list[float]) -> Trees:
+    """Spark's tree nodes (JVM objects) -> ``Trees`` arrays, nodes numbered depth first."""
+    keys = ("feature", "threshold", "left", "right", "value")
+    out: dict[str, list[list[Any]]] = {k: [] for k in keys}
+    for root in roots:
+        nodes = _flatten(root, [])
+        for key in keys:
+            out[key].append([n[key] for n in nodes])
+    return Trees(**out, weights=[float(w) for w in weights])
+
+
+def _flatten(node: Any, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Append ``node`` and its subtree to ``nodes`` (a node before its children)."""
+    i = len(nodes)
+    nodes.append({"feature": -1, "threshold": 0.0, "left": -1, "right": -1,
+                  "value": float(node.prediction())})  # fmt: skip
+    if node.getClass().getSimpleName() == "InternalNode":
+        split = node.split()
+        nodes[i] |= {"feature": int(split.featureIndex()), "threshold": float(split.threshold())}
+        nodes[i]["left"] = len(nodes)
+        _flatten(node.leftChild(), nodes)
+        nodes[i]["right"] = len(nodes)
+        _flatten(node.rightChild(), nodes)
+    return nodes
 
 
 def fit_stack(train: DataFrame, kind: str, params: ChurnParams) -> PipelineModel:
@@ -442,6 +461,8 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
     with ctx.stage(f"churn: refit at {f2}, score churn and value as of {cutoff}") as st:
         served = with_btyd(fit_stack(test, kind, params), fitted[cutoff])
         served.write().overwrite().save(str(registry.model_path(settings, "churn", ctx.version)))
+        scorer = export(served, fitted[cutoff], ctx.version)
+        registry.write_scorer(settings, "churn", ctx.version, scorer)
         now = churn_probability(served, ctx.features_at(cutoff)).select(
             "customer_id", "as_of", "churn_probability",
             F.col("bg_expected_purchases").alias("expected_purchases"), "expected_spend",

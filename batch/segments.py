@@ -12,34 +12,33 @@ inside it), so serving can assign live customers with ``transform`` and map
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from pyspark.ml import Pipeline
-from pyspark.ml.clustering import KMeans
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.clustering import KMeans, KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.ml.feature import (
+    SQLTransformer,
+    StandardScaler,
+    StandardScalerModel,
+    VectorAssembler,
+)
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from batch.publish import finish, gate, write_output
+from scoring.segments import RFM_COLUMNS, RFM_SQL, SegmentScorer
 from storage import registry
 
 if TYPE_CHECKING:
     from batch.context import RetrainContext
-
-RFM_SQL = (
-    "SELECT *, log1p(CAST(coalesce(recency_days, 0) AS DOUBLE)) AS seg_r, "
-    "log1p(CAST(coalesce(frequency, 0) AS DOUBLE)) AS seg_f, "
-    "log1p(greatest(CAST(coalesce(monetary, 0) AS DOUBLE), 0.0)) AS seg_m FROM __THIS__"
-)
-
 
 def build_pipeline(k: int, seed: int = 42) -> Pipeline:
     """log RFM -> assemble -> standard-scale -> KMeans(k)."""
     return Pipeline(
         stages=[
             SQLTransformer(statement=RFM_SQL),
-            VectorAssembler(inputCols=["seg_r", "seg_f", "seg_m"], outputCol="seg_raw"),
+            VectorAssembler(inputCols=list(RFM_COLUMNS), outputCol="seg_raw"),
             StandardScaler(inputCol="seg_raw", outputCol="seg_vec", withMean=True, withStd=True),
             KMeans(k=k, seed=seed, featuresCol="seg_vec", predictionCol="prediction", maxIter=30),
         ]
@@ -86,6 +85,19 @@ def id_sample(frame: DataFrame, n: int, rows: int, seed: int = 42) -> DataFrame:
         return frame
     share = F.abs(F.xxhash64("customer_id", F.lit(seed))) % 1_000_000 / 1_000_000
     return frame.where(share < rows / n)
+
+
+def export(model: PipelineModel, names: dict[int, str], version: str) -> dict[str, Any]:
+    """The fitted pipeline's numbers for ``scoring.segments.SegmentScorer`` (``scorer.json``)."""
+    scaler = cast(StandardScalerModel, model.stages[2])
+    kmeans = cast(KMeansModel, model.stages[3])
+    return SegmentScorer(
+        version=version,
+        mean=[float(v) for v in scaler.mean.toArray()],
+        std=[float(v) for v in scaler.std.toArray()],
+        centers=[[float(v) for v in c] for c in kmeans.clusterCenters()],
+        names=dict(names),
+    ).as_dict()
 
 
 def choose_k(
@@ -238,6 +250,7 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         model.write().overwrite().save(str(registry.model_path(settings, "segments", version)))
         names_path = registry.model_dir(settings, "segments", version) / registry.SEGMENT_NAMES_FILE
         names_path.write_text(json.dumps({str(k_): v for k_, v in names.items()}, indent=2))
+        registry.write_scorer(settings, "segments", version, export(model, names, version))
         mapping = ctx.spark.createDataFrame(
             list(names.items()), "segment_id int, segment_name string"
         )

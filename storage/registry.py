@@ -6,6 +6,7 @@ Layout (all under ``settings.models_dir`` / ``settings.outputs_dir``)::
     models/<name>/<version>/model/      the Spark ML PipelineModel (churn, segments)
     models/segments/<version>/names.json        segment id -> name (SEGMENT_NAMES_FILE)
     models/recommendations/<version>/popular.json  the run's popularity list (POPULAR_FILE)
+    models/{churn,segments}/<version>/scorer.json   the model as numbers (SCORER_FILE)
     models/<name>/CURRENT               one line: the served version
     outputs/<table>/<version>/          Parquet output tables of that run
 
@@ -30,10 +31,13 @@ TABLES = ("recommendations", "churn_scores", "segments")
 # first seen after the run. Older versions may lack them.
 SEGMENT_NAMES_FILE = "names.json"
 POPULAR_FILE = "popular.json"
+# The served model's numbers for the NumPy scorers (``scoring``): churn and segments.
+SCORER_FILE = "scorer.json"
 
 __all__ = [
     "MODELS",
     "POPULAR_FILE",
+    "SCORER_FILE",
     "SEGMENT_NAMES_FILE",
     "TABLES",
     "current_version",
@@ -43,8 +47,10 @@ __all__ = [
     "output_path",
     "promote",
     "read_meta",
+    "read_scorer",
     "versions",
     "write_meta",
+    "write_scorer",
 ]
 
 
@@ -101,3 +107,21 @@ def promote(settings: Settings, name: str, version: str) -> None:
     if not model_dir(settings, name, version).is_dir():
         raise FileNotFoundError(f"no version {version} of {name}")
     write_pointer(settings.models_dir / name, version)
+
+
+def write_scorer(settings: Settings, name: str, version: str, scorer: dict[str, Any]) -> Path:
+    """Write a version's ``scorer.json`` (written whole, then renamed into place)."""
+    d = model_dir(settings, name, version)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{SCORER_FILE}.tmp"
+    tmp.write_text(json.dumps(scorer, indent=2, sort_keys=True))
+    tmp.replace(d / SCORER_FILE)
+    return d / SCORER_FILE
+
+
+def read_scorer(settings: Settings, name: str, version: str) -> dict[str, Any] | None:
+    """A version's ``scorer.json``; None when it has none (trained before scorers existed)."""
+    try:
+        return json.loads((model_dir(settings, name, version) / SCORER_FILE).read_text())
+    except FileNotFoundError:
+        return None

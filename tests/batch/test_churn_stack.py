@@ -1,4 +1,4 @@
-"""The churn stack on BG/NBD (batch.churn, batch.btyd in Spark) and segment stability."""
+"""The churn stack on BG/NBD (batch.churn, scoring.btyd in Spark) and segment stability."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batch import btyd
 from batch.churn import ChurnParams, choose_stack, churn_probability, fit_btyd, fit_stack
 from batch.evaluate import binary_metrics_by
 from batch.segments import adjusted_rand_index
+from scoring import btyd
 
 pytestmark = pytest.mark.spark
 

@@ -1,4 +1,4 @@
-"""BG/NBD and Gamma-Gamma (batch.btyd) against hand-computed values and simulated data."""
+"""BG/NBD and Gamma-Gamma (scoring.btyd) against hand-computed values and simulated data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from batch import btyd
+from scoring import btyd
 
 pytestmark = pytest.mark.unit
 

@@ -1,6 +1,7 @@
 """The dependency rule, checked on the source of every package and subpackage.
 
-    schemas <- features <- runtime <- storage <- {producers, streaming, batch, serving} <- pulse
+    schemas <- {features, scoring} <- runtime <- storage
+            <- {producers, streaming, batch, serving} <- pulse
 
 A package may import its own modules and those of packages *below* it, never one
 above it, and the four layers (same rank) never import each other: they meet
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 RANK = {
     "schemas": 0,  # contracts
     "features": 1,  # pure feature logic and time semantics
+    "scoring": 1,  # the served models' maths in NumPy (exported parameters)
     "runtime": 2,  # settings, errors, Spark session, JVM jars, broker, Kafka admin
     "storage": 3,  # lake, snapshots, registry
     "producers": 4,
