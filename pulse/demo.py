@@ -183,7 +183,7 @@ def _latest_view(settings: Settings) -> Any:
 def _view_as_of(settings: Settings) -> Any:
     """The stream clock the online store was last written at (a datetime), or None.
 
-    The live view writes it after each micro-batch's customers are scored and stored:
+    The live view writes it after each micro-batch's customers are stored:
     waiting on it means the last batch is fully served before the stream is stopped.
     """
     from serving.read import live_clock
@@ -304,8 +304,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
 
         # The speed layer's state is seeded from the backfilled lake (whole days before
         # the split), so Kafka carries only the replayed period.
-        # Each batch updates the online store (the line below reads it); a full snapshot,
-        # which re-scores every customer, every 30 s here (the default is 5 minutes).
+        # Each batch updates the online store (the line below reads it, scored as of the
+        # clock); a full snapshot, which rewrites every customer and publishes the Parquet
+        # view, every 30 s here (the default is 5 minutes).
         os.environ.setdefault("PULSE_SNAPSHOT_INTERVAL_SECONDS", "30")
         children.start("stream", [*cli, "stream", "--seed-from-lake"])
         print(f"\n== stream started, seeded from the lake (logs in {children.log_dir})")

@@ -2,24 +2,22 @@
 
 Per micro-batch, for the customers the batch touched only: their absolute state is read
 from the stream's store on the stream's thread (it changes with the next batch), and
-handed to one worker thread, which evaluates their features as of the stream clock
-(``features_table``), scores them with the CURRENT churn and segmentation models
-(``serving.view.score``: one Spark job) and upserts their records (state + scores) into
-the online store, with the clock. The stream goes on meanwhile: scoring 186k customers
-through Spark ML takes seconds, longer than the batch's own fold. When the worker is
-behind, the queued batches are merged (a customer's latest state wins) and scored in one
-job; at most two batches wait, then the stream waits. ``churn_as_of`` in each record
-says which clock its score was computed at.
+handed to one worker thread, which upserts their records into the online store with the
+clock. Nothing is scored here: the store holds state, and the read path evaluates the
+features and the scores as of the stream clock (``serving.read``), so a customer's
+served churn probability is never older than the clock, touched or not. When the
+worker is behind, the queued batches are merged (a customer's latest state wins); at
+most two batches wait, then the stream waits.
 
 Before that, it re-resolves every CURRENT pointer (three small files): when a retrain
 moved one, the new version's keyed outputs (segments, recommendation lists, the
-popularity list) are loaded into the store once, and the stream logs the pick-up. No
-restart is needed.
+popularity list) are loaded into the store once, with its scorers in the store's meta,
+and the stream logs the pick-up. No restart is needed.
 
-On each scheduled full snapshot every customer is re-scored as of the clock (so a
-silent customer's churn score ages too), the scores are written to the store, and the
-whole view is published as one Parquet snapshot (``serving.view.publish_view``),
-readable by pandas, DuckDB and Spark.
+On each scheduled full snapshot every customer's record is written again (the lambda
+correction and the seed change them all), and the whole view as of the clock is
+published as one Parquet snapshot (``serving.view.publish_view``), readable by pandas,
+DuckDB and Spark.
 
 The store is derived data: every write is an upsert of absolute values, so a replayed
 batch, or a restart, writes the same records again.
@@ -38,12 +36,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import SparkSession
 
-from features.customer import features_table
 from runtime.settings import Settings
-from serving.online import SCORE_COLUMNS, STATE_COLUMNS, OnlineStore, open_store
-from serving.view import ModelCache, ModelOutputs, assemble, publish_view, score
+from serving.online import STATE_COLUMNS, OnlineStore, open_store
+from serving.view import ModelCache, ModelOutputs, assemble, by_id, publish_view, score
 from storage.customer_state import BatchResult, CustomerStateStore
 from storage.state_table import history_json, state_table
 
@@ -54,8 +50,8 @@ def _micros(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     return pc.cast(column, pa.int64()).to_pylist()
 
 
-def records(state: pa.Table, scores: pa.Table) -> Iterator[tuple[Any, ...]]:
-    """State rows + their scores (same order) -> online-store records (RECORD_COLUMNS)."""
+def records(state: pa.Table) -> Iterator[tuple[Any, ...]]:
+    """State rows -> online-store records (``RECORD_COLUMNS``), one per row."""
     columns = [state["customer_id"].to_pylist()]
     for c in TOTALS:
         col = state[c]
@@ -64,21 +60,7 @@ def records(state: pa.Table, scores: pa.Table) -> Iterator[tuple[Any, ...]]:
         )
     columns.append(_micros(state["max_event_time"]))
     columns.append(history_json(state).to_pylist())
-    columns.extend(score_columns(scores))
     return zip(*columns, strict=True)
-
-
-def score_columns(scores: pa.Table) -> list[list[Any]]:
-    """``SCORE_COLUMNS`` of ``scores`` as Python lists (times as microseconds); a column it
-    lacks (``expected_value`` from a plain ``SCORES`` table) is null."""
-    out = []
-    for name in SCORE_COLUMNS:
-        if name not in scores.column_names:
-            out.append([None] * scores.num_rows)
-            continue
-        col = scores[name]
-        out.append(_micros(col) if pa.types.is_timestamp(col.type) else col.to_pylist())
-    return out
 
 
 class LiveView:
@@ -86,20 +68,18 @@ class LiveView:
 
     def __init__(
         self,
-        spark: SparkSession,
         settings: Settings,
         log: Callable[[str], None] = print,
         online: OnlineStore | None = None,
     ) -> None:
-        self.spark = spark
         self.settings = settings
         self.log = log
         self.online = online if online is not None else open_store(settings)
         self.models = ModelCache()
         self.read_seconds: float | None = None  # the stream thread's part of the last batch
         self.update_seconds: float | None = None  # the worker's last round
-        # One worker thread scores and stores the touched customers while the stream
-        # goes on to its next batch; at most two batches wait for it.
+        # One worker thread stores the touched customers while the stream goes on to its
+        # next batch; at most two batches wait for it.
         self._queue: queue.Queue[_Update | None] = queue.Queue(maxsize=2)
         self._lock = threading.Lock()  # the online store and models: worker or snapshot
         self._failure: Exception | None = None
@@ -139,7 +119,13 @@ class LiveView:
                     strict=True,
                 ),
             )
-        self.online.set_meta({"versions": models.versions(), "popular": list(models.popular or ())})
+        self.online.set_meta(
+            {
+                "versions": models.versions(),
+                "popular": list(models.popular or ()),
+                "scorers": models.scorers(),
+            }
+        )
         picked = ", ".join(f"{n} {models.versions()[n]}" for n in names)
         self.log(f"model picked up: {picked} ({time.perf_counter() - t0:.1f} s, no restart)")
 
@@ -157,7 +143,7 @@ class LiveView:
         self._queue.put(_Update(state, clock, result.batch_id))
 
     def _work(self) -> None:
-        """The worker: merge what is queued, score it, upsert it (one Spark job per round)."""
+        """The worker: merge what is queued, upsert it."""
         while True:
             updates = [self._queue.get()]
             while not self._queue.empty():
@@ -177,17 +163,14 @@ class LiveView:
         t0 = time.perf_counter()
         last = updates[-1]
         states = [u.state for u in updates if u.state is not None and u.state.num_rows]
-        models = self.current_models()
+        self.current_models()  # a newly promoted version goes into the store first
         if states:
-            state = _latest_rows(states)
-            features = features_table(state, last.clock)
-            scores = score(self.spark, features, models, last.clock)
-            self.online.write_records(records(state, scores))
+            self.online.write_records(records(_latest_rows(states)))
         self.online.set_meta({"clock_us": _clock_us(last.clock), "last_batch": last.batch_id})
         self.update_seconds = time.perf_counter() - t0
         self.log(
             f"live view: {sum(0 if u.state is None else u.state.num_rows for u in updates):,} "
-            f"customers of {len(updates)} batch(es) scored and stored, "
+            f"customers of {len(updates)} batch(es) stored, "
             f"{self.update_seconds * 1000:.0f} ms"
         )
 
@@ -202,14 +185,14 @@ class LiveView:
             raise RuntimeError(f"the live view's update failed: {failure}") from failure
 
     def snapshot(self, state: pa.Table, features: pa.Table, as_of: datetime) -> None:
-        """Re-score every customer as of ``as_of``; publish the whole view."""
+        """Write every customer's record; publish the whole view as of ``as_of``."""
         self.flush()
         with self._lock:
             models = self.current_models()
-            scores = score(self.spark, features, models, as_of)
-            self.online.write_records(records(state, scores))
+            self.online.write_records(records(state))
             self.online.set_meta({"clock_us": _clock_us(as_of)})
-            publish_view(self.settings, assemble(features, scores, models))
+            features = by_id(state["customer_id"], features)  # the view in state order
+            publish_view(self.settings, assemble(features, score(features, models), models))
 
     def close(self) -> None:
         """Finish the queued updates, stop the worker, close the online store."""

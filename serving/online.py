@@ -1,32 +1,27 @@
 """The online store: one keyed record per customer, read in one look-up.
 
 The speed layer writes it (``serving.live``): per micro-batch the touched customers'
-absolute state and their scores under the CURRENT models; when a retrain moves
-CURRENT, the model outputs keyed by customer (segments, recommendation lists) and the
-popularity list. The read path (``serving.read``) fetches one record and evaluates the
-features that age as of the stream clock (``features.customer.features_table``).
+absolute state; when a retrain moves CURRENT, the model outputs keyed by customer
+(segments, recommendation lists), the popularity list and the versions' scorers (in the
+meta). It holds no scores: the read path (``serving.read``) fetches one record and
+evaluates the features *and the scores* that age as of the stream clock, so a silent
+customer's churn probability is as current as their recency.
 
 Two backends with the same methods, chosen by ``settings.online_store``:
 
 - ``sqlite`` (the default): embedded, no server, like Feast's local online store; one
   file ``settings.online_store_path``. WAL mode, so readers never block the writer.
 - ``redis``: for more than one machine (``settings.redis_url``). A hash per customer,
-  a sorted set of churn scores for ``--at-risk``, model outputs under versioned keys
-  switched by one pointer.
+  the set of customer ids, model outputs under versioned keys switched by one pointer.
 
 What a record holds (``RECORD_COLUMNS``): the ``STATE_SCHEMA`` totals (days as day
-numbers since 1970-01-01, null for none), the latest event time, the history as JSON
-(``[[day, n_events, n_purchases, spend, n_online, n_with_channel], ...]``), and the
-live scores: ``churn_probability`` with ``churn_as_of`` (the stream clock it was
-computed at, microseconds) and the model version, and the segment the CURRENT
-segmentation model assigns to the live features (served only for customers the
-segments table does not hold); and ``expected_value``, the customer's expected spend in
-the churn horizon under the same churn model (BG/NBD x Gamma-Gamma, computed inside it),
-so ``top_value_at_risk`` ranks by churn probability x expected value. All writes are
-upserts of absolute values, so a replayed batch writes the same record again.
+numbers since 1970-01-01, null for none), the latest event time and the history as JSON
+(``[[day, n_events, n_purchases, spend, n_online, n_with_channel], ...]``). All writes
+are upserts of absolute values, so a replayed batch writes the same record again.
 
 A store written before a column existed gets it added (null) when opened for writing;
-read-only, the missing column reads as null.
+read-only, the missing column reads as null. Columns of older versions (stored scores)
+are left in place and never read.
 """
 
 from __future__ import annotations
@@ -54,16 +49,7 @@ STATE_COLUMNS = (
     "max_event_time",
     "history",
 )
-SCORE_COLUMNS = (
-    "churn_probability",
-    "churn_as_of",
-    "churn_model_version",
-    "segment_id",
-    "segment_name",
-    "segments_model_version",
-    "expected_value",
-)
-RECORD_COLUMNS = ("customer_id", *STATE_COLUMNS, *SCORE_COLUMNS)
+RECORD_COLUMNS = ("customer_id", *STATE_COLUMNS)
 OUTPUT_KINDS = ("segments", "recommendations")
 
 
@@ -86,13 +72,8 @@ class OnlineStore(ABC):
         """The customer's record plus its outputs (``output_<kind>``), or None."""
 
     @abstractmethod
-    def top_churn(self, n: int) -> list[str]:
-        """The ``n`` customer ids with the highest churn probability (ties by id)."""
-
-    @abstractmethod
-    def top_value_at_risk(self, n: int) -> list[str]:
-        """The ``n`` customer ids with the highest churn probability x expected value (ties
-        by id); customers without both are left out."""
+    def records(self) -> Iterator[list[tuple[Any, ...]]]:
+        """Every record (``RECORD_COLUMNS``), in chunks: what the at-risk list evaluates."""
 
     @abstractmethod
     def set_meta(self, values: dict[str, Any]) -> None:
@@ -193,27 +174,11 @@ class SqliteStore(OnlineStore):
         return record
 
     @override
-    def top_churn(self, n: int) -> list[str]:
-        # A scan of one column: ~0.3 s at 1.37M customers, and no index to maintain on
-        # every micro-batch's upserts.
-        rows = self.db.execute(
-            "SELECT customer_id FROM customer WHERE churn_probability IS NOT NULL"
-            " ORDER BY churn_probability DESC, customer_id LIMIT ?",
-            (n,),
-        )
-        return [r[0] for r in rows]
-
-    @override
-    def top_value_at_risk(self, n: int) -> list[str]:
-        if "expected_value" not in self.columns:
-            return []
-        rows = self.db.execute(
-            "SELECT customer_id FROM customer WHERE churn_probability IS NOT NULL"
-            " AND expected_value IS NOT NULL"
-            " ORDER BY churn_probability * expected_value DESC, customer_id LIMIT ?",
-            (n,),
-        )
-        return [r[0] for r in rows]
+    def records(self) -> Iterator[list[tuple[Any, ...]]]:
+        have = [c if c in self.columns else "NULL" for c in RECORD_COLUMNS]
+        cursor = self.db.execute(f"SELECT {', '.join(have)} FROM customer")
+        while chunk := cursor.fetchmany(_PIPELINE_ROWS * 20):
+            yield chunk
 
     @override
     def set_meta(self, values: dict[str, Any]) -> None:
@@ -261,8 +226,7 @@ def _decode(value: str | None) -> Any:
 
 
 class RedisStore(OnlineStore):
-    """Redis: ``<prefix>c:<id>`` hashes, sorted sets of churn scores (``<prefix>churn``) and
-    of value at risk (``<prefix>value_at_risk``), versioned outputs.
+    """Redis: ``<prefix>c:<id>`` hashes, the set of ids (``<prefix>ids``), versioned outputs.
 
     Every field is stored as JSON (empty for null), so values read back with their types.
     """
@@ -288,27 +252,11 @@ class RedisStore(OnlineStore):
 
     @override
     def write_records(self, rows: Iterable[Sequence[Any]]) -> None:
-        churn, risk = self.prefix + "churn", self.prefix + "value_at_risk"
-        at = RECORD_COLUMNS.index("churn_probability")
-        value = RECORD_COLUMNS.index("expected_value")
         for chunk in _chunks(rows):
             pipe = self.r.pipeline(transaction=False)
-            scored, valued, unvalued = {}, {}, []
             for row in chunk:
                 fields = {c: _encode(v) for c, v in zip(RECORD_COLUMNS[1:], row[1:], strict=True)}
                 pipe.hset(self._key(row[0]), mapping=fields)
-                if row[at] is not None:
-                    scored[row[0]] = row[at]
-                if row[at] is not None and row[value] is not None:
-                    valued[row[0]] = row[at] * row[value]
-                else:
-                    unvalued.append(row[0])
-            if scored:
-                pipe.zadd(churn, scored)
-            if valued:
-                pipe.zadd(risk, valued)
-            if unvalued:  # an upsert without a value drops the old one, as in SQLite
-                pipe.zrem(risk, *unvalued)
             pipe.sadd(self.prefix + "ids", *[row[0] for row in chunk])
             pipe.execute()
 
@@ -350,23 +298,15 @@ class RedisStore(OnlineStore):
         return record
 
     @override
-    def top_churn(self, n: int) -> list[str]:
-        return self._top(self.prefix + "churn", n)
-
-    @override
-    def top_value_at_risk(self, n: int) -> list[str]:
-        return self._top(self.prefix + "value_at_risk", n)
-
-    def _top(self, key: str, n: int) -> list[str]:
-        # Highest score first; among equal scores Redis orders by member, descending, so
-        # add the whole tie at the boundary and order by (score desc, id asc), as SQLite.
-        top = self.r.zrevrange(key, 0, n - 1, withscores=True)
-        if not top:
-            return []
-        last = top[-1][1]
-        tied = [(m, last) for m in self.r.zrangebyscore(key, last, last)]
-        ranked = sorted({*top, *tied}, key=lambda ms: (-ms[1], ms[0]))
-        return [m for m, _ in ranked[:n]]
+    def records(self) -> Iterator[list[tuple[Any, ...]]]:
+        for ids in _chunks(self.r.sscan_iter(self.prefix + "ids", count=_PIPELINE_ROWS)):
+            pipe = self.r.pipeline(transaction=False)
+            for customer_id in ids:
+                pipe.hmget(self._key(customer_id), RECORD_COLUMNS[1:])
+            yield [
+                (customer_id, *(_decode(v) for v in values))
+                for customer_id, values in zip(ids, pipe.execute(), strict=True)
+            ]
 
     @override
     def set_meta(self, values: dict[str, Any]) -> None:

@@ -1,18 +1,25 @@
 """Look-ups against the online store: one customer's view row, or the most value at risk.
 
 ``lookup`` is the function an application calls (``pulse view`` prints the same
-record). It reads one key from the online store and evaluates the features that age as
-of the stream clock with the one feature definition (``features.customer.features_table``),
-then assembles the row exactly as the Parquet snapshot does (``serving.view.assemble``).
-No Spark, no scan: the cost of one look-up does not depend on the customer count.
+record). It reads one key from the online store, evaluates the features that age as of
+the stream clock with the one feature definition (``features.customer.features_table``)
+and scores them with the CURRENT models' exported scorers (``scoring``, carried in the
+store's meta), then assembles the row exactly as the Parquet snapshot does
+(``serving.view.assemble``). No Spark, no scan: the cost of one look-up does not depend
+on the customer count.
 
     from runtime.settings import load_settings
     from serving.read import lookup
     row = lookup(load_settings(), "customer-42")   # dict: features, segment, churn, recs
 
 Time semantics: ``as_of`` is the stream clock at the last micro-batch the store holds
-(the latest event time the stream accepted); ``churn_as_of`` is the clock the churn
-score was computed at (its last batch, or the last full snapshot).
+(the latest event time the stream accepted); every feature and score is evaluated as of
+it, so ``churn_as_of`` equals ``as_of``: the churn probability is P(no purchase in the
+churn horizon from the clock on), given everything the stream has seen.
+
+``at_risk`` ranks every customer by value at risk as of the same clock: a scan of the
+store and one NumPy evaluation of all of them (the list changes when the clock does,
+for customers nobody touched too).
 """
 
 from __future__ import annotations
@@ -21,14 +28,15 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from features.customer import features_table
 from runtime.errors import PulseError
 from runtime.settings import Settings
-from serving.online import SCORE_COLUMNS, OnlineStore, open_store
-from serving.view import RECS_TABLE, SCORED, SEGMENT_TABLE, ModelOutputs, assemble
-from storage.state_table import state_from_record
+from serving.online import RECORD_COLUMNS, OnlineStore, open_store
+from serving.view import RECS_TABLE, SEGMENT_TABLE, ModelOutputs, assemble, score, scorers_from
+from storage.state_table import state_from_record, state_from_records
 
 AT_RISK_COLUMNS = (
     "customer_id",
@@ -64,8 +72,9 @@ def lookup(
     """One customer's view row as a dict; PulseError if the customer is unknown.
 
     Pass an open ``store`` (``open_reader``) to look up many customers on one connection.
-    ``with_value``: add ``expected_value`` (the record's expected spend in the churn
-    horizon; not a column of the Parquet view, whose schema is ``schemas.tables``').
+    ``with_value``: add ``expected_value`` (the expected spend in the churn horizon) and
+    ``value_at_risk`` (churn probability x expected value), which the Parquet view, whose
+    schema is ``schemas.tables``', does not hold.
     """
     own = store is None
     reader = open_reader(settings) if store is None else store
@@ -74,8 +83,8 @@ def lookup(
         if record is None:
             raise PulseError(f"unknown customer {customer_id!r} (not in the online store)")
         row = view_row(record, reader.meta())
-        if with_value:
-            row["expected_value"] = record.get("expected_value")
+        if not with_value:
+            del row["expected_value"], row["value_at_risk"]
         return row
     finally:
         if own:
@@ -83,23 +92,45 @@ def lookup(
 
 
 def view_row(record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """An online-store record + the store's meta -> the customer's view row."""
-    if "clock_us" not in meta:
-        raise PulseError("the online store has no stream clock yet (no batch written)")
-    features = features_table(state_from_record(record), _time(meta["clock_us"]))
-    score = {c: record.get(c) for c in SCORE_COLUMNS}
-    if score["churn_as_of"] is not None:
-        score["churn_as_of"] = _time(score["churn_as_of"])
-    scores = pa.Table.from_pylist([{"customer_id": record["customer_id"], **score}], SCORED)
+    """An online-store record + the store's meta -> the customer's view row, with its
+    ``expected_value`` and ``value_at_risk``."""
+    features = features_table(state_from_record(record), _clock(meta))
+    models = _models(meta, record)
+    scores = score(features, models)
+    row: dict[str, Any] = assemble(features, scores, models).to_pylist()[0]
+    value = scores["expected_value"][0].as_py()
+    p = row["churn_probability"]
+    return row | {
+        "expected_value": value,
+        "value_at_risk": None if p is None or value is None else p * value,
+    }
+
+
+_SCORERS: dict[str, dict[str, Any]] = {}  # the meta's scorers, parsed once per version pair
+
+
+def _models(meta: dict[str, Any], record: dict[str, Any] | None = None) -> ModelOutputs:
+    """The CURRENT models as the store's meta carries them, with one record's outputs."""
     versions = meta.get("versions") or {}
-    models = ModelOutputs(
-        segments=_one(record, "segments", SEGMENT_TABLE),
+    key = json.dumps([versions.get("churn"), versions.get("segments")])
+    if key not in _SCORERS:
+        _SCORERS.clear()
+        _SCORERS[key] = scorers_from(meta.get("scorers"))
+    return ModelOutputs(
+        segments=None if record is None else _one(record, "segments", SEGMENT_TABLE),
         segments_version=versions.get("segments"),
-        recommendations=_one(record, "recommendations", RECS_TABLE),
+        recommendations=None if record is None else _one(record, "recommendations", RECS_TABLE),
         popular=tuple(meta.get("popular") or ()) or None,
         recs_version=versions.get("recommendations"),
+        churn_version=versions.get("churn"),
+        **_SCORERS[key],
     )
-    return assemble(features, scores, models).to_pylist()[0]
+
+
+def _clock(meta: dict[str, Any]) -> datetime:
+    if "clock_us" not in meta:
+        raise PulseError("the online store has no stream clock yet (no batch written)")
+    return _time(meta["clock_us"])
 
 
 def _one(record: dict[str, Any], kind: str, schema: pa.Schema) -> pa.Table | None:
@@ -123,28 +154,46 @@ def live_clock(settings: Settings) -> datetime | None:
 
 
 def at_risk(settings: Settings, n: int, by_probability: bool = False) -> list[dict[str, Any]]:
-    """The ``n`` customers with the most value at risk, as short dicts.
+    """The ``n`` customers with the most value at risk as of the stream clock, as short dicts.
 
     Value at risk = churn probability x expected value (the expected spend in the churn
-    horizon, under the same CURRENT churn model), both stored in the customer's record.
-    ``by_probability``: the ``n`` with the highest churn probability instead (the older
-    ordering, also used when no record has an expected value yet: a churn model without one).
+    horizon, under the same CURRENT churn model); ties go to the smaller customer id, and
+    customers without both are left out. ``by_probability``: the ``n`` with the highest
+    churn probability instead. Every customer is evaluated as of the clock (a scan of the
+    store), then the ``n`` rows are the customers' look-ups.
     """
-    with_store = open_reader(settings)
+    store = open_reader(settings)
     try:
-        meta = with_store.meta()
-        ids = [] if by_probability else with_store.top_value_at_risk(n)
-        if not ids:
-            ids = with_store.top_churn(n)
+        meta = store.meta()
+        ids = ranked(store, meta, n, by_probability)
         rows = []
         for customer_id in ids:
-            record = with_store.get(customer_id)
+            record = store.get(customer_id)
             if record is not None:
                 row = view_row(record, meta)
-                p, value = record.get("churn_probability"), record.get("expected_value")
-                row["expected_value"] = value
-                row["value_at_risk"] = None if p is None or value is None else p * value
                 rows.append({c: row[c] for c in AT_RISK_COLUMNS})
         return rows
     finally:
-        with_store.close()
+        store.close()
+
+
+def ranked(store: OnlineStore, meta: dict[str, Any], n: int, by_probability: bool) -> list[str]:
+    """The ids of the ``n`` customers with the highest value at risk (or churn probability),
+    every customer scored as of the clock; ties by id."""
+    clock, models = _clock(meta), _models(meta)
+    if models.churn is None:
+        return []
+    best: list[tuple[float, str]] = []
+    for chunk in store.records():
+        state = state_from_records(chunk, RECORD_COLUMNS)
+        scores = score(features_table(state, clock), models)
+        p = scores["churn_probability"].to_numpy(zero_copy_only=False)
+        key = p if by_probability else p * scores["expected_value"].to_numpy(zero_copy_only=False)
+        key = np.where(np.isnan(key), -np.inf, key)
+        # every customer at or above the chunk's n-th highest key (ties included)
+        floor = np.partition(key, len(key) - n)[len(key) - n] if len(key) > n else -np.inf
+        top = np.flatnonzero((key >= floor) & np.isfinite(key))
+        ids = state["customer_id"].to_pylist()
+        best.extend((float(key[i]), ids[i]) for i in top)
+        best = sorted(best, key=lambda kv: (-kv[0], kv[1]))[:n]
+    return [customer_id for _, customer_id in best]

@@ -6,60 +6,57 @@ followed by ``schemas.tables.VIEW_EXTRA_COLUMNS``:
 - ``segment_id`` / ``segment_name``: the CURRENT segments table's row for a customer it
   holds (a segment is a model *output*, design.md's "Serving view"); for any other
   customer (first seen after that retrain), the segment the CURRENT segmentation model
-  assigns to their live features, named with the version's ``names.json``;
-- ``churn_probability``: the CURRENT churn model applied to the live features (joined
-  with the customer attributes), with ``churn_as_of``, the stream clock it was
-  computed at, and ``churn_model_version``;
+  assigns to their live features, named as the version names it;
+- ``churn_probability``: P(no purchase in the churn horizon, starting at the stream
+  clock), the CURRENT churn model applied to the live features as of the stream clock
+  (``churn_as_of``), with ``churn_model_version``; so a silent customer's probability
+  ages with the clock like their recency does. Null for a customer with no purchase;
 - ``recommendations``: the ``N_RECOMMENDATIONS`` article ids of the CURRENT table in rank
   order; a customer it does not hold gets that version's popularity list.
 
-A model with no CURRENT version gives nulls, never an error.
+A model with no CURRENT version (or a version without an exported scorer) gives nulls,
+never an error.
 
-Three steps, each used by the stream (``serving.live``) and the read path
-(``serving.read``), so a look-up and the Parquet snapshot assemble a row the same way:
+Three steps, each used by the stream (``serving.live``: the Parquet snapshot) and the
+read path (``serving.read``: look-ups and the at-risk list), so both assemble a row the
+same way:
 
-- ``ModelCache.current``: resolves every CURRENT pointer, loads a version once (the
-  Spark ML models; the tables as Arrow);
-- ``score``: one Spark job applies the churn and segmentation models to live features
-  -> ``SCORE_COLUMNS`` (what the online store keeps per customer);
-- ``assemble``: features + scores + keyed outputs -> view rows (Arrow, no Spark).
+- ``ModelCache.current``: resolves every CURRENT pointer, loads a version once (its
+  scorers from ``scorer.json``, its tables as Arrow); no Spark;
+- ``score``: the scorers on live features -> ``SCORED`` (NumPy);
+- ``assemble``: features + scores + keyed outputs -> view rows (Arrow), joined by id.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.attributes import with_customer_attributes
 from runtime.settings import Settings
 from schemas.tables import (
-    CUSTOMER_ATTRIBUTES,
     LIVE_FEATURE_COLUMNS,
     N_RECOMMENDATIONS,
     VIEW_EXTRA_COLUMNS,
 )
-from serving.online import SCORE_COLUMNS
+from scoring.churn import ChurnScorer
+from scoring.segments import SegmentScorer
 from storage import registry, snapshots
-from storage.lake import customers_dir
-
-if TYPE_CHECKING:  # Spark and pyarrow.dataset (pandas) load only when scoring or reading
-    from pyspark.sql import DataFrame, SparkSession  # outputs: a look-up starts faster
 
 log = logging.getLogger(__name__)
 
 SEGMENT_TABLE = pa.schema([("customer_id", pa.string()), ("segment_id", pa.int32()),
                            ("segment_name", pa.string())])  # fmt: skip
 RECS_TABLE = pa.schema([("customer_id", pa.string()), ("recommendations", pa.list_(pa.string()))])
-SCORES = pa.schema(
+# What ``score`` returns: a customer's live scores.
+SCORED = pa.schema(
     [
         ("customer_id", pa.string()),
         ("churn_probability", pa.float64()),
@@ -68,12 +65,9 @@ SCORES = pa.schema(
         ("segment_id", pa.int32()),
         ("segment_name", pa.string()),
         ("segments_model_version", pa.string()),
+        ("expected_value", pa.float64()),  # expected spend in the churn horizon
     ]
 )
-# What ``score`` returns and the online store keeps: SCORES + the expected value (spend in
-# the churn horizon, from a churn model that computes it; null from one that does not).
-SCORED = SCORES.append(pa.field("expected_value", pa.float64()))
-assert tuple(SCORED.names[1:]) == SCORE_COLUMNS
 _ARROW_TYPES = {
     "string": pa.string(),
     "int": pa.int32(),
@@ -89,24 +83,20 @@ VIEW_EXTRA = pa.schema([(n, _ARROW_TYPES[t]) for n, t in VIEW_EXTRA_COLUMNS.item
 class ModelOutputs:
     """The CURRENT model outputs; any part may be missing (None).
 
-    ``segments``: ``SEGMENT_TABLE``. ``segments_model``: the fitted segmentation
-    PipelineModel (live feature columns -> ``prediction``), ``segment_names`` its
-    prediction -> name mapping. ``churn_model``: a PipelineModel that outputs
-    ``probability``. ``recommendations``: ``RECS_TABLE``; ``popular``: the list given
-    to customers absent from it. ``customers``: customer_id plus any of
-    ``CUSTOMER_ATTRIBUTES`` (Arrow).
+    ``segments``: ``SEGMENT_TABLE`` (the retrain's assignments). ``segmenter``: the
+    segmentation version's scorer, for customers the table does not hold. ``churn``:
+    the churn version's scorer. ``recommendations``: ``RECS_TABLE``; ``popular``: the
+    list given to customers absent from it.
     """
 
     segments: pa.Table | None = None
-    segments_model: Any = None
-    segment_names: dict[int, str] | None = None
+    segmenter: SegmentScorer | None = None
     segments_version: str | None = None
-    churn_model: Any = None
+    churn: ChurnScorer | None = None
     churn_version: str | None = None
     recommendations: pa.Table | None = None
     popular: tuple[str, ...] | None = None
     recs_version: str | None = None
-    customers: pa.Table | None = None
 
     def versions(self) -> dict[str, str | None]:
         """The version of each model in use (None: none yet)."""
@@ -115,6 +105,23 @@ class ModelOutputs:
             "churn": self.churn_version,
             "recommendations": self.recs_version,
         }
+
+    def scorers(self) -> dict[str, dict[str, Any] | None]:
+        """The scorers as plain values (what the online store's meta carries)."""
+        return {
+            "churn": None if self.churn is None else self.churn.as_dict(),
+            "segments": None if self.segmenter is None else self.segmenter.as_dict(),
+        }
+
+
+def scorers_from(values: dict[str, Any] | None) -> dict[str, Any]:
+    """``ModelOutputs.scorers()`` values -> the ``churn`` and ``segmenter`` fields."""
+    values = values or {}
+    churn, segments = values.get("churn"), values.get("segments")
+    return {
+        "churn": None if churn is None else ChurnScorer.from_dict(churn),
+        "segmenter": None if segments is None else SegmentScorer.from_dict(segments),
+    }
 
 
 def recommendation_lists(recommendations: pa.Table) -> pa.Table:
@@ -128,105 +135,65 @@ def recommendation_lists(recommendations: pa.Table) -> pa.Table:
     return pa.table([grouped["customer_id"], lists.cast(pa.list_(pa.string()))], schema=RECS_TABLE)
 
 
-# --- Scoring (Spark ML) ------------------------------------------------------------------------
+# --- Scoring (NumPy, the versions' exported scorers) ------------------------------------------
 
 
-def churn_scores(
-    features: DataFrame, model: Any, customers: DataFrame | None, carry: Sequence[str] = ()
-) -> DataFrame:
-    """Apply a churn PipelineModel to live features -> customer_id, *carry, churn_probability,
-    expected_value (the model's ``expected_spend`` column; null when it has none)."""
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
-
-    scored = model.transform(with_customer_attributes(features, customers))
-    value = F.col("expected_spend") if "expected_spend" in scored.columns else F.lit(None)
-    return scored.select(
-        "customer_id",
-        *carry,
-        vector_to_array(F.col("probability"))[1].cast("double").alias("churn_probability"),
-        value.cast("double").alias("expected_value"),
-    )
-
-
-def with_segment(features: DataFrame, model: Any, names: dict[int, str]) -> DataFrame:
-    """Apply a segmentation PipelineModel: ``features`` + segment_id, segment_name."""
-    from pyspark.sql import functions as F
-
-    pairs = [F.lit(x) for sid, name in sorted(names.items()) for x in (int(sid), name)]
-    segment_id = F.col("prediction").cast("int")
-    return model.transform(features).select(
-        *features.columns,
-        segment_id.alias("segment_id"),
-        F.create_map(*pairs)[segment_id].cast("string").alias("segment_name"),
-    )
-
-
-def segment_assignments(features: DataFrame, model: Any, names: dict[int, str]) -> DataFrame:
-    """Apply a segmentation PipelineModel -> customer_id, segment_id, segment_name."""
-    return with_segment(features, model, names).select("customer_id", "segment_id", "segment_name")
-
-
-def score(
-    spark: SparkSession, features: pa.Table, models: ModelOutputs, as_of: datetime
-) -> pa.Table:
+def score(features: pa.Table, models: ModelOutputs) -> pa.Table:
     """Live features (Arrow) -> ``SCORED``: churn, expected value and the model's segment,
-    one Spark job.
+    in ``features`` order, as of the features' own ``as_of`` (``churn_as_of``).
 
-    ``as_of`` is the stream clock the features were evaluated at (``churn_as_of``).
-    Without a model the columns are null.
+    The CURRENT churn and segmentation versions, evaluated in NumPy from their exported
+    numbers (``scoring``): no Spark. Without a model (or for a version that has no
+    ``scorer.json``) the columns are null. A customer with no purchase day (only
+    returns) has no churn probability and no expected value: the churn model is defined
+    for buyers only (its label is "no purchase in H after buying"), so the answer is null.
     """
     n = features.num_rows
-    columns: dict[str, pa.Array] = {"customer_id": features["customer_id"]}
-    churn = models.churn_model
-    seg = models.segments_model if models.segment_names else None
-    scored: pa.Table | None = None
-    if n and (churn is not None or seg is not None):
-        # One narrow plan (segment, then churn, on the same rows: no join) over a cached
-        # frame: the models' plans read their input more than once, and every read of a
-        # frame made from local Arrow data re-sends it. 186k customers: 40 s -> 3 s.
-        df = spark.createDataFrame(features.drop_columns(["as_of"])).cache()
-        try:
-            frame, carry = df, ["customer_id"]
-            if seg is not None:
-                frame = with_segment(frame, seg, models.segment_names or {})
-                carry += ["segment_id", "segment_name"]
-            if churn is not None:
-                attrs = _attributes_frame(spark, models, features)
-                frame = churn_scores(frame, churn, attrs, carry[1:])
-            else:
-                frame = frame.select(*carry)
-            scored = _align(features["customer_id"], frame.toArrow())
-        finally:
-            df.unpersist()
-    version = pa.array([models.churn_version] * n, pa.string())
-    if scored is not None and churn is not None:
-        columns["churn_probability"] = scored["churn_probability"]
-        columns["churn_as_of"] = pa.array([as_of] * n, pa.timestamp("us", tz="UTC"))
-        columns["churn_model_version"] = version
-        columns["expected_value"] = scored["expected_value"]
-    if scored is not None and seg is not None:
-        columns["segment_id"] = scored["segment_id"]
-        columns["segment_name"] = scored["segment_name"]
-        columns["segments_model_version"] = pa.array([models.segments_version] * n, pa.string())
-    return pa.table(
-        [columns.get(f.name, pa.nulls(n, f.type)).cast(f.type) for f in SCORED], schema=SCORED
-    )
-
-
-def _attributes_frame(
-    spark: SparkSession, models: ModelOutputs, features: pa.Table
-) -> DataFrame | None:
-    """The customer attributes of just these customers, as a small Spark frame."""
-    if models.customers is None:
-        return None
-    wanted = pc.is_in(models.customers["customer_id"], value_set=features["customer_id"])
-    return spark.createDataFrame(models.customers.filter(wanted))
+    columns: dict[str, Any] = {"customer_id": features["customer_id"]}
+    churn, segmenter = models.churn, models.segmenter
+    if n and churn is not None:
+        probability, value = churn.score(features)
+        buyer = pc.fill_null(features["frequency"], 0).to_numpy(zero_copy_only=False) > 0
+        columns["churn_probability"] = pa.array(probability, mask=~buyer)
+        columns["expected_value"] = pa.array(value, mask=~buyer)
+        columns["churn_as_of"] = features["as_of"]
+        columns["churn_model_version"] = pa.array([churn.version] * n, pa.string())
+    if n and segmenter is not None:
+        ids, names = segmenter.assign(features)
+        columns["segment_id"] = pa.array(ids, pa.int32())
+        columns["segment_name"] = pa.array(names, pa.string())
+        columns["segments_model_version"] = pa.array([segmenter.version] * n, pa.string())
+    return pa.table([_column(columns.get(f.name), n, f.type) for f in SCORED], schema=SCORED)
 
 
 def _align(ids: pa.ChunkedArray | pa.Array, table: pa.Table) -> pa.Table:
-    """``table``'s rows in the order of ``ids`` (null rows for ids it lacks)."""
+    """An optional output's rows in the order of ``ids``: null rows for customers it does
+    not hold (the segments table and the recommendation lists cover the customers of
+    their retrain only)."""
     return table.take(pc.index_in(ids, value_set=table["customer_id"]))
+
+
+def _column(values: Any, n: int, type_: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    return pa.nulls(n, type_) if values is None else values.cast(type_)
+
+
+def by_id(ids: pa.ChunkedArray | pa.Array, table: pa.Table) -> pa.Table:
+    """``table``'s rows in the order of ``ids``, which must be exactly its customer ids.
+
+    How two per-customer tables are combined: by id, never by position. Refuses tables
+    whose ids differ (a missing, extra or repeated customer), with the first few named.
+    """
+    index = pc.index_in(ids, value_set=table["customer_id"])
+    missing = pc.is_null(index)
+    if table.num_rows != len(ids) or pc.any(missing).as_py():
+        lacking = pc.filter(ids, missing).to_pylist()[:3]
+        raise ValueError(
+            f"per-customer tables differ: {len(ids):,} ids against {table.num_rows:,} rows"
+            + (f" (no row for {lacking})" if lacking else " (repeated ids)")
+        )
+    if pc.count_distinct(index).as_py() != len(ids):
+        raise ValueError("per-customer tables differ: repeated customer ids")
+    return table.take(index)
 
 
 # --- Assembly (Arrow) --------------------------------------------------------------------------
@@ -240,7 +207,7 @@ def assemble(features: pa.Table, scores: pa.Table, models: ModelOutputs) -> pa.T
     """
     ids = features["customer_id"]
     n = features.num_rows
-    live = _align(ids, scores)
+    live = by_id(ids, scores)
     seg_id, seg_name = live["segment_id"], live["segment_name"]
     if models.segments is not None:
         table = _align(ids, models.segments)
@@ -296,29 +263,35 @@ def _write_parquet(table: pa.Table, directory: Path) -> None:
 
 
 def _load_segments(settings: Settings, version: str) -> dict[str, Any]:
-    """The segments table, plus the segmentation model and its names when the version has
-    them (older versions: the table only)."""
+    """The segments table, plus the version's scorer when it has one (older versions: the
+    table only)."""
     parts: dict[str, Any] = {}
     table = _read_table(registry.output_path(settings, "segments", version))
     if table is not None:
         parts["segments"] = table.select(SEGMENT_TABLE.names).cast(SEGMENT_TABLE)
-    model_path = registry.model_path(settings, "segments", version)
-    names_file = registry.model_dir(settings, "segments", version) / registry.SEGMENT_NAMES_FILE
-    if model_path.is_dir() and names_file.is_file():
-        names = _read_json(names_file)
-        try:
-            mapping = {int(k): str(v) for k, v in names.items()} if names else None
-        except (AttributeError, TypeError, ValueError):
-            log.warning("serving: %s is not a segment id -> name mapping", names_file)
-            mapping = None
-        model = _load_pipeline(model_path, "segments") if mapping else None
-        if model is not None:
-            parts |= {"segments_model": model, "segment_names": mapping}
+    scorer = _read_scorer(settings, "segments", version, SegmentScorer.from_dict)
+    if scorer is not None:
+        parts["segmenter"] = scorer
     return parts
 
 
 def _load_churn(settings: Settings, version: str) -> dict[str, Any]:
-    return {"churn_model": _load_pipeline(registry.model_path(settings, "churn", version), "churn")}
+    return {"churn": _read_scorer(settings, "churn", version, ChurnScorer.from_dict)}
+
+
+def _read_scorer(settings: Settings, name: str, version: str, parse: Callable[..., Any]) -> Any:
+    """A version's scorer; None (with a warning) when it has none or it cannot be read: a
+    version trained before scorers were exported serves no scores until the next retrain."""
+    try:
+        data = registry.read_scorer(settings, name, version)
+        if data is None:
+            log.warning("serving: %s %s has no %s: retrain to serve its scores", name, version,
+                        registry.SCORER_FILE)  # fmt: skip
+            return None
+        return parse(data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("serving: cannot read the %s scorer of %s: %s", name, version, exc)
+        return None
 
 
 def _load_recommendations(settings: Settings, version: str) -> dict[str, Any]:
@@ -356,7 +329,6 @@ class ModelCache:
 
     def __init__(self) -> None:
         self._loaded: dict[tuple[str, str], dict[str, Any]] = {}
-        self._customers: tuple[float, pa.Table | None] | None = None
         self.loaded_now: list[str] = []
 
     def current(self, settings: Settings) -> ModelOutputs:
@@ -377,20 +349,7 @@ class ModelCache:
             parts.update(loaded)
             if any(v is not None for v in loaded.values()):
                 parts[version_field] = version
-        parts["customers"] = self._customer_attributes(settings)
         return ModelOutputs(**parts)
-
-    def _customer_attributes(self, settings: Settings) -> pa.Table | None:
-        """The ingested customer attributes, re-read when the table changes."""
-        path = customers_dir(settings)
-        stamp = max((p.stat().st_mtime for p in path.rglob("*.parquet")), default=0.0)
-        if self._customers is None or self._customers[0] != stamp:
-            table = _read_table(path) if stamp else None
-            if table is not None:
-                present = [c for c in CUSTOMER_ATTRIBUTES if c in table.column_names]
-                table = table.select(["customer_id", *present])
-            self._customers = (stamp, table)
-        return self._customers[1]
 
 
 def _safe_version(settings: Settings, name: str) -> str | None:
@@ -418,14 +377,4 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         log.warning("serving: cannot read %s: %s", path, exc)
-        return None
-
-
-def _load_pipeline(path: Path, name: str) -> Any:
-    from pyspark.ml import PipelineModel
-
-    try:
-        return PipelineModel.load(str(path))
-    except Exception as exc:
-        log.warning("serving: cannot load %s model %s: %s", name, path, exc)
         return None

@@ -217,3 +217,42 @@ def merge_state(
         ]
     )
     return customers, days
+
+
+def state_from_records(rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> pa.Table:
+    """Many online-store records (tuples in ``columns`` order) -> state rows, in order."""
+    at = {c: i for i, c in enumerate(columns)}
+    ids = [r[at["customer_id"]] for r in rows]
+    customers = pa.table(
+        {
+            "customer_id": pa.array(ids, pa.string()),
+            **{
+                c: pa.array([r[at[c]] for r in rows], STATE_ARROW.field(c).type)
+                for c in STATE_ARROW.names[3:8]
+            },
+            **{
+                c: pa.array([r[at[c]] for r in rows], pa.int32())
+                for c in ("first_purchase_date", "last_purchase_date")
+            },
+            "max_event_time": pa.array([r[at["max_event_time"]] for r in rows], pa.int64()),
+        }
+    )
+    owners: list[str] = []
+    days: list[Sequence[Any]] = []
+    for customer_id, text in zip(ids, (r[at["history"]] for r in rows), strict=True):
+        if text and text != "[]":
+            parsed = json.loads(text)
+            owners.extend([customer_id] * len(parsed))
+            days.extend(parsed)
+    values = np.array(days, np.float64).reshape(-1, len(DAY_COLUMNS))
+    day_table = pa.table(
+        {
+            "customer_id": pa.array(owners, pa.string()),
+            "day": values[:, 0].astype(np.int64),
+            **{
+                c: values[:, i + 1] if c == "spend" else values[:, i + 1].astype(np.int64)
+                for i, c in enumerate(DAY_COLUMNS[1:])
+            },
+        }
+    )
+    return state_table(customers, day_table)

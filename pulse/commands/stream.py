@@ -33,7 +33,7 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
     try:
         # The live view is wired here, not in streaming/, so the speed layer does not
         # depend on serving: it keeps the online store and the view snapshot current.
-        live = LiveView(spark, settings)
+        live = LiveView(settings)
         try:
             run(spark, settings, until_idle=args.until_idle, sink=live, seed=args.seed_from_lake)
         finally:

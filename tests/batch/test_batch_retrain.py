@@ -16,7 +16,7 @@ from batch.recommend import RecParams, popular
 from batch.retrain import RetrainOptions, retrain
 from features.customer import compute_features
 from features.time import as_of_for
-from serving.view import ModelCache, segment_assignments
+from serving.view import ModelCache
 from storage import registry
 from storage.lake import read_lake
 
@@ -90,9 +90,15 @@ def test_retrain_outputs_and_gate_keeps_current(spark, settings):
     top = popular(lake, as_of, RecParams().popular_days).orderBy("pos").collect()
     assert served.popular == tuple(r.article_id for r in top)
     assert len(served.popular) == 12
-    assert served.segment_names == {int(k): v for k, v in run["segments"]["names"].items()}
+    assert served.segmenter is not None and served.churn is not None
+    assert served.segmenter.names == {int(k): v for k, v in run["segments"]["names"].items()}
     feats = compute_features(lake, as_of_for(as_of)).where(F.col("last_purchase_date").isNotNull())
-    reassigned = segment_assignments(feats, served.segments_model, served.segment_names)
+    table = feats.toArrow()
+    ids, names = served.segmenter.assign(table)
+    reassigned = spark.createDataFrame(
+        list(zip(table["customer_id"].to_pylist(), ids.tolist(), names, strict=True)),
+        "customer_id string, segment_id int, segment_name string",
+    )
     assertDataFrameEqual(reassigned, seg.select("customer_id", "segment_id", "segment_name"))
 
     # The customer state as of the cutoff, for the speed layer's correction (no gate).

@@ -1,25 +1,25 @@
-"""The customer view on hand-built features and hand-built model outputs: scoring (Spark ML),
-assembly (Arrow), and the live view's pick-up of new registry versions through the
-online store and the read path."""
+"""The customer view on hand-built features and hand-built model outputs: scoring (the
+exported scorers), assembly (Arrow), and the live view's pick-up of new registry versions
+through the online store and the read path."""
 
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet
 import pytest
-from pyspark.ml import Pipeline
-from pyspark.ml.classification import GBTClassifier
-from pyspark.ml.feature import Imputer, VectorAssembler
-from pyspark.ml.linalg import Vectors
 
-from batch.segments import build_pipeline
+from batch.segments import build_pipeline, export
 from features.customer import compute_features
 from runtime.errors import PulseError
 from schemas.tables import LIVE_FEATURE_COLUMNS, VIEW_EXTRA_COLUMNS
 from schemas.transaction import spark_schema
+from scoring.btyd import BGNBD, GammaGamma
+from scoring.churn import STACK_FEATURES, ChurnScorer
+from scoring.segments import SegmentScorer
 from serving.view import ModelOutputs, assemble, recommendation_lists, score
 
 pytestmark = pytest.mark.spark
@@ -52,27 +52,19 @@ def features(events):
     return compute_features(events, AS_OF).toArrow()
 
 
-@pytest.fixture(scope="module")
-def churn_model(spark):
-    """A tiny real GBT pipeline: churn = long recency; age imputed inside the pipeline."""
-    rows = [(r, 3, 30.0, 0.0) for r in (0, 1, 2, 3, 5)] + [
-        (r, 1, 50.0, 1.0) for r in (60, 70, 80, 90, 100)
-    ]
-    train = spark.createDataFrame(
-        rows, "recency_days int, frequency long, age double, label double"
-    )
-    pipeline = Pipeline(
-        stages=[
-            Imputer(inputCols=["age"], outputCols=["age_imputed"]),
-            VectorAssembler(
-                inputCols=["recency_days", "frequency", "age_imputed"],
-                outputCol="features",
-                handleInvalid="keep",
-            ),
-            GBTClassifier(maxIter=5, maxDepth=2, seed=7),
-        ]
-    )
-    return pipeline.fit(train)
+def churn_scorer(version: str, sign: float = 1.0) -> ChurnScorer:
+    """A logistic stack that reads log recency only: P = sigmoid(sign (3 ln(1 + recency) - 6)),
+    so churn follows a long silence (sign 1) or, flipped, a recent purchase (sign -1)."""
+    coefficients = [0.0] * len(STACK_FEATURES)
+    coefficients[STACK_FEATURES.index("log_recency")] = 3.0 * sign
+    return ChurnScorer(
+        version, 30, BGNBD(r=0.5, alpha=10.0, a=0.7, b=2.0), GammaGamma(p=2.0, q=3.0, gamma=5.0),
+        "logistic", coefficients=coefficients, intercept=-6.0 * sign,
+    )  # fmt: skip
+
+
+def by_hand(recency: int, sign: float = 1.0) -> float:
+    return 1.0 / (1.0 + math.exp(-sign * (3.0 * math.log(1.0 + recency) - 6.0)))
 
 
 # Three obvious RFM clusters (recency_days, frequency, monetary), far apart in log space.
@@ -86,9 +78,10 @@ POPULAR = tuple(f"pop{i:02d}" for i in range(1, 13))
 
 @pytest.fixture(scope="module")
 def segmentation(spark):
-    """The real segmentation pipeline (batch.segments) fitted on three obvious clusters.
+    """The real segmentation pipeline (batch.segments) fitted on three obvious clusters, as
+    the scorer a retrain exports.
 
-    Returns (model, names, cluster id of each training group); names are deliberately
+    Returns (scorer, names, cluster id of each training group); names are deliberately
     unlike the segments-table names, so a test can tell a table value from a model one.
     """
     rows = [
@@ -108,7 +101,7 @@ def segmentation(spark):
     cluster = {group: ids.pop() for group, ids in assigned.items()}
     assert len(set(cluster.values())) == 3
     names = {cid: f"model {group}" for group, cid in cluster.items()}
-    return model, names, cluster
+    return SegmentScorer.from_dict(export(model, names, "s")), names, cluster
 
 
 SEGMENTS = pa.table(
@@ -124,31 +117,29 @@ def recs_table(rows):
     )
 
 
-def view_of(spark, features, models):
-    return assemble(features, score(spark, features, models, AS_OF), models)
+def view_of(features, models):
+    return assemble(features, score(features, models), models)
 
 
 def by_id(view):
     return {r["customer_id"]: r for r in view.to_pylist()}
 
 
-def test_view_joins_current_outputs(spark, features, churn_model):
+def test_view_joins_current_outputs(features):
     """Table-only outputs (a registry version with no segmentation model or popularity
     list): customers absent from a table get nulls there."""
     # a has 13 ranked rows (given out of order): the view keeps ranks 1..12 in order.
     recs_rows = [("a", r, f"art{r:02d}", 1.0 / r, "als") for r in [13, 2, 1, *range(3, 13)]]
     recs_rows += [("b", 2, "pop2", 0.5, "popularity"), ("b", 1, "pop1", 0.9, "popularity")]
-    customers = pa.table({"customer_id": ["a", "b", "zz"], "age": [20.0, 60.0, 33.0]})
     models = ModelOutputs(
         segments=SEGMENTS,
         segments_version="s1",
-        churn_model=churn_model,
+        churn=churn_scorer("c1"),
         churn_version="c1",
         recommendations=recs_table(recs_rows),
         recs_version="r1",
-        customers=customers,
     )
-    view = view_of(spark, features, models)
+    view = view_of(features, models)
 
     # exactly the table contract: live feature columns, then the view's, in order
     assert view.column_names == [*LIVE_FEATURE_COLUMNS, *VIEW_EXTRA_COLUMNS]
@@ -165,18 +156,13 @@ def test_view_joins_current_outputs(spark, features, churn_model):
     assert {c: tuple(r[k] for k in keys) for c, r in rows.items()} == expected
     assert {r["churn_as_of"] for r in rows.values()} == {AS_OF}
 
-    # churn_probability is the GBT's P(churn) for the live feature row; checked against the
-    # model's own single-vector API (no DataFrame path). c and d have no age: imputed with
-    # the training mean (40).
-    gbt = churn_model.stages[-1]
-    inputs = {"a": (1, 3, 20.0), "b": (100, 1, 60.0), "c": (39, 2, 40.0), "d": (0, 1, 40.0)}
-    for cid, vec in inputs.items():
-        want = gbt.predictProbability(Vectors.dense(vec))[1]
-        assert rows[cid]["churn_probability"] == pytest.approx(want)
+    # churn_probability is the stack's P(churn) for the live feature row, by hand
+    for cid, recency in {"a": 1, "b": 100, "c": 39, "d": 0}.items():
+        assert rows[cid]["churn_probability"] == pytest.approx(by_hand(recency), rel=1e-12)
     assert rows["b"]["churn_probability"] > 0.5 > rows["a"]["churn_probability"]
 
 
-def test_unseen_customers_get_model_segment_and_popular_list(spark, features, segmentation):
+def test_unseen_customers_get_model_segment_and_popular_list(features, segmentation):
     """d is in neither table: the segmentation model assigns it from its live features
     (recency 0, frequency 1, monetary 10: the "new" cluster), and it gets exactly the
     popularity list. Customers in the tables keep their table rows."""
@@ -188,14 +174,13 @@ def test_unseen_customers_get_model_segment_and_popular_list(spark, features, se
     )
     models = ModelOutputs(
         segments=SEGMENTS,
-        segments_model=model,
-        segment_names=names,
+        segmenter=model,
         segments_version="s1",
         recommendations=recs,
         popular=POPULAR,
         recs_version="r1",
     )
-    rows = by_id(view_of(spark, features, models))
+    rows = by_id(view_of(features, models))
     d = rows["d"]
     assert (d["recency_days"], d["frequency"], d["monetary"]) == (0, 1, 10.0)
     new = cluster["new"]
@@ -211,16 +196,22 @@ def test_unseen_customers_get_model_segment_and_popular_list(spark, features, se
     }
 
     # The model alone (no table read): every live customer is assigned by the model.
-    alone = view_of(spark, features, ModelOutputs(segments_model=model, segment_names=names))
+    alone = view_of(features, ModelOutputs(segmenter=model))
     by_model = {c: r["segment_id"] for c, r in by_id(alone).items()}
     assert by_model["d"] == new and None not in by_model.values()
 
 
-def test_missing_models_give_nulls(spark, features):
-    view = view_of(spark, features, ModelOutputs())
+def test_missing_models_give_nulls(features):
+    view = view_of(features, ModelOutputs())
     assert view.num_rows == 4
     for row in view.to_pylist():
         assert all(row[c] is None for c in VIEW_EXTRA_COLUMNS), row
+
+
+def _write_churn(settings, scorer: ChurnScorer) -> None:
+    from storage import registry
+
+    registry.write_scorer(settings, "churn", scorer.version, scorer.as_dict())
 
 
 def _register(settings, name, version, write):
@@ -244,9 +235,7 @@ def state(spark, events):
     return rows.toArrow().sort_by("customer_id")
 
 
-def test_publish_picks_up_new_versions_and_reads_back(
-    spark, settings, state, churn_model, segmentation
-):
+def test_publish_picks_up_new_versions_and_reads_back(spark, settings, state, segmentation):
     """The live view (one object, as one stream run keeps it) picks up each promoted
     version without a restart; the online store and the read path serve it."""
     from features.customer import features_table
@@ -255,7 +244,7 @@ def test_publish_picks_up_new_versions_and_reads_back(
     from storage import registry, snapshots
 
     logs: list[str] = []
-    live = LiveView(spark, settings, log=logs.append)
+    live = LiveView(settings, log=logs.append)
     features = features_table(state, AS_OF)
 
     def publish() -> None:
@@ -274,17 +263,12 @@ def test_publish_picks_up_new_versions_and_reads_back(
         "s1",
         lambda: segs.write.parquet(str(registry.output_path(settings, "segments", "s1"))),
     )
-    _register(
-        settings,
-        "churn",
-        "c1",
-        lambda: churn_model.save(str(registry.model_path(settings, "churn", "c1"))),
-    )
+    _register(settings, "churn", "c1", lambda: _write_churn(settings, churn_scorer("c1")))
     publish()
     assert any("model picked up: segments s1, churn c1" in line for line in logs), logs
     row = read.lookup(settings, "b")
     assert (row["churn_model_version"], row["recency_days"]) == ("c1", 100)
-    assert row["churn_probability"] > 0.5 and row["churn_as_of"] == AS_OF
+    assert row["churn_probability"] == pytest.approx(by_hand(100)) and row["churn_as_of"] == AS_OF
     assert read.lookup(settings, "a")["segment_name"] == "Champions"
     # s1 is a version with the table only (as written before retrain kept the model):
     # served from the table alone, so d (not in it) has no segment.
@@ -293,24 +277,14 @@ def test_publish_picks_up_new_versions_and_reads_back(
     snapshot = pa.parquet.read_table(snapshots.current(settings.serving_dir))
     assert by_id(snapshot)["b"] == read.lookup(settings, "b")
 
-    # A retrain promotes c2 (labels flipped): the next publish uses it, same process.
-    flipped = spark.createDataFrame(
-        [(r, 3, 30.0, 1.0) for r in (0, 1, 2)] + [(r, 1, 50.0, 0.0) for r in (60, 80, 100)],
-        "recency_days int, frequency long, age double, label double",
-    )
-
-    c2 = Pipeline(stages=[*churn_model.stages[:2], GBTClassifier(maxIter=3, maxDepth=2)]).fit(
-        flipped
-    )
-    _register(
-        settings, "churn", "c2", lambda: c2.save(str(registry.model_path(settings, "churn", "c2")))
-    )
+    # A retrain promotes c2 (flipped): the next publish uses it, same process.
+    _register(settings, "churn", "c2", lambda: _write_churn(settings, churn_scorer("c2", -1.0)))
     publish()
     row = read.lookup(settings, "b")
     assert row["churn_model_version"] == "c2"
-    assert row["churn_probability"] < 0.5
-    top = read.at_risk(settings, 2)
-    assert [r["customer_id"] for r in top][0] in {"a", "d"}  # now the recent buyers "churn"
+    assert row["churn_probability"] == pytest.approx(by_hand(100, -1.0))
+    top = read.at_risk(settings, 2, by_probability=True)
+    assert [r["customer_id"] for r in top] == ["d", "a"]  # now the recent buyers "churn"
 
     with pytest.raises(PulseError, match="unknown customer"):
         read.lookup(settings, "nobody")
@@ -321,9 +295,7 @@ def test_publish_picks_up_new_versions_and_reads_back(
 
     def write_segments_v2() -> None:
         segs.write.parquet(str(registry.output_path(settings, "segments", "s2")))
-        model.save(str(registry.model_path(settings, "segments", "s2")))
-        names_file = registry.model_dir(settings, "segments", "s2") / registry.SEGMENT_NAMES_FILE
-        names_file.write_text(json.dumps({str(k): v for k, v in names.items()}))
+        registry.write_scorer(settings, "segments", "s2", model.as_dict())
 
     def write_recs_r1() -> None:
         spark.createDataFrame(
@@ -343,9 +315,7 @@ def test_publish_picks_up_new_versions_and_reads_back(
     assert (d["segments_model_version"], d["recs_model_version"]) == ("s2", "r1")
 
 
-def test_sqlite_and_redis_serve_identical_views(
-    spark, settings, state, churn_model, segmentation, redis_url
-):
+def test_sqlite_and_redis_serve_identical_views(spark, settings, state, segmentation, redis_url):
     """The same snapshot through each backend: every look-up and the at-risk list agree,
     and equal the Parquet snapshot's rows."""
     import redis
@@ -359,28 +329,22 @@ def test_sqlite_and_redis_serve_identical_views(
     model, names, _ = segmentation
 
     def write_segments() -> None:
-        model.save(str(registry.model_path(settings, "segments", "s1")))
-        names_file = registry.model_dir(settings, "segments", "s1") / registry.SEGMENT_NAMES_FILE
-        names_file.write_text(json.dumps({str(k): v for k, v in names.items()}))
+        registry.write_scorer(settings, "segments", "s1", model.as_dict())
         spark.createDataFrame(
             [("a", 0, "Champions")], "customer_id string, segment_id int, segment_name string"
         ).write.parquet(str(registry.output_path(settings, "segments", "s1")))
 
     _register(settings, "segments", "s1", write_segments)
-    _register(
-        settings,
-        "churn",
-        "c1",
-        lambda: churn_model.save(str(registry.model_path(settings, "churn", "c1"))),
-    )
+    _register(settings, "churn", "c1", lambda: _write_churn(settings, churn_scorer("c1")))
     features = features_table(state, AS_OF)
     on_redis = settings.model_copy(update={"online_store": "redis", "redis_url": redis_url})
     for s in (settings, on_redis):
-        live = LiveView(spark, s, log=lambda _: None)
+        live = LiveView(s, log=lambda _: None)
         live.snapshot(state, features, AS_OF)
         live.close()
     snapshot = by_id(pa.parquet.read_table(snapshots.current(settings.serving_dir)))
     for cid in ("a", "b", "c", "d"):
         assert read.lookup(settings, cid) == read.lookup(on_redis, cid) == snapshot[cid]
     assert read.at_risk(settings, 3) == read.at_risk(on_redis, 3)
-    assert [r["customer_id"] for r in read.at_risk(settings, 4)][0] == "b"  # 100 days quiet
+    by_p = read.at_risk(settings, 4, by_probability=True)
+    assert [r["customer_id"] for r in by_p][0] == "b"  # 100 days quiet

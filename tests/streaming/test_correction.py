@@ -43,7 +43,7 @@ def test_a_retrain_brings_a_too_late_event_into_the_live_view(
 ) -> None:  # type: ignore[no-untyped-def]
     settings = stream_settings
     logs: list[str] = []
-    live = LiveView(spark, settings, log=logs.append)
+    live = LiveView(settings, log=logs.append)
 
     def stream() -> None:
         run(spark, settings, until_idle=True, log=logs.append, sink=live,

@@ -12,11 +12,11 @@ from serving.online import RECORD_COLUMNS, OnlineStore, RedisStore, SqliteStore
 pytestmark = pytest.mark.unit
 
 
-def record(cid: str, p: float | None, monetary: float = 1.0) -> tuple:
+def record(cid: str, days: int, monetary: float = 1.0) -> tuple:
     values = {c: None for c in RECORD_COLUMNS}
-    values |= {"customer_id": cid, "purchase_days": 1, "n_events": 1, "monetary": monetary,
-               "n_online": 0, "n_with_channel": 1, "max_event_time": 5, "history": "[]",
-               "churn_probability": p, "churn_model_version": "c1"}  # fmt: skip
+    values |= {"customer_id": cid, "purchase_days": days, "n_events": 1, "monetary": monetary,
+               "n_online": 0, "n_with_channel": 1, "max_event_time": 5,
+               "history": "[[18000,1,1,2.5,0,1]]"}  # fmt: skip
     return tuple(values[c] for c in RECORD_COLUMNS)
 
 
@@ -32,26 +32,29 @@ def store(request, tmp_path) -> Iterator[OnlineStore]:  # type: ignore[no-untype
 
 
 def test_records_upsert_and_read_back_with_their_types(store: OnlineStore) -> None:
-    store.write_records([record("a", 0.25, monetary=0.1 + 0.2), record("b", None)])
-    store.write_records([record("b", 0.5)])  # an upsert of absolute values
+    store.write_records([record("a", 2, monetary=0.1 + 0.2), record("b", 1)])
+    store.write_records([record("b", 3)])  # an upsert of absolute values
     a, b = store.get("a"), store.get("b")
     assert a is not None and b is not None
-    assert a["monetary"] == 0.1 + 0.2 and a["churn_probability"] == 0.25
-    assert (b["churn_probability"], b["first_purchase_date"], b["max_event_time"]) == (0.5, None, 5)
+    assert a["monetary"] == 0.1 + 0.2 and a["purchase_days"] == 2
+    assert (b["purchase_days"], b["first_purchase_date"], b["max_event_time"]) == (3, None, 5)
+    assert b["history"] == "[[18000,1,1,2.5,0,1]]"
     assert store.get("nobody") is None
     assert store.count() == 2
 
 
-def test_top_churn_orders_by_score_then_id(store: OnlineStore) -> None:
-    store.write_records(
-        [record("d", 0.9), record("c", 0.7), record("b", 0.7), record("a", 0.1), record("x", None)]
-    )
-    assert store.top_churn(3) == ["d", "b", "c"]
-    assert store.top_churn(10) == ["d", "b", "c", "a"]  # x has no score
+def test_records_reads_every_record_once(store: OnlineStore) -> None:
+    store.write_records([record(f"c{i:03d}", i % 4) for i in range(250)])
+    store.write_records([record("c007", 9)])
+    seen = [row for chunk in store.records() for row in chunk]
+    assert sorted(r[0] for r in seen) == [f"c{i:03d}" for i in range(250)]
+    by_id = {r[0]: dict(zip(RECORD_COLUMNS, r, strict=True)) for r in seen}
+    assert by_id["c007"]["purchase_days"] == 9 and by_id["c005"]["purchase_days"] == 1
+    assert by_id["c005"] == store.get("c005")
 
 
 def test_an_output_version_replaces_the_last_one_whole(store: OnlineStore) -> None:
-    store.write_records([record("a", 0.1), record("b", 0.2)])
+    store.write_records([record("a", 1), record("b", 2)])
     store.replace_output("recommendations", "r1", [("a", json.dumps(["x1"])), ("b", "[]")])
     store.replace_output("recommendations", "r2", [("b", json.dumps(["y1", "y2"]))])
     a, b = store.get("a"), store.get("b")
