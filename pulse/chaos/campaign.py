@@ -22,7 +22,7 @@ COLUMNS = (
     ("accepted", "accepted"),
     ("quarantined", "quarantined"),
     ("in lake", "in_lake"),
-    ("features = batch", "features_equal_batch"),
+    ("served = batch", "served_equal_batch"),
     ("lost", "lost"),
     ("doubled", "doubled"),
     ("time", "seconds"),
@@ -30,7 +30,7 @@ COLUMNS = (
 
 
 def _cell(key: str, value: object) -> str:
-    if key == "features_equal_batch":
+    if key == "served_equal_batch":
         return "-" if value is None else ("yes" if value else "NO")
     if key == "seconds":
         return f"{value:.0f} s"

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pulse.chaos import lab
+from pulse.oracle import served_equals_batch
 from runtime.errors import PulseError
 from runtime.settings import Settings
 
@@ -38,7 +39,9 @@ class CaseResult:
     accepted: int = 0  # valid records whose event is in the lake
     quarantined: int = 0  # records in quarantine
     in_lake: int = 0  # rows in the lake
-    features_equal: bool | None = None  # None: not checked
+    #: the feature snapshot and every customer's look-up and the at-risk lists equal the
+    #: batch recompute with the served models (``pulse.oracle``); None: not checked
+    served_equal: bool | None = None
     seconds: float = 0.0
     lost: int = 0  # records neither in the lake nor in quarantine as expected
     doubled: int = 0  # lake rows beyond one per event, quarantine rows beyond one per record
@@ -48,12 +51,12 @@ class CaseResult:
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, nothing doubled, features equal (when checked), no error."""
+        """Nothing lost, nothing doubled, served = batch (when checked), no error."""
         return (
             self.error is None
             and self.lost == 0
             and self.doubled == 0
-            and self.features_equal is not False
+            and self.served_equal is not False
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -65,7 +68,7 @@ class CaseResult:
             "accepted": self.accepted,
             "quarantined": self.quarantined,
             "in_lake": self.in_lake,
-            "features_equal_batch": self.features_equal,
+            "served_equal_batch": self.served_equal,
             "lost": self.lost,
             "doubled": self.doubled,
             "seconds": round(self.seconds, 1),
@@ -92,6 +95,7 @@ class Context:
     #: the live features differ from the batch recompute; tests at such sizes set 60.
     lateness_days: int | None = None
     _spark: Any = None
+    _models: Settings | None = None
 
     @property
     def small(self) -> int:
@@ -110,21 +114,68 @@ class Context:
             )
         return self._spark
 
+    def models(self) -> Settings:
+        """The campaign's served models: one small retrain (churn, segments,
+        recommendations) on a lake of generated events like the cases' own, made on
+        first use; every case's stream serves them, so "served = batch" compares scores,
+        segments and lists, not only features."""
+        if self._models is None:
+            from batch.churn import ChurnParams
+            from batch.ingest import append_new
+            from batch.recommend import RecParams
+            from batch.retrain import RetrainOptions, retrain
+            from storage import registry
+
+            settings = self.base.model_copy(update={"data_root": self.root / "models"})
+            events = (  # the lake keeps produced_at: a backfill's is its event time
+                t.append_column("produced_at", t["event_time"])
+                for t in lab.generate(self.small, self.seed + 1)
+            )
+            append_new(settings, events, progress=False)
+            opts = RetrainOptions(rec=RecParams(rank=8, max_iter=5), k_min=3, k_max=5,
+                                  churn=ChurnParams(max_iter=10), progress=False)  # fmt: skip
+            for name, meta in retrain(self.spark(), settings, opts).items():
+                if name in registry.MODELS:  # served whatever the gate said: a fixture
+                    registry.promote(settings, name, meta["version"])
+            self.log(f"campaign models trained on {self.small:,} generated events")
+            self._models = settings
+        return self._models
+
+    def install_models(self, settings: Settings) -> Settings:
+        """Copy the campaign's models (not its speed-layer state) into ``settings``' root."""
+        import shutil
+
+        from storage import registry
+
+        source = self.models()
+        for name in registry.MODELS:
+            shutil.copytree(source.models_dir / name, settings.models_dir / name,
+                            dirs_exist_ok=True)  # fmt: skip
+        for table in source.outputs_dir.iterdir():
+            if table.name != "state":
+                shutil.copytree(table, settings.outputs_dir / table.name, dirs_exist_ok=True)
+        return settings
+
     def stream_settings(self, kafka: Settings, name: str, events: int) -> Settings:
-        """Settings of one case's stream: its own data root and topic, batches of ~1/40."""
-        return kafka.model_copy(
-            update={
-                "data_root": self.root / name / "data",
-                "topic_transactions": f"chaos-{name}",
-                "max_offsets_per_trigger": max(events // 40, 500),
-                "trigger_interval": "1 second",
-                "spark_driver_memory": "2g",
-                "spark_master": "local[2]",
-                # a snapshot after every batch that counted something: a stream stopped
-                # from outside has published what it processed (see lab.caught_up)
-                "snapshot_interval_seconds": 0,
-                "allowed_lateness_days": (self.lateness_days or self.base.allowed_lateness_days),
-            }
+        """Settings of one case's stream: its own data root (with the campaign's models)
+        and topic, batches of ~1/40."""
+        return self.install_models(
+            kafka.model_copy(
+                update={
+                    "data_root": self.root / name / "data",
+                    "topic_transactions": f"chaos-{name}",
+                    "max_offsets_per_trigger": max(events // 40, 500),
+                    "trigger_interval": "1 second",
+                    "spark_driver_memory": "2g",
+                    "spark_master": "local[2]",
+                    # a snapshot after every batch that counted something: a stream stopped
+                    # from outside has published what it processed (see lab.caught_up)
+                    "snapshot_interval_seconds": 0,
+                    "allowed_lateness_days": (
+                        self.lateness_days or self.base.allowed_lateness_days
+                    ),
+                }
+            )
         )
 
 
@@ -133,9 +184,15 @@ def _paced_rate(events: int, seconds: float = 180.0) -> float:
     return max(events / seconds, 2000.0)
 
 
-def _fill(result: CaseResult, settings: Settings, expected: pa.Array, spark: Any,
-          exclude: pa.Array | None = None) -> lab.LakeCheck:  # fmt: skip
-    """Lake and feature checks shared by the cases."""
+def _fill(
+    result: CaseResult,
+    settings: Settings,
+    expected: pa.Array,
+    spark: Any,
+    exclude: pa.Array | None = None,
+    require_current: bool = True,
+) -> lab.LakeCheck:
+    """Lake and served-answer checks shared by the cases."""
     lake = lab.check_lake(settings, expected)
     result.in_lake = lake.rows
     result.accepted = len(expected) - lake.lost
@@ -144,8 +201,11 @@ def _fill(result: CaseResult, settings: Settings, expected: pa.Array, spark: Any
     if lake.unexpected:
         result.notes.append(f"{lake.unexpected} event ids in the lake were never produced")
     equal, note = lab.features_equal_batch(spark, settings, exclude)
-    result.features_equal = equal
-    result.notes.append(f"features: {note}")
+    result.notes.append(f"feature snapshot: {note}")
+    verdict = served_equals_batch(spark, settings, exclude_ids=exclude,
+                                  require_current=require_current)  # fmt: skip
+    result.served_equal = equal and verdict.equal
+    result.notes.append(f"served: {verdict.note()}")
     return lake
 
 
@@ -426,7 +486,7 @@ def replay_twice(ctx: Context) -> CaseResult:
     same = features_before is not None and features_after is not None
     same = same and features_before.equals(features_after)  # type: ignore[union-attr]
     if not same:
-        result.features_equal = False
+        result.served_equal = False
         result.notes.append("the feature snapshot changed after the second replay")
     result.details = {
         "lake_version_before": lake_before.version,
@@ -869,8 +929,8 @@ def spark_cluster(ctx: Context) -> CaseResult:
         lab.create_topic(base)
         stats = lab.Producer(base, lab.generate(n, ctx.seed), name="case6", seed=ctx.seed).result()
         runs = {
-            "local": base.model_copy(update={"data_root": root / "local"}),
-            "cluster": base.model_copy(update={"data_root": root / "cluster"}),
+            mode: ctx.install_models(base.model_copy(update={"data_root": root / mode}))
+            for mode in ("local", "cluster")
         }
 
         def stream_and_retrain(mode: str) -> None:
@@ -895,7 +955,8 @@ def spark_cluster(ctx: Context) -> CaseResult:
     result.produced = stats.delivered
     result.quarantined = len(lab.quarantine(cluster))
     result.lost += result.quarantined
-    _fill(result, cluster, lab.expected_ids(ctx.seed, n), ctx.spark())
+    # each run retrained after its stream stopped: the store serves the campaign's models
+    _fill(result, cluster, lab.expected_ids(ctx.seed, n), ctx.spark(), require_current=False)
 
     differences = []
     lake_diff = _compare("lake", _lake_table(local), _lake_table(cluster))

@@ -23,13 +23,25 @@ pytestmark = pytest.mark.faults
 EVENTS = 3000
 
 
-@pytest.fixture
-def ctx(jvm_settings, spark, tmp_path: Path) -> cases.Context:  # type: ignore[no-untyped-def]
+def _context(settings, spark, root: Path) -> cases.Context:  # type: ignore[no-untyped-def]
     context = cases.Context(
-        base=jvm_settings, root=tmp_path, events=EVENTS, seed=7, log=lambda _: None, kills=1,
+        base=settings, root=root, events=EVENTS, seed=7, log=lambda _: None, kills=1,
         lateness_days=60,  # sparse data: see Context.lateness_days
     )  # fmt: skip
-    context._spark = spark  # the session's Spark for the feature recompute
+    context._spark = spark  # the session's Spark for the recompute
+    return context
+
+
+@pytest.fixture(scope="module")
+def campaign_models(jvm_settings, spark, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The campaign's served models, trained once for the module (as `pulse chaos` does)."""
+    return _context(jvm_settings, spark, tmp_path_factory.mktemp("campaign")).models()
+
+
+@pytest.fixture
+def ctx(jvm_settings, spark, campaign_models, tmp_path: Path) -> cases.Context:  # type: ignore[no-untyped-def]
+    context = _context(jvm_settings, spark, tmp_path)
+    context._models = campaign_models
     return context
 
 
@@ -37,7 +49,7 @@ def _no_loss(result: cases.CaseResult, valid: int) -> None:
     assert result.error is None, result.error
     assert result.lost == 0 and result.doubled == 0, result.notes
     assert result.in_lake == valid  # each valid event exactly once
-    assert result.features_equal is True, result.notes
+    assert result.served_equal is True, result.notes
     assert result.ok
 
 
