@@ -8,11 +8,15 @@ in the last 90, 12 recommendations each), then measures, on that store:
   p50 and p99 over ``lookups`` random customers;
 - ``pulse view CUSTOMER_ID --json`` as a process, and the CLI's start-up alone
   (``pulse --help``), so the look-up's own share is visible;
-- ``serving.read.at_risk(20)`` (the ``pulse view --at-risk 20`` query), and the same
-  through the CLI.
+- ``serving.read.at_risk(20)`` (the ``pulse view --at-risk 20`` query: every customer
+  evaluated as of the clock), and the same through the CLI;
+- the event-to-served latency (``pulse.bench.served``): the real stream on the same
+  customers, ``--rate`` events/s through the broker at ``PULSE_KAFKA_BOOTSTRAP``, from
+  each event's ``produced_at`` to a look-up that reflects it (``--no-stream`` skips it).
 
 The records are written by the store's own ``write_records`` (the stream's path), from
-synthetic state: the stream itself is measured by ``pulse bench stream``.
+synthetic state; the look-ups score them with churn and segmentation scorers of the
+served kinds (``bench_scorers``). The stream's throughput is ``pulse bench stream``'s.
 """
 
 from __future__ import annotations
@@ -36,12 +40,9 @@ AS_OF_DAY = 18_527  # 2020-09-22, the last day of H&M's data
 CHUNK = 100_000
 
 
-def _records(rng: np.random.Generator, ids: list[str], clock_us: int) -> list[tuple[Any, ...]]:
-    """Online-store records for ``ids``: H&M-like totals, 0-3 days of recent history."""
-    from serving.live import records
-    from serving.view import SCORES
-    from storage.state_table import state_table
-
+def _store_tables(rng: np.random.Generator, ids: list[str]) -> tuple[pa.Table, pa.Table]:
+    """The stream store's (customers, days) tables for ``ids``: H&M-like totals, 0-3 days
+    of recent history (``CustomerStateStore.load``'s layout)."""
     n = len(ids)
     last = AS_OF_DAY - rng.integers(0, 700, n)
     first = last - rng.integers(0, 300, n)
@@ -60,10 +61,13 @@ def _records(rng: np.random.Generator, ids: list[str], clock_us: int) -> list[tu
     )
     k = rng.integers(0, 4, n)
     owner = np.repeat(np.arange(n), k)
+    back = rng.integers(0, 90, len(owner))
+    _, first_of_day = np.unique(owner * 100 + back, return_index=True)  # a day once each
+    owner, back = owner[np.sort(first_of_day)], back[np.sort(first_of_day)]
     days = pa.table(
         {
             "customer_id": pa.array(ids).take(pa.array(owner)),
-            "day": AS_OF_DAY - rng.integers(0, 90, len(owner)),
+            "day": AS_OF_DAY - back,
             "n_events": rng.integers(1, 5, len(owner)),
             "n_purchases": rng.integers(1, 5, len(owner)),
             "spend": rng.random(len(owner)),
@@ -71,33 +75,48 @@ def _records(rng: np.random.Generator, ids: list[str], clock_us: int) -> list[tu
             "n_with_channel": np.ones(len(owner), np.int64),
         }
     )
-    state = state_table(customers, days)
-    scores = pa.table(
-        {
-            "customer_id": ids,
-            "churn_probability": rng.random(n),
-            "churn_as_of": pa.array(np.full(n, clock_us), pa.timestamp("us", tz="UTC")),
-            "churn_model_version": ["bench"] * n,
-            "segment_id": pa.array(rng.integers(0, 5, n), pa.int32()),
-            "segment_name": ["bench segment"] * n,
-            "segments_model_version": ["bench"] * n,
-        },
-        schema=SCORES,
-    )
-    return list(records(state, scores))
+    return customers, days
 
 
-def fill(settings: Settings, customers: int, seed: int = 7) -> list[str]:
-    """Write ``customers`` records, recommendations and meta; returns the ids."""
+def bench_scorers() -> dict[str, Any]:
+    """A churn and a segmentation scorer of the served kinds, with plausible numbers (the
+    look-ups evaluate them as the real ones are evaluated)."""
+    from scoring.btyd import BGNBD, GammaGamma
+    from scoring.churn import STACK_FEATURES, ChurnScorer
+    from scoring.segments import SegmentScorer
+
+    churn = ChurnScorer(
+        "bench", 30, BGNBD(r=0.3, alpha=40.0, a=0.8, b=2.5), GammaGamma(p=3.0, q=4.0, gamma=0.1),
+        "logistic", coefficients=[0.1 * (i + 1) for i in range(len(STACK_FEATURES))],
+        intercept=-0.5,
+    )  # fmt: skip
+    segments = SegmentScorer(
+        "bench", [4.0, 1.0, 0.5], [1.5, 0.6, 0.4],
+        [[-1.0, 0.5, 0.5], [1.0, -0.5, -0.5], [0.0, 1.5, 1.5], [1.2, 0.0, 0.0]],
+        {0: "Loyal", 1: "Hibernating", 2: "Champions", 3: "At risk"},
+    )  # fmt: skip
+    return {"churn": churn.as_dict(), "segments": segments.as_dict()}
+
+
+def fill(
+    settings: Settings, customers: int, seed: int = 7
+) -> tuple[list[str], tuple[pa.Table, pa.Table]]:
+    """Write ``customers`` records, recommendations and meta; returns the ids and the
+    state written (the stream store's tables, for the event-to-served run)."""
+    from serving.live import records
     from serving.online import open_store
+    from storage.state_table import state_table
 
     rng = np.random.default_rng(seed)
     ids = [f"{i:016x}{rng.integers(0, 2**62):016x}" for i in range(customers)]
     clock_us = AS_OF_DAY * 86_400_000_000
     store = open_store(settings)
+    parts = []
     try:
         for start in range(0, customers, CHUNK):
-            store.write_records(_records(rng, ids[start : start + CHUNK], clock_us))
+            tables = _store_tables(rng, ids[start : start + CHUNK])
+            store.write_records(records(state_table(*tables)))
+            parts.append(tables)
         articles = [f"0{a:09d}" for a in rng.integers(100_000_000, 999_999_999, 105_000)]
         recs = (
             (cid, json.dumps([articles[j] for j in rng.integers(0, len(articles), 12)]))
@@ -109,11 +128,13 @@ def fill(settings: Settings, customers: int, seed: int = 7) -> list[str]:
                 "clock_us": clock_us,
                 "versions": {"recommendations": "bench", "churn": "bench", "segments": "bench"},
                 "popular": articles[:12],
+                "scorers": bench_scorers(),
             }
         )
     finally:
         store.close()
-    return ids
+    state = tuple(pa.concat_tables([p[i] for p in parts]) for i in (0, 1))
+    return ids, (state[0], state[1])
 
 
 def _cli(settings: Settings, *args: str) -> float:
@@ -132,9 +153,18 @@ def _cli(settings: Settings, *args: str) -> float:
 
 
 def bench_view(
-    settings: Settings, customers: int, store: str, lookups: int = 10_000, as_json: bool = False
+    settings: Settings,
+    customers: int,
+    store: str,
+    lookups: int = 10_000,
+    as_json: bool = False,
+    rate: int = 2_000,
+    seconds: int = 60,
+    stream: bool = True,
 ) -> dict[str, Any]:
-    """Fill a store with ``customers`` records and time look-ups; print and return figures."""
+    """Fill a store with ``customers`` records and time look-ups, then (``stream``) the
+    event-to-served latency at ``rate`` events/s for ``seconds``; print and return figures."""
+    from pulse.bench.served import event_to_served
     from serving import read
 
     say = (lambda *_: None) if as_json else print
@@ -146,7 +176,7 @@ def bench_view(
             RedisStore(local.redis_url).r.flushdb()  # a bench server: starts empty
         say(f"filling the {store} online store with {customers:,} customers ...")
         t0 = time.perf_counter()
-        ids = fill(local, customers)
+        ids, state = fill(local, customers)
         load_s = time.perf_counter() - t0
         say(f"  {load_s:.1f} s ({customers / load_s:,.0f} records/s)")
 
@@ -170,6 +200,7 @@ def bench_view(
         startup = min(_cli(local, "--help") for _ in range(3))
         view_cli = min(_cli(local, "view", ids[0], "--json") for _ in range(3))
         at_risk_cli = min(_cli(local, "view", "--at-risk", "20") for _ in range(3))
+        served = event_to_served(local, state, AS_OF_DAY, rate, seconds, say) if stream else {}
         if store == "redis":
             from serving.online import RedisStore
 
@@ -186,6 +217,7 @@ def bench_view(
         "cli_view_s": round(view_cli, 3),
         "cli_startup_s": round(startup, 3),
         "cli_at_risk_s": round(at_risk_cli, 3),
+        **served,
     }
     if as_json:
         print(json.dumps(figures))
@@ -199,6 +231,15 @@ def bench_view(
             ("`pulse view --at-risk 20`", f"{at_risk_cli:.3f} s"),
             ("store fill (write_records)", f"{load_s:.1f} s"),
         ]
+        if served:
+            rows += [
+                ("event to served, p50", f"{served['event_to_served_p50_s']} s"),
+                ("event to served, p95", f"{served['event_to_served_p95_s']} s  (goal <= 2 s)"),
+                ("  events probed (not served in time)",
+                 f"{served['event_to_served_events']:,} ({served['event_to_served_unserved']})"),
+                ("  trigger interval / batch p50",
+                 f"{served['trigger_interval']} / {served['batch_p50_s']} s"),
+            ]  # fmt: skip
         print(f"\n{store} online store, {customers:,} customers, {lookups:,} random look-ups")
         for name, value in rows:
             print(f"  {name:<42} {value}")

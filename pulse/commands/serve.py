@@ -120,7 +120,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from pulse.bench.view import bench_view
 
-    bench_view(settings, args.customers, args.store, lookups=args.lookups, as_json=args.json)
+    bench_view(settings, args.customers, args.store, lookups=args.lookups, as_json=args.json,
+               rate=args.rate, seconds=args.seconds, stream=not args.no_stream)  # fmt: skip
     return 0
 
 
@@ -131,6 +132,18 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--store", choices=("sqlite", "redis"), default="sqlite",
                    help="backend (redis: the server at PULSE_REDIS_URL, flushed)")  # fmt: skip
     p.add_argument("--lookups", type=positive_int, default=10_000, help="timed look-ups")
+    p.add_argument(
+        "--rate",
+        type=positive_int,
+        default=2_000,
+        help="events/s for the event-to-served run (the broker at PULSE_KAFKA_BOOTSTRAP)",
+    )
+    p.add_argument("--seconds", type=positive_int, default=60, help="length of that run")
+    p.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="look-ups only: skip the event-to-served run (no broker needed)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_bench)
 
