@@ -25,6 +25,7 @@ for customers nobody touched too).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -180,7 +181,8 @@ def at_risk(settings: Settings, n: int, by_probability: bool = False) -> list[di
 def ranked(store: OnlineStore, meta: dict[str, Any], n: int, by_probability: bool) -> list[str]:
     """The ids of the ``n`` customers with the highest value at risk (or churn probability),
     every customer scored as of the clock; ties by id."""
-    clock, models = _clock(meta), _models(meta)
+    clock = _clock(meta)
+    models = replace(_models(meta), segmenter=None)  # the ranking needs churn only
     if models.churn is None:
         return []
     best: list[tuple[float, str]] = []
