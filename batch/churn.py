@@ -97,7 +97,6 @@ NUMERIC = [
 CATEGORICAL = ["club_member_status", "fashion_news_frequency"]
 
 
-
 @dataclass(frozen=True)
 class ChurnParams:
     """The stack and the free-GBT baseline; ``invert_labels`` is a test hook that sabotages

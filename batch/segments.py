@@ -33,6 +33,7 @@ from storage import registry
 if TYPE_CHECKING:
     from batch.context import RetrainContext
 
+
 def build_pipeline(k: int, seed: int = 42) -> Pipeline:
     """log RFM -> assemble -> standard-scale -> KMeans(k)."""
     return Pipeline(
