@@ -253,6 +253,12 @@ def test_publish_picks_up_new_versions_and_reads_back(spark, settings, state, se
     # No model yet: the view is published with nulls.
     publish()
     assert read.lookup(settings, "a")["churn_probability"] is None
+    # A churn version trained before scorers were exported (no scorer.json): still nulls,
+    # never another version's scores, and no version claimed.
+    _register(settings, "churn", "c0", lambda: None)
+    publish()
+    a = read.lookup(settings, "a", with_value=True)
+    assert (a["churn_probability"], a["expected_value"], a["churn_model_version"]) == (None,) * 3
 
     segs = spark.createDataFrame(
         [("a", 0, "Champions")], "customer_id string, segment_id int, segment_name string"
