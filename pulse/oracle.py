@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -161,17 +162,32 @@ def served_equals_batch(
     top: int = 20,
     exclude_ids: Any = None,
     require_current: bool = True,
+    api: Callable[[str], Any] | None = None,
 ) -> Verdict:
     """Every customer's look-up and both at-risk lists against ``expected_rows``.
 
     ``exclude_ids``: lake events the stream rightly did not count (beyond its allowed
     lateness). ``require_current``: the served versions must be the registry's CURRENT
     ones (False where a retrain ran after the stream stopped: the stream picks up a
-    version, so a stopped one serves the last it saw).
+    version, so a stopped one serves the last it saw). ``api``: read the answers from
+    `pulse serve` instead (a GET of a path -> its JSON body), compared in its JSON form.
     """
     from serving import read
     from storage import registry
 
+    def lookup(cid: str, store: Any) -> dict[str, Any]:
+        if api is None:
+            return read.lookup(settings, cid, store=store, with_value=True)
+        return dict(api(f"/customers/{cid}"))
+
+    def at_risk(n: int, by_probability: bool) -> list[dict[str, Any]]:
+        if api is None:
+            return read.at_risk(settings, n, by_probability=by_probability)
+        return list(
+            api(f"/at-risk?n={n}&order={'probability' if by_probability else 'value'}")["rows"]
+        )
+
+    form = read.jsonable if api is not None else (lambda row: row)
     verdict = Verdict()
     reader = read.open_reader(settings)
     try:
@@ -197,21 +213,21 @@ def served_equals_batch(
             )
         verdict.customers = len(expected)
         for cid in sorted(served_ids & set(expected)):
-            got = read.lookup(settings, cid, store=reader, with_value=True)
-            want = expected[cid]
+            got = lookup(cid, reader)
+            want = form(expected[cid])
             for key, value in want.items():
                 if key in FEATURES_IGNORED:
                     continue
                 if not _close(got.get(key), value):
                     verdict.differences.append(f"{cid} {key}: served {got.get(key)!r}, "
                                                f"batch {value!r}")  # fmt: skip
-            if got["as_of"] != clock:
+            if got["as_of"] != form({"t": clock})["t"]:
                 verdict.differences.append(f"{cid} as_of: served {got['as_of']}, clock {clock}")
             verdict.scored += got["churn_probability"] is not None
     finally:
         reader.close()
     for by_probability, key in ((False, "value_at_risk"), (True, "churn_probability")):
-        served = read.at_risk(settings, top, by_probability=by_probability)
+        served = at_risk(top, by_probability)
         wanted = ranking(expected, key, top)
         if len(served) != len(wanted):
             verdict.differences.append(f"at-risk by {key}: {len(served)} rows, batch {len(wanted)}")

@@ -96,6 +96,16 @@ class Settings(BaseSettings):
         "sqlite", description="online store: sqlite (embedded, one file) or redis"
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (online_store=redis)")
+    api_host: str = Field(
+        "127.0.0.1", description="`pulse serve` address (any other than loopback needs a token)"
+    )
+    api_port: int = Field(8000, ge=1, le=65535, description="`pulse serve` port")
+    api_token: SecretStr | None = Field(
+        None, description="bearer token `pulse serve` requires of every request (secret)"
+    )
+    api_stale_seconds: int = Field(
+        300, ge=1, description="`GET /health` answers 503 when the last batch is older than this"
+    )
 
     # Batch
     churn_horizon_days: int = Field(30, ge=1, description="churn label horizon H (days)")

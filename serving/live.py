@@ -166,7 +166,10 @@ class LiveView:
         self.current_models()  # a newly promoted version goes into the store first
         if states:
             self.online.write_records(records(_latest_rows(states)))
-        self.online.set_meta({"clock_us": _clock_us(last.clock), "last_batch": last.batch_id})
+        self.online.set_meta(
+            {"clock_us": _clock_us(last.clock), "last_batch": last.batch_id,
+             "written_at": time.time()}
+        )  # fmt: skip
         self.update_seconds = time.perf_counter() - t0
         self.log(
             f"live view: {sum(0 if u.state is None else u.state.num_rows for u in updates):,} "
@@ -190,7 +193,7 @@ class LiveView:
         with self._lock:
             models = self.current_models()
             self.online.write_records(records(state))
-            self.online.set_meta({"clock_us": _clock_us(as_of)})
+            self.online.set_meta({"clock_us": _clock_us(as_of), "written_at": time.time()})
             features = by_id(state["customer_id"], features)  # the view in state order
             publish_view(self.settings, assemble(features, score(features, models), models))
 

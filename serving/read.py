@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,12 @@ def lookup(
     finally:
         if own:
             reader.close()
+
+
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """A view row with its dates and times as ISO 8601 text (what ``pulse view --json``
+    and ``pulse serve`` print)."""
+    return {k: v.isoformat() if isinstance(v, date | datetime) else v for k, v in row.items()}
 
 
 def view_row(record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:

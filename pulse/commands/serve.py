@@ -1,4 +1,4 @@
-"""`pulse view CUSTOMER_ID [--json]`, `pulse view --at-risk N`, and `pulse demo`."""
+"""`pulse view CUSTOMER_ID [--json]`, `pulse view --at-risk N`, `pulse serve` and `pulse demo`."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def _view(args: argparse.Namespace, settings: Settings) -> int:
     if args.at_risk is not None:
         rows = read.at_risk(settings, args.at_risk, by_probability=args.by_probability)
         if args.json:
-            print(json.dumps(rows, default=str, indent=2))
+            print(json.dumps([read.jsonable(r) for r in rows], indent=2))
         elif not rows:
             print("no churn scores in the view yet (no CURRENT churn model)")
         else:
@@ -95,7 +95,14 @@ def _view(args: argparse.Namespace, settings: Settings) -> int:
     if not args.customer_id:
         raise PulseError("give a CUSTOMER_ID or --at-risk N")
     row = read.lookup(settings, args.customer_id, with_value=True)
-    print(json.dumps(row, default=str, indent=2) if args.json else format_customer(row))
+    print(json.dumps(read.jsonable(row), indent=2) if args.json else format_customer(row))
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.api import serve
+
+    serve(settings, args.host or settings.api_host, args.port or settings.api_port)
     return 0
 
 
@@ -162,6 +169,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_view)
+
+    p = sub.add_parser("serve", help="the live view over HTTP (an API; OpenAPI at /docs)")
+    p.add_argument("--host", help="address to bind (default PULSE_API_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=positive_int, help="port (default PULSE_API_PORT, 8000)")
+    p.set_defaults(handler=_serve)
 
     p = sub.add_parser("demo", help="the whole loop end to end on generated (or H&M) data")
     p.add_argument("--source", help="run on a real H&M folder instead (hm:PATH)")

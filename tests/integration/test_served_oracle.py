@@ -11,7 +11,8 @@ lake as of the store's stream clock (``pulse.oracle``), joined by customer id.
 3. a retrain that moves every CURRENT while the stream runs, and its lambda correction
    (the retrain's state taken at the next batch);
 4. a SIGKILL during a replay and a restart on the checkpoint;
-5. the final snapshot of a clean stop (SIGINT).
+5. the final snapshot of a clean stop (SIGINT), read in-process and over HTTP
+   (`pulse serve`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from api_server import Server
 
 from pulse.chaos import lab
 from pulse.cli import main as pulse_main
@@ -211,5 +213,13 @@ def test_served_equals_batch_at_every_moment(spark, world, topic, store, tmp_pat
         stream.signal(signal.SIGINT)
         assert stream.proc is not None and stream.proc.returncode in (0, 130)
         _check(spark, settings, "after the final snapshot")
+
+        # The same answers over HTTP: `pulse serve` on the same store.
+        api = Server([], env=lab.settings_env(settings))
+        try:
+            verdict = served_equals_batch(spark, settings, top=15, api=api.get)
+            assert verdict.equal, "over HTTP: " + "\n".join(verdict.differences[:15])
+        finally:
+            api.stop()
     finally:
         stream.stop()

@@ -65,7 +65,5 @@ def test_a_table_round_trip_keeps_every_entry_and_its_order() -> None:
     again = SeenIds.from_table(seen.table())
     assert again.table().equals(seen.table())
     more = SeenIds.from_table(seen.table())
-    more.extend(
-        pa.table({"event_id": ["w"], "day": pa.array([7], pa.int64()), "arrived_us": [70]})
-    )
+    more.extend(pa.table({"event_id": ["w"], "day": pa.array([7], pa.int64()), "arrived_us": [70]}))
     assert _contains(more, ["w", "x", "q"]) == [True, True, False]

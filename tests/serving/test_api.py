@@ -1,0 +1,137 @@
+"""`pulse serve` as a process on a hand-written online store: each answer against a
+computation by hand, the same rows as `pulse view --json`, and every bad request.
+
+The store is test_cli's (three customers, a churn scorer that reads log recency only);
+``by_hand`` computes the churn probability from its formula and the expected value with
+scipy's 2F1, not with the scorer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from api_server import Server, free_port
+from test_cli import by_hand, view_root  # noqa: F401 - view_root is a fixture
+
+from pulse.cli import main
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def server(view_root: Path) -> Iterator[Server]:  # noqa: F811
+    s = Server(["--data-root", str(view_root)])
+    yield s
+    s.stop()
+
+
+def _cli_json(root: Path, *args: str, capsys) -> object:  # type: ignore[no-untyped-def]
+    assert main(["--data-root", str(root), "view", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_answers_equal_the_computation_by_hand_and_pulse_view(server, view_root, capsys) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    status, b = server.call("GET", "/customers/b")
+    assert status == 200 and isinstance(b, dict)
+    p, value = by_hand(recency=80, tenure=200, frequency=2, monetary=0.2)
+    assert (b["customer_id"], b["recency_days"], b["as_of"]) == (
+        "b",
+        80,
+        "2020-09-22T00:00:00+00:00",
+    )
+    assert b["churn_probability"] == pytest.approx(p, rel=1e-12)
+    assert b["expected_value"] == pytest.approx(value, rel=1e-9)
+    assert b["value_at_risk"] == pytest.approx(p * value, rel=1e-9)
+    assert b == _cli_json(view_root, "b", capsys=capsys)  # the same fields and values
+
+    status, batch = server.call("POST", "/customers", {"ids": ["c", "a", "nobody", "b"]})
+    assert status == 200 and isinstance(batch, dict)
+    assert batch["unknown"] == ["nobody"]
+    rows = {r["customer_id"]: r for r in batch["customers"]}
+    assert set(rows) == {"a", "b", "c"} and rows["b"] == b
+    for cid in ("a", "c"):
+        assert rows[cid] == server.call("GET", f"/customers/{cid}")[1]
+    assert (
+        rows["a"]["recommendations"] == ["0001", "0002"]
+        and rows["a"]["segment_name"] == "Champions"
+    )
+    assert rows["c"]["churn_probability"] is None  # a return only
+
+    pa_, va = by_hand(recency=1, tenure=300, frequency=9, monetary=150.0)
+    status, top = server.call("GET", "/at-risk?n=5")
+    assert status == 200 and isinstance(top, dict)
+    assert [r["customer_id"] for r in top["rows"]] == ["a", "b"]
+    assert [r["value_at_risk"] for r in top["rows"]] == pytest.approx([pa_ * va, p * value])
+    assert top["rows"] == _cli_json(view_root, "--at-risk", "5", capsys=capsys)
+    _, by_p = server.call("GET", "/at-risk?n=5&order=probability")
+    assert [r["customer_id"] for r in by_p["rows"]] == ["b", "a"]  # type: ignore[index]
+
+    status, models = server.call("GET", "/models")
+    assert status == 200 and models["churn"]["version"] == "c1"  # type: ignore[index]
+    status, health = server.call("GET", "/health")  # the hand-written store has no batch
+    assert status == 503 and health["clock"] == "2020-09-22T00:00:00+00:00"  # type: ignore[index]
+
+
+BAD = [
+    ("GET", "/customers/nobody", None, 404),
+    ("GET", "/customers/%01bad", None, 422),
+    ("GET", "/customers/" + "x" * 300, None, 422),
+    ("GET", "/at-risk?n=0", None, 422),
+    ("GET", "/at-risk?n=abc", None, 422),
+    ("GET", "/at-risk?n=1001", None, 422),
+    ("GET", "/at-risk?order=soon", None, 422),
+    ("POST", "/customers", {"ids": "a"}, 422),
+    ("POST", "/customers", {"nothing": []}, 422),
+    ("POST", "/customers", {"ids": [f"c{i}" for i in range(1001)]}, 413),
+]
+
+
+def test_every_bad_request_gets_its_status_and_the_server_survives(server) -> None:  # type: ignore[no-untyped-def]
+    for method, path, body, expected in BAD:
+        status, answer = server.call(method, path, body)
+        assert status == expected, (method, path, status, answer)
+        assert "detail" in answer  # type: ignore[operator]
+    assert server.call("GET", "/customers/a")[0] == 200
+
+
+def test_a_missing_store_is_503_with_one_line(tmp_path: Path) -> None:
+    s = Server(["--data-root", str(tmp_path)])
+    try:
+        status, answer = s.call("GET", "/customers/a")
+        assert status == 503 and "no online store" in answer["detail"]  # type: ignore[index]
+        assert "\n" not in answer["detail"]  # type: ignore[index]
+        assert s.call("GET", "/health")[0] == 503
+    finally:
+        s.stop()
+
+
+def test_a_token_guards_every_endpoint_and_is_needed_off_loopback(view_root) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    s = Server(["--data-root", str(view_root)], env={"PULSE_API_TOKEN": "s3cret-token"})
+    try:
+        for path in ("/customers/a", "/at-risk", "/models", "/health"):
+            assert s.call("GET", path)[0] == 401
+            assert s.call("GET", path, headers={"authorization": "Bearer wrong"})[0] == 401
+        ok = s.call("GET", "/customers/a", headers={"authorization": "Bearer s3cret-token"})
+        assert ok[0] == 200
+    finally:
+        s.stop()
+    out = s.proc.stdout.read().decode()  # type: ignore[union-attr]
+    assert "s3cret-token" not in out
+    refused = subprocess.run(
+        [sys.executable, "-m", "pulse.cli", "--data-root", str(view_root), "serve",
+         "--host", "0.0.0.0", "--port", str(free_port())],
+        env={k: v for k, v in os.environ.items() if k != "PULSE_API_TOKEN"}, cwd=REPO,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "pulse: error: `pulse serve` on 0.0.0.0 would let any machine read the view: "
+        "set PULSE_API_TOKEN (or bind 127.0.0.1)"
+    ]
