@@ -255,6 +255,8 @@ UNIT_CASES = [
     Case("bench-zero-events", ["bench", "stream", "--events", "0"], "not a whole number >= 1"),
     Case("bench-view-store", ["bench", "view", "--store", "mongo"], "invalid choice: 'mongo'"),
     Case("view-at-risk-word", ["view", "--at-risk", "lots"], "not a whole number >= 1: 'lots'"),
+    Case("serve-exposed-without-token", ["serve", "--host", "0.0.0.0"], "set PULSE_API_TOKEN"),
+    Case("serve-port-word", ["serve", "--port", "http"], "not a whole number >= 1: 'http'"),
     Case("bench-zero-size", ["bench", "batch", "--sizes", "0"], "--sizes: not a whole number"),
     Case("bench-producer-no-events", ["bench", "producer", "--events", "-5"], "'-5'"),
     # chaos (the fault campaign): refused before any broker or stream starts
