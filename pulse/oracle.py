@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runtime.settings import Settings
+from schemas.tables import N_RECOMMENDATIONS
 
 REL = 1e-9  # floats: relative (and absolute, below 1) tolerance
 FEATURES_IGNORED = ("as_of",)  # compared separately: the clock
@@ -122,8 +123,10 @@ def expected_rows(spark: Any, settings: Settings, clock: datetime, versions: dic
                                            "segment_name": r["segment_name"]}  # fmt: skip
     recs_v = versions.get("recommendations")
     if recs_v is not None:
-        popular_file = registry.model_dir(settings, "recommendations", recs_v) / "popular.json"
-        popular = json.loads(popular_file.read_text())["articles"][:12]
+        popular_file = (
+            registry.model_dir(settings, "recommendations", recs_v) / registry.POPULAR_FILE
+        )
+        popular = json.loads(popular_file.read_text())["articles"][:N_RECOMMENDATIONS]
         for row in rows.values():
             row["recommendations"] = list(popular)
         table = spark.read.parquet(str(registry.output_path(settings, "recommendations", recs_v)))
@@ -132,9 +135,8 @@ def expected_rows(spark: Any, settings: Settings, clock: datetime, versions: dic
         )
         for r in lists.collect():
             if r["customer_id"] in rows:
-                rows[r["customer_id"]]["recommendations"] = [x["article_id"] for x in r["ranked"]][
-                    :12
-                ]
+                ranked = [x["article_id"] for x in r["ranked"]]
+                rows[r["customer_id"]]["recommendations"] = ranked[:N_RECOMMENDATIONS]
     features.unpersist()
     for row in rows.values():
         p, value = row["churn_probability"], row["expected_value"]

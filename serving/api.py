@@ -149,7 +149,9 @@ def create_app(settings: Settings) -> FastAPI:
                str(meta.get("versions")))  # fmt: skip
         if key not in at_risk_cache:
             at_risk_cache.clear()
-            at_risk_cache[key] = read.at_risk(settings, n, by_probability=order == "probability")
+            at_risk_cache[key] = read.at_risk(
+                settings, n, by_probability=order == "probability", store=store
+            )
         rows = [read.jsonable(r) for r in at_risk_cache[key]]
         return {"order": order, "rows": rows}
 
@@ -177,7 +179,7 @@ def create_app(settings: Settings) -> FastAPI:
         meta = readers.get().meta()
         written = meta.get("written_at")
         age = None if written is None else max(time.time() - float(written), 0.0)
-        clock = read.live_clock(settings) if "clock_us" in meta else None
+        clock = read.clock_of(meta)
         ok = clock is not None and age is not None and age <= settings.api_stale_seconds
         body = {"ok": ok, "clock": None if clock is None else clock.isoformat(),
                 "last_batch": meta.get("last_batch"), "last_write_age_s": age,

@@ -134,10 +134,17 @@ def _models(meta: dict[str, Any], record: dict[str, Any] | None = None) -> Model
     )
 
 
+def clock_of(meta: dict[str, Any]) -> datetime | None:
+    """The stream clock a store's meta holds (None: no batch written yet)."""
+    clock = meta.get("clock_us")
+    return None if clock is None else _time(clock)
+
+
 def _clock(meta: dict[str, Any]) -> datetime:
-    if "clock_us" not in meta:
+    clock = clock_of(meta)
+    if clock is None:
         raise PulseError("the online store has no stream clock yet (no batch written)")
-    return _time(meta["clock_us"])
+    return clock
 
 
 def _one(record: dict[str, Any], kind: str, schema: pa.Schema) -> pa.Table | None:
@@ -154,34 +161,36 @@ def live_clock(settings: Settings) -> datetime | None:
     """The stream clock of the last batch the online store holds (None: none yet)."""
     store = open_reader(settings)
     try:
-        clock = store.meta().get("clock_us")
-        return None if clock is None else _time(clock)
+        return clock_of(store.meta())
     finally:
         store.close()
 
 
-def at_risk(settings: Settings, n: int, by_probability: bool = False) -> list[dict[str, Any]]:
+def at_risk(
+    settings: Settings, n: int, by_probability: bool = False, store: OnlineStore | None = None
+) -> list[dict[str, Any]]:
     """The ``n`` customers with the most value at risk as of the stream clock, as short dicts.
 
     Value at risk = churn probability x expected value (the expected spend in the churn
     horizon, under the same CURRENT churn model); ties go to the smaller customer id, and
     customers without both are left out. ``by_probability``: the ``n`` with the highest
     churn probability instead. Every customer is evaluated as of the clock (a scan of the
-    store), then the ``n`` rows are the customers' look-ups.
+    store), then the ``n`` rows are the customers' look-ups. Pass an open ``store`` to
+    read on it.
     """
-    store = open_reader(settings)
+    reader = open_reader(settings) if store is None else store
     try:
-        meta = store.meta()
-        ids = ranked(store, meta, n, by_probability)
+        meta = reader.meta()
         rows = []
-        for customer_id in ids:
-            record = store.get(customer_id)
+        for customer_id in ranked(reader, meta, n, by_probability):
+            record = reader.get(customer_id)
             if record is not None:
                 row = view_row(record, meta)
                 rows.append({c: row[c] for c in AT_RISK_COLUMNS})
         return rows
     finally:
-        store.close()
+        if store is None:
+            reader.close()
 
 
 def ranked(store: OnlineStore, meta: dict[str, Any], n: int, by_probability: bool) -> list[str]:

@@ -77,9 +77,7 @@ class SeenIds:
         positions = np.arange(self._n, self._n + len(ids), dtype=np.int64)
         self._n += len(ids)
         self.day = np.concatenate([self.day, np.asarray(days, np.int64)])
-        self.arrived_us = np.concatenate(
-            [self.arrived_us, np.full(len(ids), arrived_us, np.int64)]
-        )
+        self.arrived_us = np.concatenate([self.arrived_us, np.full(len(ids), arrived_us, np.int64)])
         self._hash = np.concatenate([self._hash, hashes])
         order = np.argsort(hashes, kind="stable")
         new_sorted = hashes[order]

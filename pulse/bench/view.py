@@ -168,6 +168,10 @@ def bench_view(
     from serving import read
 
     say = (lambda *_: None) if as_json else print
+    if stream:  # an unreachable broker is one line now, not after the look-ups
+        from runtime.kafka_admin import admin_client
+
+        admin_client(settings)
     with tempfile.TemporaryDirectory(prefix="pulse-bench-view-") as tmp:
         local = settings.model_copy(update={"data_root": Path(tmp), "online_store": store})
         if store == "redis":
