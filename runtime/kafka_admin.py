@@ -1,4 +1,4 @@
-"""Kafka admin: idempotent topic creation, and a peek at each partition's first event."""
+"""Kafka admin: topic creation, each partition's first event, end offsets and lag."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -132,3 +133,51 @@ def _event_time(value: bytes | None) -> datetime | None:
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+class EndOffsets:
+    """The end offset of each partition of some topics, from one long-lived consumer that
+    reads only watermarks (the API's lag: these against the stream's last batch)."""
+
+    def __init__(self, settings: Settings, timeout_s: float = 2.0) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self._consumer: Any = None
+
+    def read(self, topics: Iterable[str]) -> dict[str, dict[str, int]]:
+        """``{topic: {partition: end offset}}``; KafkaException when the cluster does not
+        answer within the timeout."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = Consumer(
+                {**self.settings.kafka_client_config(),
+                 "group.id": f"pulse-lag-{uuid.uuid4().hex}", "enable.auto.commit": False}
+            )  # fmt: skip
+        out: dict[str, dict[str, int]] = {}
+        for topic in topics:
+            meta = self._consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
+            if meta is None or meta.error is not None:
+                raise KafkaException(f"topic {topic!r} not found")
+            out[topic] = {
+                str(p): self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=self.timeout_s
+                )[1]
+                for p in sorted(meta.partitions)
+            }
+        return out
+
+    def close(self) -> None:
+        """Close the consumer (if one was opened)."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def lag(end: dict[str, dict[str, int]], read_to: dict[str, dict[str, Any]]) -> int:
+    """Records between where a reader is (``read_to``: Spark's end offsets) and the end."""
+    return sum(
+        max(off - int(read_to.get(topic, {}).get(part, 0)), 0)
+        for topic, parts in end.items()
+        for part, off in parts.items()
+    )

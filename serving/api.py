@@ -10,39 +10,56 @@ the same rows), evaluated as of the stream clock:
 - ``GET /at-risk?n=20&order=value|probability``: the at-risk list (``n`` 1 to
   ``MAX_AT_RISK``); it scans the store, so a server keeps the last list per stream clock,
   batch and model versions.
+- ``GET /customers/{id}/history``: the daily activity the store holds for the customer
+  (the last ``HISTORY_DAYS`` days before the clock), for the dashboard's chart.
+- ``GET /segments``: sizes and profiles of the served segmentation, and how customers
+  moved from the version before it (from the registry).
 - ``GET /models``: the model versions the store serves, with their metrics and gate
-  results where the registry is readable.
-- ``GET /health``: the stream clock, the last batch and its age; 503 when the store is
-  missing, has no clock yet, or its last batch is older than ``PULSE_API_STALE_SECONDS``.
+  results where the registry is readable (and the churn ROC and reliability points).
+- ``GET /health``: the stream clock, the last batch and its age, events/s and Kafka lag
+  (``serving.health``); 503 when the store is missing, has no clock yet, or its last
+  write is older than ``PULSE_API_STALE_SECONDS``.
+- ``GET /metrics``: Prometheus text (``serving.metrics``).
+- ``GET /``: the dashboard (``serving/dashboard``: a static page over this API).
 - ``GET /openapi.json``, ``GET /docs``: the OpenAPI document and its page.
 
 Who may read it: the server binds ``PULSE_API_HOST`` (127.0.0.1 by default) and refuses
-to start on any other address without ``PULSE_API_TOKEN``; with a token, every request
-needs ``Authorization: Bearer <token>`` (401 otherwise). CORS is off. A missing store is
-a 503 with one line; the server keeps serving after every bad request.
+to start on any other address without ``PULSE_API_TOKEN``; with a token, every data
+endpoint (customers, history, at-risk, segments, models, health, metrics) needs
+``Authorization: Bearer <token>`` (401 otherwise). The dashboard's page and scripts, and
+the OpenAPI document, hold no data and are open; the page asks for the token. CORS is
+off. A missing store is a 503 with one line; the server keeps serving after every bad
+request. A look-up reads one key: only ``/at-risk`` scans (and keeps its answer per
+clock), so several servers (``--workers``, or separate processes) can share one Redis.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
+import tempfile
 import threading
-import time
 from collections.abc import Callable
+from pathlib import Path as PathLib
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, StringConstraints
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from serving import read
+from serving.health import LagReader, status
+from serving.metrics import CONTENT_TYPE, Metrics, TimedRequests
 from serving.online import OnlineStore
 
 MAX_BATCH = 1_000  # ids per POST /customers
 MAX_AT_RISK = 1_000  # n of GET /at-risk
 ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"  # printable, 1 to 256 characters
+DASHBOARD = PathLib(__file__).parent / "dashboard"  # index.html, app.js, style.css
 
 
 class Ids(BaseModel):
@@ -87,6 +104,49 @@ class Readers:
         return store
 
 
+def model_entry(settings: Settings, name: str, version: str | None) -> dict[str, Any]:
+    """A served model version: its metrics and gate from the registry (None where the
+    registry is not readable from this machine), the churn curves, the served strategy."""
+    from storage import registry
+
+    entry: dict[str, Any] = {"version": version}
+    if version is None:
+        return entry
+    try:
+        meta = registry.read_meta(settings, name, version)
+    except (OSError, ValueError):
+        return entry | {"metrics": None}
+    entry |= {"metrics": meta.get("metrics"), "gate": meta.get("gate"),
+              "window": meta.get("window")}  # fmt: skip
+    if name == "churn":
+        entry |= {"roc": meta.get("roc"), "reliability": meta.get("reliability")}
+    if name == "recommendations":
+        entry["served"] = meta.get("served")
+    return entry
+
+
+def segments_of(settings: Settings, version: str) -> dict[str, Any]:
+    """A segmentation version's sizes and profiles, and the migration from the version
+    that was CURRENT when it was trained (``batch.segments.stability``)."""
+    from storage import registry
+
+    try:
+        meta = registry.read_meta(settings, "segments", version)
+    except (OSError, ValueError) as exc:
+        raise PulseError(f"segments {version}: the registry is not readable here ({exc})") from exc
+    moves = meta.get("stability") or {}
+    return {
+        "version": version,
+        "k": meta["params"]["k"],
+        "silhouette": meta["metrics"]["silhouette"],
+        "segments": meta["profile"],
+        "previous_version": moves.get("previous_version"),
+        "customers_in_both": moves.get("customers_in_both"),
+        "adjusted_rand_index": moves.get("adjusted_rand_index"),
+        "migration": moves.get("migration") or [],
+    }
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The API over ``settings``' online store."""
     app = FastAPI(
@@ -96,7 +156,16 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
     )
     readers = Readers(settings)
+    lags = LagReader(settings)
     token = token_of(settings)
+
+    def scraped() -> dict[str, Any] | None:
+        try:
+            return status(settings, readers.get().meta(), lags)
+        except PulseError:
+            return None  # no store yet: only the server's own figures
+
+    metrics = Metrics(scraped)
     at_risk_cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 
     def authorise(request: Request) -> None:
@@ -155,45 +224,74 @@ def create_app(settings: Settings) -> FastAPI:
         rows = [read.jsonable(r) for r in at_risk_cache[key]]
         return {"order": order, "rows": rows}
 
+    @app.get("/customers/{customer_id}/history", dependencies=guarded)
+    def history(customer_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> dict[str, Any]:
+        """The customer's daily activity the store holds (the chart's data)."""
+        store = readers.get()
+        record = store.get(customer_id)
+        if record is None:
+            raise HTTPException(404, f"unknown customer {customer_id!r}")
+        return read.history(record, store.meta())
+
+    @app.get("/segments", dependencies=guarded)
+    def segments() -> dict[str, Any]:
+        """The served segmentation: sizes, profiles, migration from the version before."""
+        version = (readers.get().meta().get("versions") or {}).get("segments")
+        if version is None:
+            raise HTTPException(404, "no segmentation is served yet (no CURRENT version)")
+        return segments_of(settings, version)
+
     @app.get("/models", dependencies=guarded)
     def models() -> dict[str, Any]:
         """The versions the store serves, with their metrics and gate where readable."""
-        from storage import registry
-
         versions = readers.get().meta().get("versions") or {}
-        out: dict[str, Any] = {}
-        for name, version in versions.items():
-            entry: dict[str, Any] = {"version": version}
-            if version is not None:
-                try:
-                    meta = registry.read_meta(settings, name, version)
-                    entry |= {"metrics": meta.get("metrics"), "gate": meta.get("gate")}
-                except (OSError, ValueError):
-                    entry["metrics"] = None  # the registry is not on this machine
-            out[name] = entry
-        return out
+        return {name: model_entry(settings, name, version) for name, version in versions.items()}
 
     @app.get("/health", dependencies=guarded)
     def health() -> JSONResponse:
-        """The stream clock and the age of the last batch; 503 when stale or missing."""
-        meta = readers.get().meta()
-        written = meta.get("written_at")
-        age = None if written is None else max(time.time() - float(written), 0.0)
-        clock = read.clock_of(meta)
-        ok = clock is not None and age is not None and age <= settings.api_stale_seconds
-        body = {"ok": ok, "clock": None if clock is None else clock.isoformat(),
-                "last_batch": meta.get("last_batch"), "last_write_age_s": age,
-                "stale_after_s": settings.api_stale_seconds}  # fmt: skip
-        return JSONResponse(body, status_code=200 if ok else 503)
+        """The stream clock, last batch, rates and Kafka lag; 503 when stale or missing."""
+        body = status(settings, readers.get().meta(), lags)
+        return JSONResponse(body, status_code=200 if body["ok"] else 503)
 
+    @app.get("/metrics", dependencies=guarded, response_class=PlainTextResponse)
+    def prometheus() -> Response:
+        """Prometheus text: request latencies, stream rates, lag, model versions."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(DASHBOARD / "index.html")
+
+    app.mount("/static", StaticFiles(directory=DASHBOARD), name="static")
+    app.add_middleware(TimedRequests, metrics=metrics)
     return app
 
 
-def serve(settings: Settings, host: str, port: int, ready: Callable[[str], None] = print) -> None:
-    """Run the API with uvicorn until interrupted (several processes may serve one Redis
-    store: each is its own ``pulse serve``)."""
+def app_from_env() -> FastAPI:
+    """The app over the settings in the environment (each ``--workers`` process's)."""
+    from runtime.settings import load_settings
+
+    return create_app(load_settings())
+
+
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int = 1,
+    ready: Callable[[str], None] = print,
+) -> None:
+    """Run the API with uvicorn until interrupted. ``workers`` > 1: that many processes
+    on one port (uvicorn's), each reading the store on its own; their request figures
+    are summed in ``/metrics`` through a temporary PROMETHEUS_MULTIPROC_DIR."""
     import uvicorn
 
     check_exposure(settings, host)
-    ready(f"serving the live view on http://{host}:{port} (OpenAPI at /docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    ready(f"serving the live view on http://{host}:{port} (dashboard at /, OpenAPI at /docs)")
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        return
+    with tempfile.TemporaryDirectory(prefix="pulse-metrics-") as shared:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
+        uvicorn.run("serving.api:app_from_env", factory=True, host=host, port=port,
+                    workers=workers, log_level="warning")  # fmt: skip

@@ -83,6 +83,8 @@ class LiveView:
         self._queue: queue.Queue[_Update | None] = queue.Queue(maxsize=2)
         self._lock = threading.Lock()  # the online store and models: worker or snapshot
         self._failure: Exception | None = None
+        self._stream: dict[str, Any] | None = None  # the last progress report, summarised
+        self._events_total = 0
         self._worker = threading.Thread(target=self._work, name="pulse-live-view", daemon=True)
         self._worker.start()
 
@@ -168,7 +170,7 @@ class LiveView:
             self.online.write_records(records(_latest_rows(states)))
         self.online.set_meta(
             {"clock_us": _clock_us(last.clock), "last_batch": last.batch_id,
-             "written_at": time.time()}
+             "written_at": time.time(), "stream": self._stream}
         )  # fmt: skip
         self.update_seconds = time.perf_counter() - t0
         self.log(
@@ -176,6 +178,18 @@ class LiveView:
             f"customers of {len(updates)} batch(es) stored, "
             f"{self.update_seconds * 1000:.0f} ms"
         )
+
+    def progress(self, progress: dict[str, Any]) -> None:
+        """Keep Spark's report of a micro-batch in the store's meta (``stream``: rates,
+        duration, end offsets), for the API's /health and /metrics. Written now unless
+        the worker holds the store, which then writes it with its next round."""
+        self._events_total += int(progress.get("numInputRows") or 0)
+        self._stream = stream_summary(progress, self._events_total)
+        if self._lock.acquire(blocking=False):
+            try:
+                self.online.set_meta({"stream": self._stream})
+            finally:
+                self._lock.release()
 
     def flush(self) -> None:
         """Wait until every queued update is in the online store."""
@@ -212,6 +226,26 @@ class _Update:
     state: pa.Table | None  # the touched customers' state after the batch (None: none)
     clock: datetime
     batch_id: int
+
+
+def stream_summary(progress: dict[str, Any], events_total: int) -> dict[str, Any]:
+    """The parts of a Spark progress report the API serves: the batch, its events and
+    rates, its duration, the Kafka end offsets it read to, and when it was reported."""
+    try:
+        end = json.loads(progress["sources"][0]["endOffset"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        end = None
+    duration = (progress.get("durationMs") or {}).get("triggerExecution")
+    return {
+        "batch_id": progress.get("batchId"),
+        "events": int(progress.get("numInputRows") or 0),
+        "events_total": events_total,
+        "input_per_s": progress.get("inputRowsPerSecond"),
+        "processed_per_s": progress.get("processedRowsPerSecond"),
+        "batch_seconds": None if duration is None else duration / 1000,
+        "end_offsets": end if isinstance(end, dict) else None,
+        "reported_at": time.time(),
+    }
 
 
 def _latest_rows(states: list[pa.Table]) -> pa.Table:

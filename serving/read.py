@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from features.customer import features_table
+from features.customer import HISTORY_DAYS, features_table
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from serving.online import RECORD_COLUMNS, OnlineStore, open_store
@@ -110,6 +110,31 @@ def view_row(record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     return row | {
         "expected_value": value,
         "value_at_risk": None if p is None or value is None else p * value,
+    }
+
+
+def history(record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """A record's daily activity in the ``HISTORY_DAYS`` days up to the stream clock (what
+    the store keeps per customer), oldest first, with the first and last purchase dates."""
+    clock = _clock(meta).date()
+    first = clock.toordinal() - HISTORY_DAYS  # days after this one are in the window
+    days = []
+    for d in sorted(json.loads(record["history"] or "[]"), key=lambda d: int(d[0])):
+        day = _EPOCH.date() + timedelta(days=int(d[0]))
+        if first < day.toordinal() <= clock.toordinal():
+            days.append({"date": day.isoformat(), "n_events": int(d[1]),
+                         "n_purchases": int(d[2]), "spend": float(d[3])})  # fmt: skip
+
+    def iso(value: Any) -> str | None:
+        return None if value is None else (_EPOCH.date() + timedelta(days=int(value))).isoformat()
+
+    return {
+        "customer_id": record["customer_id"],
+        "as_of": clock.isoformat(),
+        "window_days": HISTORY_DAYS,
+        "first_purchase_date": iso(record.get("first_purchase_date")),
+        "last_purchase_date": iso(record.get("last_purchase_date")),
+        "days": days,
     }
 
 

@@ -51,6 +51,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from runtime.errors import PulseError
+from runtime.kafka_admin import lag
 from runtime.settings import Settings
 from storage.customer_state import EVENT_COLUMNS, BatchResult, CustomerStateStore
 from storage.lake import lake_rows, write_lake_batch
@@ -334,11 +335,7 @@ def kafka_lag(progress: dict[str, Any]) -> int | None:
         return None
     if not isinstance(latest, dict) or not isinstance(end, dict):
         return None  # e.g. a restarted query's first batch has no latestOffset yet
-    return sum(
-        int(off) - int(end.get(topic, {}).get(part, 0))
-        for topic, parts in latest.items()
-        for part, off in parts.items()
-    )
+    return lag(latest, end)
 
 
 def monitor(
@@ -346,8 +343,10 @@ def monitor(
     log: Callable[[str], None] = print,
     poll_seconds: float = 0.2,
     stop_when: Callable[[], bool] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Wait until every query stops (or ``stop_when``); log Kafka lag per micro-batch.
+    """Wait until every query stops (or ``stop_when``); log Kafka lag per micro-batch,
+    and hand each new progress report to ``on_progress``.
 
     A failed query stops the others and raises PulseError with its one-line cause.
     """
@@ -359,6 +358,8 @@ def monitor(
                     if p["batchId"] <= seen.get(q.name, -1):
                         continue
                     seen[q.name] = p["batchId"]
+                    if on_progress is not None:
+                        on_progress(p)
                     lag = kafka_lag(p)
                     if lag:
                         log(f"{q.name} batch {p['batchId']}: Kafka lag {lag:,} records")
@@ -417,7 +418,10 @@ def run(
         interrupted = False
         try:
             try:
-                monitor([query], log=log, stop_when=job.failed)
+                monitor(
+                    [query], log=log, stop_when=job.failed,
+                    on_progress=None if sink is None else sink.progress,
+                )  # fmt: skip
             except KeyboardInterrupt:
                 # Ctrl-C is how a user stops a stream that runs forever: the query is
                 # stopped (monitor's finally), and what it handed over is still worth

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,7 +46,8 @@ class Sink(Protocol):
 
     ``batch``: after each micro-batch, with the store (read the touched customers from
     it) and what the batch did. ``snapshot``: after each full snapshot, with every
-    customer's state and features as of the stream clock.
+    customer's state and features as of the stream clock. ``progress``: Spark's report
+    of each micro-batch (rates, durations, end offsets), from the monitoring thread.
     """
 
     def batch(self, store: CustomerStateStore, result: BatchResult) -> None:
@@ -54,6 +55,9 @@ class Sink(Protocol):
 
     def snapshot(self, state: pa.Table, features: pa.Table, as_of: datetime) -> None:
         """A full snapshot was published."""
+
+    def progress(self, progress: dict[str, Any]) -> None:
+        """Spark reported a micro-batch's progress (``StreamingQuery.recentProgress``)."""
 
 
 def publish_snapshot(

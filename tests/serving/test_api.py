@@ -12,12 +12,13 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from api_server import Server, free_port
-from test_cli import by_hand, view_root  # noqa: F401 - view_root is a fixture
+from test_cli import SEP22, US_PER_DAY, by_hand, view_root  # noqa: F401 - view_root: a fixture
 
 from pulse.cli import main
 
@@ -81,6 +82,8 @@ def test_answers_equal_the_computation_by_hand_and_pulse_view(server, view_root,
 
 BAD = [
     ("GET", "/customers/nobody", None, 404),
+    ("GET", "/customers/nobody/history", None, 404),
+    ("GET", "/segments", None, 503),  # the store serves s1; this machine has no registry
     ("GET", "/customers/%01bad", None, 422),
     ("GET", "/customers/" + "x" * 300, None, 422),
     ("GET", "/at-risk?n=0", None, 422),
@@ -115,11 +118,13 @@ def test_a_missing_store_is_503_with_one_line(tmp_path: Path) -> None:
 def test_a_token_guards_every_endpoint_and_is_needed_off_loopback(view_root) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     s = Server(["--data-root", str(view_root)], env={"PULSE_API_TOKEN": "s3cret-token"})
     try:
-        for path in ("/customers/a", "/at-risk", "/models", "/health"):
+        for path in ("/customers/a", "/customers/a/history", "/at-risk", "/segments", "/models",
+                     "/health", "/metrics"):  # fmt: skip
             assert s.call("GET", path)[0] == 401
             assert s.call("GET", path, headers={"authorization": "Bearer wrong"})[0] == 401
         ok = s.call("GET", "/customers/a", headers={"authorization": "Bearer s3cret-token"})
         assert ok[0] == 200
+        assert _text(s, "/")[0] == 200  # the page holds no data: it asks for the token
     finally:
         s.stop()
     out = s.proc.stdout.read().decode()  # type: ignore[union-attr]
@@ -135,3 +140,66 @@ def test_a_token_guards_every_endpoint_and_is_needed_off_loopback(view_root) -> 
         "pulse: error: `pulse serve` on 0.0.0.0 would let any machine read the view: "
         "set PULSE_API_TOKEN (or bind 127.0.0.1)"
     ]
+
+
+def _text(server: Server, path: str) -> tuple[int, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=30) as r:
+        return r.status, r.read().decode()
+
+
+def test_history_is_the_stored_days_inside_the_window(tmp_path: Path) -> None:
+    from serving.online import SqliteStore
+
+    store = SqliteStore(tmp_path / "online" / "customers.db")
+    days = [[SEP22 - 95, 1, 1, 9.5, 0, 1], [SEP22 - 89, 2, 1, 4.25, 1, 2],
+            [SEP22, 3, 2, 1.5, 0, 3], [SEP22 - 3, 1, 0, 0.0, 0, 1]]  # fmt: skip
+    store.write_records([("d", SEP22 - 95, SEP22, 3, 7, 15.25, 1, 7, SEP22 * US_PER_DAY,
+                          json.dumps(days))])  # fmt: skip
+    store.set_meta({"clock_us": SEP22 * US_PER_DAY, "versions": {}, "scorers": {}})
+    store.close()
+    s = Server(["--data-root", str(tmp_path)])
+    try:
+        history = s.get("/customers/d/history")
+    finally:
+        s.stop()
+    # 2020-09-22 is the clock: the window is the 90 days 2020-06-25 .. 2020-09-22, so the
+    # day 95 days back is left out; the rest oldest first
+    assert history == {
+        "customer_id": "d", "as_of": "2020-09-22", "window_days": 90,
+        "first_purchase_date": "2020-06-19", "last_purchase_date": "2020-09-22",
+        "days": [
+            {"date": "2020-06-25", "n_events": 2, "n_purchases": 1, "spend": 4.25},
+            {"date": "2020-09-19", "n_events": 1, "n_purchases": 0, "spend": 0.0},
+            {"date": "2020-09-22", "n_events": 3, "n_purchases": 2, "spend": 1.5},
+        ],
+    }  # fmt: skip
+
+
+def test_metrics_count_the_requests_and_show_the_store(server) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for path in ("/customers/a", "/customers/b", "/customers/a", "/customers/nobody"):
+        server.call("GET", path)
+    status, text = _text(server, "/metrics")
+    assert status == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    one = (("endpoint", "/customers/{customer_id}"),)
+    assert samples[("pulse_api_requests_total", (*one, ("status", "2xx")))] == 3
+    assert samples[("pulse_api_requests_total", (*one, ("status", "4xx")))] == 1
+    assert samples[("pulse_api_request_seconds_count", one)] == 4
+    assert samples[("pulse_api_request_seconds_bucket", (*one, ("le", "+Inf")))] == 4
+    assert samples[("pulse_stream_clock_seconds", ())] == SEP22 * 86_400
+    for name, version in (("churn", "c1"), ("recommendations", "r1"), ("segments", "s1")):
+        assert samples[("pulse_model_info", (("name", name), ("version", version)))] == 1
+    assert ("pulse_kafka_lag_records", ()) not in samples  # the store has no stream report
+
+
+def test_the_dashboard_page_and_its_scripts_are_served(server) -> None:  # type: ignore[no-untyped-def]
+    status, page = _text(server, "/")
+    assert status == 200 and "<title>Pulse live view</title>" in page
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in page and _text(server, asset)[0] == 200
