@@ -311,6 +311,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         children.start("stream", [*cli, "stream", "--seed-from-lake"])
         print(f"\n== stream started, seeded from the lake (logs in {children.log_dir})")
         _wait_seeded(settings, children, _date_range(backfill)[1])
+        port = _serving_port(settings.api_port)
+        children.start("serve", [*cli, "serve", "--port", str(port)])
+        print(f"== dashboard: http://127.0.0.1:{port}/ (open it now: the view moves with the "
+              f"replay; the API's OpenAPI page is /docs)", flush=True)  # fmt: skip
         print(f"== paced replay {split}..{last} ({options.speedup:g} simulated s/s)", flush=True)
         live = children.start("produce-live", [
             *cli, "produce", f"{kind}:{source_dir}", "--start", split.isoformat(),
@@ -328,6 +332,19 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         children.stop_all()
         if broker_started:
             broker.stop(settings)
+
+
+def _serving_port(preferred: int) -> int:
+    """``preferred`` (PULSE_API_PORT) when nothing listens on it, else a free port."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
 
 
 def _wait_seeded(settings: Settings, children: Children, last: date) -> None:

@@ -35,6 +35,9 @@ ldconfig -p 2>/dev/null | grep -q 'libblas.so.3' || apt_install libopenblas0-pth
 # redis-server: the Redis online store; its tests start one on a free port, and skip
 # without it (the default store, SQLite, needs nothing).
 command -v redis-server >/dev/null || apt_install redis-server "the Redis online store tests"
+# chromium: the dashboard's browser test drives Debian's build through Playwright (whose
+# own browser download is not needed); it skips without it.
+command -v chromium >/dev/null || apt_install chromium "the dashboard's browser test"
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PY"

@@ -23,10 +23,13 @@ class Server:
     """`pulse [flags] serve --port P`; ``call`` returns (status, JSON body), ``get`` the body
     of a 200."""
 
-    def __init__(self, flags: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, flags: list[str], env: dict[str, str] | None = None, serve: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pulse.cli", *flags, "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "pulse.cli", *flags, "serve", "--port", str(self.port),
+             *serve],
             env=os.environ | (env or {}), cwd=REPO, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )  # fmt: skip

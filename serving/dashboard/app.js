@@ -150,13 +150,15 @@ async function loadSegments() {
   tbody.replaceChildren();
   const chart = $("segment-sizes");
   chart.replaceChildren();
-  const most = Math.max(1, ...s.segments.map((g) => g.customers));
+  $("segments-as-of").textContent = s.live_as_of || "-";
+  const most = Math.max(1, ...s.segments.map((g) => g.live_customers));
   const w = 600 / s.segments.length;
   s.segments.forEach((g, i) => {
     const tr = tbody.insertRow();
     tr.dataset.segment = g.segment_name;
-    cells(tr, [g.segment_name, g.customers, g.recency_days, g.frequency, g.monetary]);
-    const height = 140 * g.customers / most;
+    cells(tr, [g.segment_name, g.customers, g.live_customers, g.recency_days, g.frequency,
+               g.monetary]);
+    const height = 140 * g.live_customers / most;
     chart.append(svg("rect", { x: i * w + 4, y: 155 - height, width: w - 8, height,
                                fill: `hsl(${i * 57}, 55%, 55%)` }),
                  svg("text", { x: i * w + 4, y: 170 }, g.segment_name));

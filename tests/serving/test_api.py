@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from api_server import Server, free_port
-from test_cli import SEP22, US_PER_DAY, by_hand, view_root  # noqa: F401 - view_root: a fixture
+from test_cli import SEP22, US_PER_DAY, by_hand, view_root, write_view  # noqa: F401 - fixture
 
 from pulse.cli import main
 
@@ -203,3 +203,39 @@ def test_the_dashboard_page_and_its_scripts_are_served(server) -> None:  # type:
     assert status == 200 and "<title>Pulse live view</title>" in page
     for asset in ("/static/app.js", "/static/style.css"):
         assert asset in page and _text(server, asset)[0] == 200
+
+
+def test_two_worker_processes_serve_one_redis_store(redis_url, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pulse serve --workers 2` on Redis: both processes answer look-ups (each the hand
+    computation), and /metrics sums the requests over them."""
+    import redis
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.online import RedisStore
+
+    url = redis_url.rsplit("/", 1)[0] + "/5"
+    redis.Redis.from_url(url).flushdb()
+    write_view(RedisStore(url))
+    env = {"PULSE_ONLINE_STORE": "redis", "PULSE_REDIS_URL": url}
+    s = Server(["--data-root", str(tmp_path)], env=env, serve=("--workers", "2"))
+    try:
+        workers = subprocess.run(["pgrep", "-P", str(s.proc.pid), "-f", "spawn_main"],
+                                 capture_output=True, text=True).stdout.split()  # fmt: skip
+        assert len(workers) == 2, workers  # uvicorn's two worker processes
+        p, value = by_hand(recency=80, tenure=200, frequency=2, monetary=0.2)
+        for _ in range(30):
+            b = s.get("/customers/b")
+            assert b["churn_probability"] == pytest.approx(p, rel=1e-12)
+            assert b["value_at_risk"] == pytest.approx(p * value, rel=1e-9)
+        assert s.call("GET", "/customers/nobody")[0] == 404
+        _, text = _text(s, "/metrics")
+        total = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "pulse_api_requests_total"
+            and sample.labels["endpoint"] == "/customers/{customer_id}"
+        )
+        assert total == 31
+    finally:
+        s.stop()

@@ -55,7 +55,12 @@ def view_root(tmp_path):
     """An online store with three customers, written by hand (no JVM)."""
     from serving.online import SqliteStore
 
-    store = SqliteStore(tmp_path / "online" / "customers.db")
+    write_view(SqliteStore(tmp_path / "online" / "customers.db"))
+    return tmp_path
+
+
+def write_view(store) -> None:  # type: ignore[no-untyped-def]
+    """The three customers, their outputs and the meta, into ``store`` (then closed)."""
     clock = SEP22 * US_PER_DAY
 
     def rec(cid, first, last, freq, n, monetary, history):
@@ -82,7 +87,6 @@ def view_root(tmp_path):
         }
     )
     store.close()
-    return tmp_path
 
 
 def test_view_customer_readable_and_json(view_root, capsys):
