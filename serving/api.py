@@ -12,10 +12,9 @@ the same rows), evaluated as of the stream clock:
   batch and model versions.
 - ``GET /customers/{id}/history``: the daily activity the store holds for the customer
   (the last ``HISTORY_DAYS`` days before the clock), for the dashboard's chart.
-- ``GET /segments``: sizes and profiles of the served segmentation at its training, and
-  how customers moved from the version before it (from the registry); ``live_customers``:
-  each segment's size now, every customer assigned as of the clock (a scan, kept per
-  clock like the at-risk list).
+- ``GET /segments``: sizes and profiles of the served segmentation (the retrain's
+  assignments, which look-ups serve), and how customers moved from the version before
+  it (from the registry).
 - ``GET /models``: the model versions the store serves, with their metrics and gate
   results where the registry is readable (and the churn ROC and reliability points).
 - ``GET /health``: the stream clock, the last batch and its age, events/s and Kafka lag
@@ -31,8 +30,8 @@ endpoint (customers, history, at-risk, segments, models, health, metrics) needs
 ``Authorization: Bearer <token>`` (401 otherwise). The dashboard's page and scripts, and
 the OpenAPI document, hold no data and are open; the page asks for the token. CORS is
 off. A missing store is a 503 with one line; the server keeps serving after every bad
-request. A look-up reads one key: only ``/at-risk`` and ``/segments`` scan (and keep their
-answer per clock), so several servers (``--workers``, or separate processes) can share one Redis.
+request. A look-up reads one key: only ``/at-risk`` scans (and keeps its answer per
+clock), so several servers (``--workers``, or separate processes) can share one Redis.
 """
 
 from __future__ import annotations
@@ -168,7 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
             return None  # no store yet: only the server's own figures
 
     metrics = Metrics(scraped)
-    scans: dict[tuple[Any, ...], Any] = {}  # the last at-risk list and segment sizes
+    scans: dict[tuple[Any, ...], Any] = {}  # the last at-risk list per (n, order)
 
     def cached(key: tuple[Any, ...], scan: Callable[[], Any]) -> Any:
         """A scan's answer, kept until its key (kind, clock, batch, versions...) moves."""
@@ -245,18 +244,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/segments", dependencies=guarded)
     def segments() -> dict[str, Any]:
         """The served segmentation: sizes, profiles, migration from the version before."""
-        store = readers.get()
-        meta = store.meta()
-        version = (meta.get("versions") or {}).get("segments")
+        version = (readers.get().meta().get("versions") or {}).get("segments")
         if version is None:
             raise HTTPException(404, "no segmentation is served yet (no CURRENT version)")
-        out = segments_of(settings, version)
-        key = ("segments", meta.get("clock_us"), meta.get("written_at"), version)
-        live = cached(key, lambda: read.segment_sizes(store, meta))
-        for segment in out["segments"]:
-            segment["live_customers"] = live.get(segment["segment_name"], 0)
-        clock = read.clock_of(meta)
-        return out | {"live_as_of": None if clock is None else clock.isoformat()}
+        return segments_of(settings, version)
 
     @app.get("/models", dependencies=guarded)
     def models() -> dict[str, Any]:

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from features.customer import HISTORY_DAYS, features_table
 from runtime.errors import PulseError
@@ -217,22 +216,6 @@ def at_risk(
     finally:
         if store is None:
             reader.close()
-
-
-def segment_sizes(store: OnlineStore, meta: dict[str, Any]) -> dict[str, int]:
-    """Customers per served segment as of the stream clock (every customer assigned by the
-    CURRENT segmentation, as their look-ups are: a scan of the store)."""
-    clock = _clock(meta)
-    models = replace(_models(meta), churn=None)  # the assignment needs the segmenter only
-    sizes: dict[str, int] = {}
-    if models.segmenter is None:
-        return sizes
-    for chunk in store.records():
-        state = state_from_records(chunk, RECORD_COLUMNS)
-        names = score(features_table(state, clock), models)["segment_name"]
-        for pair in pc.value_counts(names).to_pylist():
-            sizes[pair["values"]] = sizes.get(pair["values"], 0) + pair["counts"]
-    return dict(sorted(sizes.items()))
 
 
 def ranked(store: OnlineStore, meta: dict[str, Any], n: int, by_probability: bool) -> list[str]:

@@ -137,7 +137,7 @@ function drawHistory(h) {
     chart.append(bar);
   }
   chart.append(svg("text", { x: 2, y: 155 }, `${h.window_days} days ago`),
-               svg("text", { x: 560, y: 155 }, h.as_of),
+               svg("text", { x: 598, y: 155, "text-anchor": "end" }, h.as_of),
                svg("text", { x: 2, y: 10 }, `max ${fmt(top)}`));
 }
 
@@ -150,15 +150,13 @@ async function loadSegments() {
   tbody.replaceChildren();
   const chart = $("segment-sizes");
   chart.replaceChildren();
-  $("segments-as-of").textContent = s.live_as_of || "-";
-  const most = Math.max(1, ...s.segments.map((g) => g.live_customers));
+  const most = Math.max(1, ...s.segments.map((g) => g.customers));
   const w = 600 / s.segments.length;
   s.segments.forEach((g, i) => {
     const tr = tbody.insertRow();
     tr.dataset.segment = g.segment_name;
-    cells(tr, [g.segment_name, g.customers, g.live_customers, g.recency_days, g.frequency,
-               g.monetary]);
-    const height = 140 * g.live_customers / most;
+    cells(tr, [g.segment_name, g.customers, g.recency_days, g.frequency, g.monetary]);
+    const height = 140 * g.customers / most;
     chart.append(svg("rect", { x: i * w + 4, y: 155 - height, width: w - 8, height,
                                fill: `hsl(${i * 57}, 55%, 55%)` }),
                  svg("text", { x: i * w + 4, y: 170 }, g.segment_name));
@@ -190,7 +188,7 @@ function drawCurves(chart, series, xKey, yKey) {
     const path = svg("path", { d: d.join(" "), fill: "none", stroke: `hsl(${i * 90}, 60%, 45%)`,
                                "stroke-width": 2 });
     path.dataset.model = name;
-    chart.append(path, svg("text", { x: 150, y: 230 - 12 * i,
+    chart.append(path, svg("text", { x: 30, y: 20 + 12 * i,
                                      fill: `hsl(${i * 90}, 60%, 45%)` }, name));
   });
 }
@@ -212,7 +210,7 @@ async function loadModels() {
     const tr = tbody.insertRow();
     tr.dataset.strategy = name;
     cells(tr, [name === recs.served ? `${name} (served)` : name, x["map@12"],
-               base ? x["revenue@12"] / base : null]);
+               base ? `${(x["revenue@12"] / base).toFixed(2)}x` : null]);
   }
   $("versions").textContent = "served: " + Object.entries(m)
     .map(([n, e]) => `${n} ${e.version || "-"}`).join(", ");

@@ -164,6 +164,60 @@ def _check(spark, settings: Settings, moment: str) -> None:  # type: ignore[no-u
     assert verdict.scored > 100, f"{moment}: {verdict.note()}"
 
 
+def _check_segments_and_history(spark, settings, api, v1, v2) -> None:  # type: ignore[no-untyped-def]
+    """/segments against the registry's Parquet outputs and the oracle's rows, by customer;
+    /customers/{id}/history against the lake's events, grouped here in pandas."""
+    import pandas as pd
+
+    from pulse.oracle import expected_rows
+    from serving.read import clock_of
+    from storage.lake import read_lake
+
+    meta = _meta(settings)
+    clock = clock_of(meta)
+    assert clock is not None
+    expected = expected_rows(spark, settings, clock, meta["versions"])
+
+    seg = api.get("/segments")
+    assert (seg["version"], seg["previous_version"]) == (v2["segments"], v1["segments"])
+    now = pd.read_parquet(registry.output_path(settings, "segments", v2["segments"]))
+    before = pd.read_parquet(registry.output_path(settings, "segments", v1["segments"]))
+    served = {g["segment_name"]: g["customers"] for g in seg["segments"]}
+    assert served == now["segment_name"].value_counts().to_dict()
+    moved = before.merge(now, on="customer_id", suffixes=("_from", "_to"))
+    counts = moved.groupby(["segment_name_from", "segment_name_to"]).size().to_dict()
+    assert {(m["from"], m["to"]): m["customers"] for m in seg["migration"]} == counts
+    assert seg["customers_in_both"] == len(moved)
+
+    models = api.get("/models")
+    assert {k: m["version"] for k, m in models.items()} == meta["versions"]
+    assert models["churn"]["roc"] == registry.read_meta(settings, "churn", v2["churn"])["roc"]
+
+    events = read_lake(spark, settings).select(
+        "customer_id", "event_time", "quantity", "unit_price"
+    ).toPandas()
+    events["date"] = pd.to_datetime(events["event_time"], utc=True).dt.date
+    window = events[(events["date"] > clock.date() - timedelta(days=90))
+                    & (events["date"] <= clock.date())].copy()  # fmt: skip
+    window["spend"] = window["quantity"] * window["unit_price"]
+    window["bought"] = window["quantity"] > 0
+    days = window.groupby(["customer_id", "date"]).agg(
+        n_events=("spend", "size"), n_purchases=("bought", "sum"), spend=("spend", "sum")
+    )
+    for customer_id in sorted(expected):
+        history = api.get(f"/customers/{customer_id}/history")
+        mine = days.loc[customer_id] if customer_id in days.index.get_level_values(0) else None
+        want = [] if mine is None else [
+            (d.isoformat(), int(r.n_events), int(r.n_purchases), float(r.spend))
+            for d, r in mine.sort_index().iterrows()
+        ]  # fmt: skip
+        got = [(d["date"], d["n_events"], d["n_purchases"], d["spend"]) for d in history["days"]]
+        assert [g[:3] for g in got] == [w[:3] for w in want], customer_id
+        assert [g[3] for g in got] == pytest.approx([w[3] for w in want], rel=1e-9), customer_id
+        last_day = expected[customer_id]["last_purchase_date"]
+        assert history["last_purchase_date"] == (last_day and last_day.isoformat())
+
+
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_served_equals_batch_at_every_moment(spark, world, topic, store, tmp_path, request) -> None:  # type: ignore[no-untyped-def]
@@ -208,18 +262,119 @@ def test_served_equals_batch_at_every_moment(spark, world, topic, store, tmp_pat
         _check(spark, settings, "after a SIGKILL and a restart")
 
         # 5. The rest, then a clean stop: its final snapshot writes every customer again.
-        _produce(settings, gen, split + timedelta(days=19), last)
-        _served_up_to_date(settings, stream)
-        stream.signal(signal.SIGINT)
-        assert stream.proc is not None and stream.proc.returncode in (0, 130)
-        _check(spark, settings, "after the final snapshot")
-
-        # The same answers over HTTP: `pulse serve` on the same store.
+        #    `pulse serve` runs on the same store meanwhile.
         api = Server([], env=lab.settings_env(settings))
         try:
+            _produce(settings, gen, split + timedelta(days=19), last)
+            _served_up_to_date(settings, stream)
+            # the stream has read everything: its last report's offsets are Kafka's end
+            lab.wait_until(lambda: api.get("/health")["kafka_lag"] == 0, 60, "lag 0 in /health")
+            stream.signal(signal.SIGINT)
+            assert stream.proc is not None and stream.proc.returncode in (0, 130)
+            _check(spark, settings, "after the final snapshot")
+
+            # The same answers over HTTP, and the dashboard's other answers.
             verdict = served_equals_batch(spark, settings, top=15, api=api.get)
             assert verdict.equal, "over HTTP: " + "\n".join(verdict.differences[:15])
+            _check_segments_and_history(spark, settings, api, v1, v2)
         finally:
             api.stop()
     finally:
+        stream.stop()
+
+
+def _shown(value: object) -> str:
+    """A value as the dashboard prints it (app.js ``fmt``: `pulse view`'s rules)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:,.2f}"
+    return str(value)
+
+
+@pytest.mark.timeout(900)
+def test_the_dashboard_in_a_browser_shows_what_is_served(spark, world, topic, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Debian's chromium, driven by Playwright, on `pulse serve` while a stream runs: the
+    clock advances on the page, and a clicked at-risk customer's values are the API's,
+    which are the batch oracle's. The screenshot is kept under data/test-output/."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make setup` installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    gen, split, last, template, v1 = world
+    settings = template.model_copy(
+        update={"data_root": tmp_path / "root", "topic_transactions": topic}
+    )
+    shutil.copytree(template.data_root, settings.data_root)
+    stream = Stream(settings, tmp_path / "stream.log")
+    api = None
+    try:
+        stream.start(seed=True)
+        _served_up_to_date(settings, stream, v1)
+        api = Server([], env=lab.settings_env(settings))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{api.port}/")
+            first = api.get("/health")["clock"]
+            expect(page.locator("#clock")).to_have_text(first, timeout=30_000)
+
+            # the stream moves: the page's clock follows without a reload
+            _produce(settings, gen, split, split + timedelta(days=4))
+            _served_up_to_date(settings, stream)
+            now = api.get("/health")["clock"]
+            assert now > first
+            expect(page.locator("#clock")).to_have_text(now, timeout=30_000)
+            expect(page.locator("#lag")).to_have_text("0", timeout=30_000)
+
+            # the at-risk list is the API's, and the API's is the batch oracle's
+            page.reload()
+            rows = page.locator("#at-risk tbody tr")
+            expect(rows).to_have_count(20, timeout=30_000)
+            listed = api.get("/at-risk?n=20")["rows"]
+            assert [rows.nth(i).get_attribute("data-customer") for i in range(20)] == [
+                r["customer_id"] for r in listed
+            ]  # fmt: skip
+            verdict = served_equals_batch(spark, settings, top=20, api=api.get)
+            assert verdict.equal, "\n".join(verdict.differences[:15])
+
+            # a click shows that customer's live view, history and recommendations
+            chosen = listed[2]["customer_id"]
+            rows.nth(2).click()
+            expect(page.locator("#customer")).to_have_attribute("data-customer", chosen)
+            served = api.get(f"/customers/{chosen}")
+            fields = page.locator("#customer-fields dd")
+            shown = {fields.nth(i).get_attribute("data-field"): fields.nth(i).inner_text()
+                     for i in range(fields.count())}  # fmt: skip
+            versions = (served["segments_model_version"], served["churn_model_version"],
+                        served["recs_model_version"])  # fmt: skip
+            assert shown.pop("versions") == " / ".join(_shown(v) for v in versions)
+            assert shown == {k: _shown(served[k]) for k in shown}
+            assert {"churn_probability", "value_at_risk", "segment_name"} <= set(shown)
+            history = api.get(f"/customers/{chosen}/history")
+            bars = page.locator("#history rect")
+            assert [(bars.nth(i).get_attribute("data-date"),
+                     float(bars.nth(i).get_attribute("data-spend") or "nan"))
+                    for i in range(bars.count())] == [
+                (d["date"], d["spend"]) for d in history["days"]]  # fmt: skip
+            recs = page.locator("#recs li")
+            assert [recs.nth(i).inner_text() for i in range(recs.count())] == (
+                served["recommendations"] or []
+            )
+            segments = page.locator("#segments tbody tr")
+            assert segments.count() == len(api.get("/segments")["segments"]) > 0
+
+            out = REPO / "data" / "test-output"
+            out.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out / "dashboard.png"), full_page=True)
+            print(f"dashboard screenshot: {out / 'dashboard.png'}")
+            browser.close()
+    finally:
+        if api is not None:
+            api.stop()
         stream.stop()

@@ -97,19 +97,6 @@ def test_at_risk_ranks_every_customer_as_of_the_clock(
     assert everyone.index("twin-a") + 1 == everyone.index("twin-b")
 
 
-def test_segment_sizes_count_each_served_segment(settings: Settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(online, "_PIPELINE_ROWS", 7)  # several chunks
-    counts: dict[str, int] = {}
-    for row in _lookups(settings):
-        counts[row["segment_name"]] = counts.get(row["segment_name"], 0) + 1
-    reader = read.open_reader(settings)
-    try:
-        sizes = read.segment_sizes(reader, reader.meta())
-    finally:
-        reader.close()
-    assert sizes == counts and sum(sizes.values()) == len(RECORDS) and len(sizes) > 1
-
-
 def test_a_silent_customer_ages_with_the_clock(settings: Settings) -> None:
     before = read.lookup(settings, "c001", with_value=True)
     store = open_store(settings)
