@@ -57,8 +57,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from batch.evaluate import binary_curves_by, binary_metrics_by
+from batch.frames import id_sample, in_fixed_order
+from batch.params import ChurnParams
 from batch.publish import finish, gate, write_output
-from batch.segments import id_sample, in_fixed_order
 from features.attributes import with_customer_attributes
 from features.time import cutoff_ts
 from runtime.errors import PulseError
@@ -95,35 +96,6 @@ NUMERIC = [
     "Active",
 ]
 CATEGORICAL = ["club_member_status", "fashion_news_frequency"]
-
-
-@dataclass(frozen=True)
-class ChurnParams:
-    """The stack and the free-GBT baseline; ``invert_labels`` is a test hook that sabotages
-    the served model's training.
-
-    ``stack``: "logistic" (served), "gbt", or "auto" (logistic or GBT, whichever has the
-    higher AUC on a fifth of the training customers). Logistic is the default: auto chose
-    it on the demo's data (selection AUC 0.851 against 0.849), and its fit costs a
-    fraction of the GBT's 40 rounds of Spark jobs. ``max_iter`` / ``max_depth`` / ``step_size``
-    are the free GBT baseline's; the GBT stack uses ``stack_depth`` and ``stack_iter``.
-    """
-
-    max_iter: int = 30
-    max_depth: int = 4
-    step_size: float = 0.1
-    seed: int = 42
-    invert_labels: bool = False
-    stack: str = "logistic"
-    reg_param: float = 1e-4  # L2 on the standardised inputs, per mean log-loss
-    stack_depth: int = 2
-    stack_iter: int = 40
-    bgnbd_sample: int = 50_000
-    # the free GBT baseline trains on at most this many customers (by id hash): it is a
-    # comparator, evaluated on every test customer; this bounds the cost of its rounds
-    # on one partition (see retrain) at H&M's 1.3M training customers
-    gbt_max_customers: int = 200_000
-    penalizer: float = btyd.DEFAULT_PENALIZER
 
 
 # --- BG/NBD and Gamma-Gamma at a cutoff ---------------------------------------------------

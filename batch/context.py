@@ -19,8 +19,7 @@ from datetime import date
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from batch.churn import ChurnParams
-from batch.recommend import RecParams
+from batch.params import ChurnParams, RecParams
 from features.customer import customer_state, features_as_of
 from features.time import as_of_for
 from runtime.settings import Settings

@@ -51,7 +51,6 @@ the fit; depth 6 or training on a quarter of the negatives did no better on both
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import date, timedelta
 
 from pyspark.ml import Pipeline, PipelineModel
@@ -61,36 +60,10 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from batch.segments import in_fixed_order, index_ids
+from batch.frames import in_fixed_order, index_ids
+from batch.params import RankerParams
 from runtime.errors import PulseError
 from schemas.tables import N_RECOMMENDATIONS
-
-
-@dataclass(frozen=True)
-class RankerParams:
-    """Candidates per customer and the GBT's size (sized for 2 cores)."""
-
-    repurchase_k: int = 24
-    popular_k: int = 24
-    popular_days: int = 7
-    copurchase_k: int = 12
-    copurchase_days: int = 90
-    seed_articles: int = 5
-    neighbours: int = 12
-    max_basket: int = 40  # larger baskets add pairs quadratically and little signal
-    half_life_days: float = 30.0
-    train_cutoffs: int = 3
-    # What bounds its cost at H&M scale (1.37M customers), and binds nowhere below it: at
-    # most ``train_customers`` buyers per training window (a fixed hash sample), and the
-    # ranker scores at most ``score_customers`` customers, the most recently active; the
-    # others get repurchase, then popularity (the ``ranker`` strategy's order)
-    train_customers: int = 10_000
-    score_customers: int = 100_000
-    max_iter: int = 20
-    max_depth: int = 5
-    step_size: float = 0.2
-    seed: int = 42
-
 
 FEATURES = [
     "ca_n", "ca_days", "ca_weight", "ca_days_since", "ca_since_over_gap", "ca_before_last",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING, Any
@@ -32,8 +32,9 @@ from pyspark.sql import functions as F
 
 from batch import ranker as ranking
 from batch.evaluate import spark_ranking_metrics_by
+from batch.frames import index_ids
+from batch.params import RecParams
 from batch.publish import finish, gate, write_output
-from batch.segments import index_ids
 from features.time import cutoff_ts
 from runtime.errors import PulseError
 from schemas.tables import N_RECOMMENDATIONS
@@ -55,31 +56,6 @@ STRATEGIES = {
     # the popular window (it proposes ``popular_k`` of them), so repurchase reaches no one else
     "ranker": ("ranker", "repurchase", "popularity"),
 }
-
-
-@dataclass(frozen=True)
-class RecParams:
-    """Recommendation hyper-parameters (ALS sized for 2 cores by default)."""
-
-    rank: int = 32
-    # 5, not 10: the same MAP@12 on Online Retail (ALS 0.1455 vs 0.1443, blend 0.1724 vs
-    # 0.1723) and the H&M sample, at half the fit (`scripts/als_signal.py --vary size`);
-    # rank 16 lost 0.022 on Online Retail
-    max_iter: int = 5
-    reg_param: float = 0.05
-    alpha: float = 10.0
-    half_life_days: float = 30.0
-    popular_days: int = 7
-    seed: int = 42
-    # ALS learns from what carries signal: purchases in the last ``als_days`` before the
-    # cutoff (older ones weigh < 2^-(als_days / half_life)), of articles with at least
-    # ``als_min_buyers`` distinct buyers there.
-    als_days: int = 180
-    als_min_buyers: int = 3
-    als_blocks: int = 4  # user and item blocks: the cores' count is enough on a laptop
-    # the learned ranker (None: not trained, the ``ranker`` strategy is left out;
-    # `pulse retrain --no-ranker`)
-    ranker: ranking.RankerParams | None = field(default_factory=ranking.RankerParams)
 
 
 def interactions(events: DataFrame, cutoff: date, half_life_days: float) -> DataFrame:

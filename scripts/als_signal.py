@@ -6,7 +6,7 @@ Retail), then for each variant -- (recency window, minimum buyers per article) w
 ``--vary window``, (rank, iterations) with ``--vary size`` -- fits ALS on the training
 window's interactions and prints a table: interactions kept, fit + scoring seconds, and
 MAP@12 of ALS alone and of the blend (repurchase, ALS, popularity) on the hold-out. The
-retrain's defaults (``batch.recommend.RecParams``) were chosen from it.
+retrain's defaults (``batch.params.RecParams``) were chosen from it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from datetime import timedelta
 from pyspark.sql import functions as F
 
 from batch.evaluate import spark_ranking_metrics
+from batch.params import RecParams
 from batch.recommend import (
     STRATEGIES,
-    RecParams,
     als_interactions,
     assemble,
     candidate_sources,

@@ -18,7 +18,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-from batch.recommend import RecParams
+from batch.params import RecParams
 from runtime.settings import Settings
 
 # H&M's Kaggle set: 31.8M transactions of 1.37M customers and 105k articles in two years.

@@ -120,9 +120,8 @@ class Context:
         first use; every case's stream serves them, so "served = batch" compares scores,
         segments and lists, not only features."""
         if self._models is None:
-            from batch.churn import ChurnParams
             from batch.ingest import append_new
-            from batch.recommend import RecParams
+            from batch.params import ChurnParams, RecParams
             from batch.retrain import RetrainOptions, retrain
             from storage import registry
 
@@ -900,7 +899,7 @@ def _same_figures(a: object, b: object, rel: float = FLOAT_REL) -> bool:
 
 #: Retrain outputs that need not equal local mode's, and why: none. Segments were here
 #: (K-Means followed the lake's row order: two local runs over the same events chose
-#: k=3 and k=6) until ``batch.segments.in_fixed_order`` fixed their input's layout.
+#: k=3 and k=6) until ``batch.frames.in_fixed_order`` fixed their input's layout.
 ORDER_SENSITIVE: dict[str, str] = {}
 
 

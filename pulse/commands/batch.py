@@ -57,7 +57,7 @@ def check_lake(settings: Settings, as_of: date | None) -> None:
 
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     check_lake(settings, args.as_of)  # before the imports too: they take seconds
-    from batch.recommend import RecParams
+    from batch.params import RecParams
     from batch.retrain import RetrainOptions, StageLog, retrain
     from batch.summary import print_summary
     from runtime.spark import build_spark
@@ -87,7 +87,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from batch.recommend import RecParams
+    from batch.params import RecParams
     from pulse.bench.batch import run_bench
 
     default = RecParams()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from batch.recommend import RecParams, als_candidates, als_matrix, fit_als, top_k
+from batch.params import RecParams
+from batch.recommend import als_candidates, als_matrix, fit_als, top_k
 
 pytestmark = pytest.mark.spark
 

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batch.churn import ChurnParams, choose_stack, churn_probability, fit_btyd, fit_stack
+from batch.churn import choose_stack, churn_probability, fit_btyd, fit_stack
 from batch.evaluate import binary_metrics_by
+from batch.params import ChurnParams
 from batch.segments import adjusted_rand_index
 from scoring import btyd
 

@@ -8,8 +8,9 @@ import pytest
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
-from batch.churn import NUMERIC, ChurnParams, build_pipeline
-from batch.segments import in_fixed_order
+from batch.churn import NUMERIC, build_pipeline
+from batch.frames import in_fixed_order
+from batch.params import ChurnParams
 
 pytestmark = pytest.mark.spark
 

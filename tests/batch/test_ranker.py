@@ -21,7 +21,8 @@ from pyspark.sql import functions as F
 from batch import ranker
 from batch.evaluate import spark_ranking_metrics_by
 from batch.ingest import ingest_source
-from batch.recommend import RecParams, assemble, candidate_sources
+from batch.params import RankerParams, RecParams
+from batch.recommend import assemble, candidate_sources
 from batch.retrain import RetrainOptions, retrain
 from features.customer import daily_activity
 
@@ -74,7 +75,7 @@ def test_ranker_beats_repurchase_and_popularity_on_staples(spark) -> None:  # ty
         .cache()
     )
     buyers = actual.select("customer_id").distinct().cache()
-    params = ranker.RankerParams(max_iter=20, max_depth=4)
+    params = RankerParams(max_iter=20, max_depth=4)
     cutoffs = ranker.training_cutoffs(train_end, HOLDOUT, params.train_cutoffs)
     model = ranker.fit(ranker.labelled(train, cutoffs, HOLDOUT, params), params)
     sources = candidate_sources(train, train_end, RecParams(), buyers, als_for=None)
@@ -119,7 +120,7 @@ def test_candidates_features_by_hand(spark) -> None:  # type: ignore[no-untyped-
     cands = {
         r["article_id"]: r.asDict()
         for r in ranker.candidates(
-            events, ranker.at(who, START + timedelta(days=30)), ranker.RankerParams()
+            events, ranker.at(who, START + timedelta(days=30)), RankerParams()
         ).collect()
     }
     assert set(cands) == {"A", "B", "C"}  # own A, B; C co-bought with B by v (and popular)
@@ -142,7 +143,7 @@ def test_a_ranker_with_nothing_to_learn_from_is_left_out_not_fatal(spark, settin
     rows = [(d % 10, f"c{c:02d}", f"a{(c + d) % 4}") for c in range(12) for d in range(c, c + 3)]
     rows += [(61 + c % 5, f"c{c:02d}", f"a{c % 4}") for c in range(12)]
     ingest_source(spark, settings, TableSource([events_table(rows)]), progress=False)
-    rec = RecParams(rank=4, max_iter=2, ranker=ranker.RankerParams(max_iter=3))
+    rec = RecParams(rank=4, max_iter=2, ranker=RankerParams(max_iter=3))
     opts = RetrainOptions(
         as_of=date(2020, 3, 8), models=("recommendations",), rec=rec, progress=False
     )  # day 67: hold-out [60, 67), ranker windows [39, 60) hold nothing
@@ -168,7 +169,7 @@ def test_each_cutoff_sees_only_its_past(spark) -> None:  # type: ignore[no-untyp
     scope = ranker.at(who, day5).unionByName(ranker.at(who, day10))
     got = {
         (r["cutoff"], r["article_id"]): r.asDict()
-        for r in ranker.candidates(events, scope, ranker.RankerParams()).collect()
+        for r in ranker.candidates(events, scope, RankerParams()).collect()
     }
     assert set(got) == {(day5, "X"), (day10, "X"), (day10, "Y")}
     x5, x10, y10 = got[(day5, "X")], got[(day10, "X")], got[(day10, "Y")]
@@ -203,7 +204,7 @@ def test_copurchase_counts_each_cutoffs_own_window(spark) -> None:  # type: igno
     day5, day10 = START + timedelta(days=5), START + timedelta(days=10)
     scope = ranker.at(who, day5).unionByName(ranker.at(who, day10))
     for days, want in ((4, {day5: 1.0, day10: 1.0}), (90, {day5: 1.0, day10: 2.0})):
-        params = ranker.RankerParams(copurchase_days=days)
+        params = RankerParams(copurchase_days=days)
         got = {
             r["cutoff"]: r["co_score"]
             for r in ranker.candidates(events, scope, params).collect()
@@ -259,7 +260,7 @@ def test_fit_is_the_same_from_any_partitioning(spark) -> None:  # type: ignore[n
         "unit_price double, sales_channel_id int",
     )
     train_end = START + timedelta(days=DAYS - HOLDOUT)
-    params = ranker.RankerParams(max_iter=8, max_depth=4)
+    params = RankerParams(max_iter=8, max_depth=4)
     cutoffs = ranker.training_cutoffs(train_end, HOLDOUT, params.train_cutoffs)
     rows = ranker.labelled(events, cutoffs, HOLDOUT, params).localCheckpoint()
     assert rows.where(F.col("label") == 1.0).count() > 50  # something to learn

@@ -19,8 +19,7 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
-from batch.churn import ChurnParams
-from batch.recommend import RecParams
+from batch.params import ChurnParams, RecParams
 from batch.retrain import RetrainOptions, retrain
 from features.customer import compute_features
 from pulse.cli import main as pulse_main

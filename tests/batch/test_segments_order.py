@@ -7,7 +7,8 @@ import random
 import pytest
 from pyspark.sql import functions as F
 
-from batch.segments import build_pipeline, choose_k, in_fixed_order
+from batch.frames import in_fixed_order
+from batch.segments import build_pipeline, choose_k
 
 pytestmark = pytest.mark.spark
 

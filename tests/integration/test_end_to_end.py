@@ -71,8 +71,7 @@ def _wait_view(settings, stream, as_of: date, churn_version: str, timeout: float
 
 
 def _retrain(spark, settings, models):
-    from batch.churn import ChurnParams
-    from batch.recommend import RecParams
+    from batch.params import ChurnParams, RecParams
     from batch.retrain import RetrainOptions, retrain
 
     opts = RetrainOptions(

@@ -41,8 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _retrain(spark, settings: Settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    from batch.churn import ChurnParams
-    from batch.recommend import RecParams
+    from batch.params import ChurnParams, RecParams
     from batch.retrain import RetrainOptions, retrain
 
     opts = RetrainOptions(rec=RecParams(rank=4, max_iter=3), k_min=3, k_max=4, progress=False,

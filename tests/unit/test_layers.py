@@ -6,7 +6,8 @@
 A package may import its own modules and those of packages *below* it, never one
 above it, and the four layers (same rank) never import each other: they meet
 through files, stores and the registry. ``pulse`` (the application) is on top, so
-nothing imports it.
+nothing imports it. Inside a package the modules' imports form no cycle (imports for
+type checking included): each module can be read after the ones it imports.
 """
 
 from __future__ import annotations
@@ -56,6 +57,56 @@ def violations(package: str, files: dict[str, str]) -> list[str]:
     )
 
 
+def module_imports(package: str, files: dict[str, str]) -> dict[str, set[str]]:
+    """Module (dotted) -> the modules of the same package it imports, from ``files``."""
+    modules = {path.removesuffix(".py").replace("/", ".").removesuffix(".__init__"): source
+               for path, source in files.items()}  # fmt: skip
+    graph: dict[str, set[str]] = {}
+    for name, source in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(source, name)):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.add(node.module)
+                targets |= {f"{node.module}.{a.name}" for a in node.names}  # from pkg import mod
+        graph[name] = {t for t in targets if t in modules and t != name and t != package}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected components of two or more
+    modules (Tarjan's algorithm), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
 def package_sources(package: str) -> dict[str, str]:
     """Every module of ``package``, subpackages included: relative path -> source."""
     return {
@@ -75,6 +126,26 @@ def test_package_respects_the_dependency_rule(package: str) -> None:
     files = package_sources(package)
     assert files, f"no modules in {package}/"
     assert not violations(package, files)
+
+
+@pytest.mark.parametrize("package", sorted(RANK))
+def test_no_import_cycle_inside_a_package(package: str) -> None:
+    assert cycles(module_imports(package, package_sources(package))) == []
+
+
+def test_the_cycle_check_finds_a_cycle_through_a_type_checking_import() -> None:
+    files = {
+        "batch/context.py": "from batch.churn import ChurnParams\n",
+        "batch/churn.py": "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from batch.context import RetrainContext\n",
+        "batch/retrain.py": "from batch import churn, context\n",  # imports both, no cycle
+        "batch/publish.py": "import batch.retrain\n",
+    }
+    graph = module_imports("batch", files)
+    assert graph["batch.retrain"] == {"batch.churn", "batch.context"}
+    assert cycles(graph) == [["batch.churn", "batch.context"]]
+    del files["batch/churn.py"]
+    assert cycles(module_imports("batch", files)) == []
 
 
 @pytest.mark.parametrize(
