@@ -8,6 +8,8 @@ runtime/jvm.py), pyspark's version, and the defaults in runtime/settings.py.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,27 @@ def maven_kafka_version() -> str:
     return version.text
 
 
-def test_kafka_image_is_the_broker_version_maven_resolves():
+def _compose_cli() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _compose_cli(), reason="docker compose CLI not installed")
+def test_docker_compose_validates_the_file():
+    proc = subprocess.run(
+        ["docker", "compose", "-f", str(REPO / "docker-compose.yml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_kafka_image_is_the_broker_version_maven_resolves_in_kraft_mode():
     assert maven_kafka_version() == KAFKA_VERSION  # the pom's default and what setup passes
     for name in ("kafka", "kafka-init"):
         assert SERVICES[name]["image"] == f"apache/kafka:{KAFKA_VERSION}", name
+    assert SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
 def test_spark_images_are_pyspark_version():

@@ -1,9 +1,8 @@
-"""Settings, CLI errors and the compose file: no JVM needed."""
+"""Settings and the CLI's one-line errors: no JVM needed (the compose file: test_compose)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,29 +90,3 @@ def test_topics_on_unreachable_broker_fails_fast(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr  # no librdkafka connect spam, no traceback
     assert lines[0].startswith("pulse: error: Kafka at 127.0.0.1:1")
-
-
-def _compose_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _compose_available(), reason="docker compose CLI not installed")
-def test_docker_compose_file_is_valid():
-    proc = subprocess.run(
-        ["docker", "compose", "-f", str(REPO / "docker-compose.yml"), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-
-
-def test_docker_compose_uses_official_kafka_image_in_kraft_mode():
-    import yaml
-
-    spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    kafka = spec["services"]["kafka"]
-    assert kafka["image"].startswith("apache/kafka:4")
-    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert kafka["ports"][0].endswith(":9092")
