@@ -31,7 +31,6 @@ def test_the_stage_table_counts_what_each_stage_read_and_wrote(spark, settings) 
     assert rows_of["read the lake"] == len(before)
     assert rows_of["customer-day table"] == len({(day, c) for day, c, _ in before})
     assert rows_of["customer state for the speed layer"] == 40
-    assert all(s.seconds >= 0 for s in log.stages)
     table = log.table()
     assert table[0] == "| stage | seconds | share | rows |"
     assert table[-1].startswith("| total |")
