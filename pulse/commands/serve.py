@@ -102,7 +102,8 @@ def _view(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from serving.api import serve
 
-    serve(settings, args.host or settings.api_host, args.port or settings.api_port)
+    serve(settings, args.host or settings.api_host, args.port or settings.api_port,
+          workers=args.workers)  # fmt: skip
     return 0
 
 
@@ -132,6 +133,14 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from pulse.bench.serve_http import bench_serve
+
+    bench_serve(settings, args.customers, args.store, args.clients, seconds=args.seconds,
+                requests=args.requests, as_json=args.json)  # fmt: skip
+    return 0
+
+
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `pulse bench view`."""
     p = bench_sub.add_parser("view", help="online-store look-ups at H&M's customer count")
@@ -154,6 +163,23 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_bench)
 
+    from pulse.bench.serve_http import client_counts, store_list  # stdlib only: cheap
+
+    p = bench_sub.add_parser("serve", help="`pulse serve` over HTTP at H&M's customer count")
+    p.add_argument("--store", type=store_list, default=("sqlite", "redis"),
+                   help="sqlite, redis or both (sqlite,redis; redis: a redis-server this "
+                   "bench starts)")  # fmt: skip
+    p.add_argument("--clients", type=client_counts, default=(1, 16),
+                   help="comma list of concurrent client counts (default 1,16)")  # fmt: skip
+    p.add_argument("--customers", type=positive_int, default=1_370_000, help="records in the store")
+    span = p.add_mutually_exclusive_group()
+    span.add_argument("--seconds", type=positive_float, default=15.0,
+                      help="timed seconds per run (default 15, after a 3 s warm-up)")  # fmt: skip
+    span.add_argument("--requests", type=positive_int,
+                      help="requests per run, all clients together (not --seconds)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_bench_serve)
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `pulse view` and `pulse demo`."""
@@ -173,6 +199,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="the live view over HTTP (an API; OpenAPI at /docs)")
     p.add_argument("--host", help="address to bind (default PULSE_API_HOST, 127.0.0.1)")
     p.add_argument("--port", type=positive_int, help="port (default PULSE_API_PORT, 8000)")
+    p.add_argument(
+        "--workers", type=positive_int, default=1,
+        help="server processes on the port (each reads the store; use with Redis)",
+    )  # fmt: skip
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("demo", help="the whole loop end to end on generated (or H&M) data")
