@@ -154,11 +154,12 @@ def server_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def api_server(settings: Settings, log_path: Path) -> Iterator[int]:
+def api_server(settings: Settings, log_path: Path, workers: int = 1) -> Iterator[int]:
     """`pulse serve` as its own process on a free port; yields the port once it answers
     HTTP (``/health``, any status), stops it after."""
     port = free_port()
-    cmd = [sys.executable, "-m", "pulse.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "pulse.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", str(workers)]  # fmt: skip
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, env=server_env(settings), stdout=out, stderr=out)
     try:
@@ -453,7 +454,7 @@ def goal_met(clients: int, requests_per_s: float, p99_ms: float) -> bool | None:
 
 def run_figures(
     customers: int, store: str, clients: int, load: Load, checked: int,
-    floor: dict[str, list[float]],
+    floor: dict[str, list[float]], workers: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
     """One run's figures (the JSON entry)."""
     rate = round(len(load.latencies_ms) / load.window_s, 1)
@@ -462,6 +463,7 @@ def run_figures(
         "customers": customers,
         "store": store,
         "clients": clients,
+        "workers": workers,
         "requests": len(load.latencies_ms),
         "window_s": round(load.window_s, 2),
         "requests_per_s": rate,
@@ -489,6 +491,7 @@ def bench_store(
     seconds: float,
     requests: int | None,
     warmup_s: float,
+    workers: int = 1,
 ) -> tuple[float, list[dict[str, Any]]]:
     """Fill one store, serve it, run each client count; returns the fill time and runs."""
     with contextlib.ExitStack() as stack:
@@ -503,13 +506,14 @@ def bench_store(
         fill_s = time.perf_counter() - t0
         log(f"{store}: filled in {fill_s:.1f} s; starting `pulse serve` ...")
         runs = []
-        port = stack.enter_context(api_server(local, tmp / "serve.log"))
+        port = stack.enter_context(api_server(local, tmp / "serve.log", workers))
         for i, n in enumerate(clients):
             span = f"{requests:,} requests" if requests else f"{seconds:g} s"
             log(f"{store}: {n} client(s), {warmup_s:g} s warm-up + {span} ...")
             load = run_load(port, ids, n, seconds, requests, warmup_s, seed=11 + i)
             checked = verify(local, load.samples)
-            figures = run_figures(customers, store, n, load, checked, floor_ms(local, ids, 5 + i))
+            figures = run_figures(customers, store, n, load, checked, floor_ms(local, ids, 5 + i),
+                                  workers)  # fmt: skip
             log(f"{store}: {n} client(s): {figures['requests_per_s']:,.0f} requests/s, "
                 f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, "
                 f"{checked} answers checked")  # fmt: skip
@@ -527,6 +531,7 @@ def bench_serve(
     as_json: bool = False,
     warmup_s: float = WARMUP_S,
     say: Callable[[str], None] = print,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Fill each store with ``customers`` records, serve it, and load it with each client
     count for ``seconds`` (or ``requests`` in all); print the table (or the JSON object)
@@ -544,6 +549,7 @@ def bench_serve(
         "seconds_per_run": None if requests else seconds,
         "requests_per_run": requests,
         "warmup_s": warmup_s,
+        "workers": workers,
         "goals": {str(n): goal_of(n) for n in GOALS},
         "note": f"The load clients and the server share the machine's {os.cpu_count()} cores",
         "fill_s": {},
@@ -551,7 +557,7 @@ def bench_serve(
     }
     for store in stores:
         fill_s, runs = bench_store(settings, store, customers, clients, seconds, requests,
-                                   warmup_s)  # fmt: skip
+                                   warmup_s, workers)  # fmt: skip
         result["fill_s"][store] = round(fill_s, 1)
         result["runs"].extend(runs)
     say(json.dumps(result) if as_json else format_table(result))
@@ -567,6 +573,7 @@ def format_table(result: dict[str, Any]) -> str:
     )
     lines = [
         f"`pulse serve` GET /customers/{{id}}, {result['customers']:,} customers, "
+        f"{result['workers']} server process(es), "
         f"{span} per run after {result['warmup_s']:g} s warm-up",
         f"{'store':<7} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'get p99':>8} {'look-up p99':>11}  goal",

@@ -137,7 +137,7 @@ def _bench_serve(args: argparse.Namespace, settings: Settings) -> int:
     from pulse.bench.serve_http import bench_serve
 
     bench_serve(settings, args.customers, args.store, args.clients, seconds=args.seconds,
-                requests=args.requests, as_json=args.json)  # fmt: skip
+                requests=args.requests, as_json=args.json, workers=args.workers)  # fmt: skip
     return 0
 
 
@@ -177,6 +177,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
                       help="timed seconds per run (default 15, after a 3 s warm-up)")  # fmt: skip
     span.add_argument("--requests", type=positive_int,
                       help="requests per run, all clients together (not --seconds)")  # fmt: skip
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="`pulse serve --workers`: server processes (default 1)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_bench_serve)
 

@@ -239,3 +239,20 @@ def test_two_worker_processes_serve_one_redis_store(redis_url, tmp_path: Path) -
         assert total == 31
     finally:
         s.stop()
+
+
+def test_with_workers_the_listener_is_tcp_so_connections_get_nodelay() -> None:
+    """uvicorn's own listener for workers has protocol 0, so asyncio skips TCP_NODELAY on
+    accepted connections and each keep-alive answer waits ~45 ms (uvicorn issue 3149)."""
+    import socket
+
+    import uvicorn
+
+    from serving.api import _listen_with_nodelay
+
+    _listen_with_nodelay()
+    sock = uvicorn.Config(app=None, host="127.0.0.1", port=free_port()).bind_socket()
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -97,6 +97,43 @@ def test_at_risk_ranks_every_customer_as_of_the_clock(
     assert everyone.index("twin-a") + 1 == everyone.index("twin-b")
 
 
+def test_a_batch_of_look_ups_is_each_customer_s_own(settings: Settings) -> None:
+    """``read.view_rows`` (the API's batched look-ups) row by row equals ``view_row``,
+    segments and recommendation lists included, whatever the batch's order."""
+    import json
+
+    store = open_store(settings)
+    store.replace_output("segments", "s9", [
+        (f"c{i:03d}", json.dumps({"segment_id": 7, "segment_name": "Kept"})) for i in range(10)
+    ])  # fmt: skip
+    store.replace_output("recommendations", "r9", [
+        (f"c{i:03d}", json.dumps([f"a{i}", "b"])) for i in range(5, 15)
+    ])  # fmt: skip
+    store.set_meta({"versions": {"churn": "bench", "segments": "s9", "recommendations": "r9"},
+                    "popular": ["p1", "p2"]})  # fmt: skip
+    store.close()
+    reader = read.open_reader(settings)
+    try:
+        meta = reader.meta()
+        records = [reader.get(r[0]) for r in reversed(RECORDS)]
+        batched = read.view_rows(records, meta)  # type: ignore[arg-type]
+        assert list(batched) == [r["customer_id"] for r in records]  # type: ignore[index]
+        for record in records:
+            one = read.view_row(record, meta)  # type: ignore[arg-type]
+            got = batched[one["customer_id"]]
+            assert got.keys() == one.keys()
+            for key, value in one.items():
+                if isinstance(value, float):
+                    assert got[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+                else:
+                    assert got[key] == value, key
+        assert batched["c003"]["segment_name"] == "Kept"
+        assert batched["c007"]["recommendations"] == ["a7", "b"]
+        assert batched["c200"]["recommendations"] == ["p1", "p2"]
+    finally:
+        reader.close()
+
+
 def test_a_silent_customer_ages_with_the_clock(settings: Settings) -> None:
     before = read.lookup(settings, "c001", with_value=True)
     store = open_store(settings)
