@@ -31,8 +31,8 @@ fmt: setup ## format and autofix with ruff
 lock: ## re-pin requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
-bench: setup ## all benchmarks (producer, stream, batch, view); prints figures and ratios
-	$(BIN)/pulse bench producer && $(BIN)/pulse bench stream && $(BIN)/pulse bench batch && $(BIN)/pulse bench view
+bench: setup ## all benchmarks (producer, stream, batch, view, serve); prints figures and ratios
+	$(BIN)/pulse bench producer && $(BIN)/pulse bench stream && $(BIN)/pulse bench batch && $(BIN)/pulse bench view && $(BIN)/pulse bench serve
 
 clean: ## stop the local broker, remove ./data (keeps .venv and the jar cache)
 	-$(BIN)/pulse broker stop
