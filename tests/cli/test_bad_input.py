@@ -257,6 +257,11 @@ UNIT_CASES = [
     Case("view-at-risk-word", ["view", "--at-risk", "lots"], "not a whole number >= 1: 'lots'"),
     Case("serve-exposed-without-token", ["serve", "--host", "0.0.0.0"], "set PULSE_API_TOKEN"),
     Case("serve-port-word", ["serve", "--port", "http"], "not a whole number >= 1: 'http'"),
+    Case("serve-zero-workers", ["serve", "--workers", "0"], "not a whole number >= 1: '0'"),
+    Case("bench-serve-store", ["bench", "serve", "--store", "sqlite,mongo"],
+         "not a comma list of sqlite/redis: 'sqlite,mongo'"),
+    Case("bench-serve-clients", ["bench", "serve", "--clients", "1,0"],
+         "not a comma list of whole numbers >= 1: '1,0'"),
     Case("bench-zero-size", ["bench", "batch", "--sizes", "0"], "--sizes: not a whole number"),
     Case("bench-producer-no-events", ["bench", "producer", "--events", "-5"], "'-5'"),
     # chaos (the fault campaign): refused before any broker or stream starts
