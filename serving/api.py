@@ -231,11 +231,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/customers/{customer_id}/history", dependencies=guarded)
     def history(customer_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> dict[str, Any]:
         """The customer's daily activity the store holds (the chart's data)."""
-        store = readers.get()
-        record = store.get(customer_id)
-        if record is None:
+        found, meta = readers.get().get_many([customer_id])  # the record and its clock
+        if customer_id not in found:
             raise HTTPException(404, f"unknown customer {customer_id!r}")
-        return read.history(record, store.meta())
+        return read.history(found[customer_id], meta)
 
     @app.get("/segments", dependencies=guarded)
     def segments() -> dict[str, Any]:

@@ -166,12 +166,12 @@ class LiveView:
         last = updates[-1]
         states = [u.state for u in updates if u.state is not None and u.state.num_rows]
         self.current_models()  # a newly promoted version goes into the store first
-        if states:
-            self.online.write_records(records(_latest_rows(states)))
-        self.online.set_meta(
-            {"clock_us": _clock_us(last.clock), "last_batch": last.batch_id,
-             "written_at": time.time(), "stream": self._stream}
-        )  # fmt: skip
+        meta = {"clock_us": _clock_us(last.clock), "last_batch": last.batch_id,
+                "written_at": time.time(), "stream": self._stream}  # fmt: skip
+        if states:  # the records and their clock in one transaction
+            self.online.write_records(records(_latest_rows(states)), meta)
+        else:
+            self.online.set_meta(meta)
         self.update_seconds = time.perf_counter() - t0
         self.log(
             f"live view: {sum(0 if u.state is None else u.state.num_rows for u in updates):,} "
@@ -206,8 +206,9 @@ class LiveView:
         self.flush()
         with self._lock:
             models = self.current_models()
-            self.online.write_records(records(state))
-            self.online.set_meta({"clock_us": _clock_us(as_of), "written_at": time.time()})
+            self.online.write_records(
+                records(state), {"clock_us": _clock_us(as_of), "written_at": time.time()}
+            )
             features = by_id(state["customer_id"], features)  # the view in state order
             publish_view(self.settings, assemble(features, score(features, models), models))
 

@@ -68,10 +68,10 @@ class Lookups:
 
 
 def _evaluate(store: OnlineStore, ids: set[str]) -> dict[str, dict[str, Any]]:
-    records = [r for r in (store.get(i) for i in sorted(ids)) if r is not None]
+    records, meta = store.get_many(sorted(ids))  # one snapshot: records and their clock
     if not records:
         return {}
-    rows = read.view_rows(records, store.meta())
+    rows = read.view_rows(list(records.values()), meta)
     return {i: read.jsonable(row) for i, row in rows.items()}
 
 

@@ -59,8 +59,12 @@ class OnlineStore(ABC):
     name: str
 
     @abstractmethod
-    def write_records(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Upsert whole records (``RECORD_COLUMNS`` order)."""
+    def write_records(
+        self, rows: Iterable[Sequence[Any]], meta: dict[str, Any] | None = None
+    ) -> None:
+        """Upsert whole records (``RECORD_COLUMNS`` order); with ``meta``, those values too,
+        in the same transaction (a batch's records and its clock: ``get_many`` never sees
+        one without the other)."""
 
     @abstractmethod
     def replace_output(self, kind: str, version: str, rows: Iterable[tuple[str, str]]) -> None:
@@ -70,6 +74,11 @@ class OnlineStore(ABC):
     @abstractmethod
     def get(self, customer_id: str) -> dict[str, Any] | None:
         """The customer's record plus its outputs (``output_<kind>``), or None."""
+
+    @abstractmethod
+    def get_many(self, ids: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """The records (as ``get``) of the ids the store holds, and the meta, read from one
+        snapshot: a record is never newer than the clock read with it."""
 
     @abstractmethod
     def records(self) -> Iterator[list[tuple[Any, ...]]]:
@@ -135,7 +144,9 @@ class SqliteStore(OnlineStore):
                     self.db.execute(f"ALTER TABLE customer ADD COLUMN {c}")
 
     @override
-    def write_records(self, rows: Iterable[Sequence[Any]]) -> None:
+    def write_records(
+        self, rows: Iterable[Sequence[Any]], meta: dict[str, Any] | None = None
+    ) -> None:
         marks = ", ".join("?" for _ in RECORD_COLUMNS)
         updates = ", ".join(f"{c}=excluded.{c}" for c in RECORD_COLUMNS[1:])
         with self.db:
@@ -144,6 +155,7 @@ class SqliteStore(OnlineStore):
                 f" ON CONFLICT(customer_id) DO UPDATE SET {updates}",
                 rows,
             )
+            self._write_meta(meta or {})
 
     @override
     def replace_output(self, kind: str, version: str, rows: Iterable[tuple[str, str]]) -> None:
@@ -156,6 +168,16 @@ class SqliteStore(OnlineStore):
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 (f"{kind}_output_version", json.dumps(version)),
             )
+
+    @override
+    def get_many(self, ids: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        # One read transaction: WAL gives it a snapshot, so no commit lands between reads
+        self.db.execute("BEGIN")
+        try:
+            found = {i: r for i in dict.fromkeys(ids) if (r := self.get(i)) is not None}
+            return found, self.meta()
+        finally:
+            self.db.execute("COMMIT")
 
     @override
     def get(self, customer_id: str) -> dict[str, Any] | None:
@@ -183,10 +205,13 @@ class SqliteStore(OnlineStore):
     @override
     def set_meta(self, values: dict[str, Any]) -> None:
         with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                ((k, json.dumps(v)) for k, v in values.items()),
-            )
+            self._write_meta(values)
+
+    def _write_meta(self, values: dict[str, Any]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            ((k, json.dumps(v)) for k, v in values.items()),
+        )
 
     @override
     def meta(self) -> dict[str, Any]:
@@ -251,14 +276,25 @@ class RedisStore(OnlineStore):
         return f"{self.prefix}c:{customer_id}"
 
     @override
-    def write_records(self, rows: Iterable[Sequence[Any]]) -> None:
+    def write_records(
+        self, rows: Iterable[Sequence[Any]], meta: dict[str, Any] | None = None
+    ) -> None:
+        # With meta (a batch): one MULTI/EXEC, records and clock together; without (a full
+        # snapshot's million records), chunked pipelines
+        atomic = self.r.pipeline(transaction=True) if meta is not None else None
         for chunk in _chunks(rows):
-            pipe = self.r.pipeline(transaction=False)
+            pipe = atomic or self.r.pipeline(transaction=False)
             for row in chunk:
                 fields = {c: _encode(v) for c, v in zip(RECORD_COLUMNS[1:], row[1:], strict=True)}
                 pipe.hset(self._key(row[0]), mapping=fields)
             pipe.sadd(self.prefix + "ids", *[row[0] for row in chunk])
-            pipe.execute()
+            if atomic is None:
+                pipe.execute()
+        if atomic is not None:
+            if meta:
+                atomic.hset(self.prefix + "meta",
+                            mapping={k: json.dumps(v) for k, v in meta.items()})  # fmt: skip
+            atomic.execute()
 
     @override
     def replace_output(self, kind: str, version: str, rows: Iterable[tuple[str, str]]) -> None:
@@ -296,6 +332,33 @@ class RedisStore(OnlineStore):
                 if value is not None:
                     record[f"output_{kind}"] = value
         return record
+
+    @override
+    def get_many(self, ids: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        wanted = list(dict.fromkeys(ids))
+        pipe = self.r.pipeline(transaction=True)  # MULTI/EXEC: one snapshot
+        for customer_id in wanted:
+            pipe.hgetall(self._key(customer_id))
+        pipe.hgetall(self.prefix + "meta")
+        *hashes, raw_meta = pipe.execute()
+        meta = {k: json.loads(v) for k, v in raw_meta.items()}
+        found: dict[str, dict[str, Any]] = {}
+        for customer_id, fields in zip(wanted, hashes, strict=True):
+            if fields:
+                record: dict[str, Any] = {"customer_id": customer_id}
+                for c in RECORD_COLUMNS[1:]:
+                    record[c] = _decode(fields.get(c))
+                found[customer_id] = record
+        # the outputs change only when a model is picked up, by a versioned switch
+        keys = [(cid, kind, f"{self.prefix}o:{kind}:{meta[f'{kind}_output_version']}:{cid}")
+                for cid in found for kind in OUTPUT_KINDS
+                if meta.get(f"{kind}_output_version") is not None]  # fmt: skip
+        if keys:
+            for (cid, kind, _), value in zip(keys, self.r.mget([k for *_, k in keys]),
+                                             strict=True):  # fmt: skip
+                if value is not None:
+                    found[cid][f"output_{kind}"] = value
+        return found, meta
 
     @override
     def records(self) -> Iterator[list[tuple[Any, ...]]]:

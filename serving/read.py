@@ -80,10 +80,10 @@ def lookup(
     own = store is None
     reader = open_reader(settings) if store is None else store
     try:
-        record = reader.get(customer_id)
-        if record is None:
+        found, meta = reader.get_many([customer_id])  # the record and its clock, together
+        if customer_id not in found:
             raise PulseError(f"unknown customer {customer_id!r} (not in the online store)")
-        row = view_row(record, reader.meta())
+        row = view_row(found[customer_id], meta)
         if not with_value:
             del row["expected_value"], row["value_at_risk"]
         return row
@@ -233,14 +233,12 @@ def at_risk(
     """
     reader = open_reader(settings) if store is None else store
     try:
-        meta = reader.meta()
-        rows = []
-        for customer_id in ranked(reader, meta, n, by_probability):
-            record = reader.get(customer_id)
-            if record is not None:
-                row = view_row(record, meta)
-                rows.append({c: row[c] for c in AT_RISK_COLUMNS})
-        return rows
+        top = ranked(reader, reader.meta(), n, by_probability)
+        # the rows: the ranked customers and the clock from one snapshot, so a customer
+        # the stream updated during the scan is shown with the clock of that update
+        found, meta = reader.get_many(top)
+        rows = [view_row(found[i], meta) for i in top if i in found]
+        return [{c: row[c] for c in AT_RISK_COLUMNS} for row in rows]
     finally:
         if store is None:
             reader.close()

@@ -176,3 +176,38 @@ def test_a_store_written_with_stored_scores_serves_the_scorer(tmp_path) -> None:
     store.close()
     row = read.lookup(s, "c001", with_value=True)
     assert row["churn_probability"] not in (None, 0.123) and row["expected_value"] != 456.0
+
+
+def test_a_reader_never_sees_a_record_newer_than_its_clock(settings: Settings) -> None:
+    """The stream writes each batch's records and clock in one transaction, and readers
+    read a snapshot: while a writer thread moves one customer and the clock together,
+    every look-up's record is exactly as new as its clock."""
+    import threading
+
+    writer = open_store(settings)
+    stop = threading.Event()
+
+    def write() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            row = record("c000", last=10, days=k, monetary=5.0)  # purchase_days = k
+            writer.write_records([row], {"clock_us": CLOCK_US + k, "last_batch": k})
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    reader = read.open_reader(settings)
+    try:
+        seen = set()
+        for _ in range(400):
+            found, meta = reader.get_many(["c000", "c001"])
+            if "last_batch" in meta:
+                batch = meta["last_batch"]
+                assert found["c000"]["purchase_days"] == batch == meta["clock_us"] - CLOCK_US
+                seen.add(batch)
+        assert len(seen) > 10  # the writer moved on while the reader read
+    finally:
+        stop.set()
+        thread.join()
+        reader.close()
+        writer.close()
