@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     allowed_lateness_days: int = Field(
         3, ge=0, le=60, description="late events within this update state (<= 60 days)"
     )
+    console_rows: int = Field(
+        20, ge=1, description="`pulse stream --console`: customers shown per micro-batch"
+    )
 
     # Serving
     online_store: Literal["sqlite", "redis"] = Field(

@@ -23,9 +23,11 @@ def check_topic(settings: Settings) -> None:
 
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
     from runtime.spark import build_spark
+    from serving.console import ConsoleSink, Fanout
     from serving.live import LiveView
     from serving.online import open_store
     from streaming.job import run
+    from streaming.state import Sink
 
     check_topic(settings)
     open_store(settings).close()  # an unreachable Redis is one line here, before Spark starts
@@ -34,8 +36,9 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
         # The live view is wired here, not in streaming/, so the speed layer does not
         # depend on serving: it keeps the online store and the view snapshot current.
         live = LiveView(settings)
+        sink: Sink = Fanout(live, ConsoleSink(settings)) if args.console else live
         try:
-            run(spark, settings, until_idle=args.until_idle, sink=live, seed=args.seed_from_lake)
+            run(spark, settings, until_idle=args.until_idle, sink=sink, seed=args.seed_from_lake)
         finally:
             live.close()
     finally:
@@ -71,6 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="first start only: build the live state from the lake (after `pulse ingest`) "
         "instead of replaying the history through Kafka",
     )
+    p.add_argument(
+        "--console", action="store_true",
+        help="print each micro-batch's updated customers with their live features and scores "
+        "(at most PULSE_CONSOLE_ROWS)",
+    )  # fmt: skip
     p.set_defaults(handler=_stream)
 
 
