@@ -7,7 +7,7 @@ From them derive:
 - ``validate(obj)``: the producer-side check, returning the first precise reason
   a record breaks the contract (or None);
 - ``spark_schema()``: the typed ``StructType`` Spark uses for the lake;
-- ``streaming.parse.classify``: the same checks as Spark Columns, with the same
+- ``streaming.parse.classify_exact``: the same checks as Spark Columns, with the same
   reasons (tests/streaming/test_parse.py proves both validators agree record by record);
 - the dataset adapters' vectorised checks (``producers.adapters``).
 

@@ -9,15 +9,12 @@ tests/streaming/test_parse.py proves both validators agree record by record. Che
 run in the contract's order: top-level object, then per field (present, type, then
 its rules), then unknown extra fields; the first failing check is the reason.
 
-``classify(raw)`` is a pure transform: Kafka rows (value, topic, partition,
-offset, timestamp) -> the same rows plus the typed contract columns and
-``reason`` (null for a valid event). Stateless, so it works on batch and
-streaming DataFrames alike.
-
-``classify_arrow(spark, kafka)`` is the same transform for a micro-batch already on
-the driver as Arrow, which is how the job runs: records in the producer's canonical
-form (nearly all) are typed and checked with pyarrow (``split_canonical``), on the
-driver's cores, while Spark only reads the bytes; the rest go to ``classify_exact``.
+``classify_arrow(spark, kafka)`` is the transform the job runs on each micro-batch, on
+the driver as Arrow: Kafka rows (value, topic, partition, offset, timestamp) -> the
+same rows plus the typed contract columns and ``reason`` (null for a valid event).
+Records in the producer's canonical form (``CANONICAL``, nearly all) are typed and
+checked with pyarrow (``split_canonical``) on the driver's cores; the rest go to
+``classify_exact``, the VARIANT reading above, in one small Spark job.
 """
 
 from __future__ import annotations
@@ -45,7 +42,6 @@ from schemas.transaction import (
     UNPARSEABLE_TIMESTAMP,
     FieldSpec,
     rules_for,
-    spark_schema,
 )
 
 # Python type names (what ``type(value).__name__`` gives after json.loads) per variant type.
@@ -86,7 +82,7 @@ def _py_repr(text: Column) -> Column:
 
 
 def _field(spec: FieldSpec) -> tuple[Column, Column]:
-    """(reason or null, typed value) for one field, from the staged columns of ``classify``.
+    """(reason or null, typed value) for one field, from the staged columns of ``classify_exact``.
 
     Reads ``raw_<name>`` (the field's VARIANT, SQL null when the key is missing),
     ``type_<name>`` (its variant type) and ``value_text``.
@@ -160,59 +156,6 @@ CANONICAL = (
     + ",".join(f'"{f.name}":(?:{_TOKENS[f.kind]}{"|null" if f.nullable else ""})' for f in FIELDS)
     + "\\}$"
 )
-_JSON_OPTIONS = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss[.SSS]XXX", "mode": "PERMISSIVE"}
-
-
-def tag(raw: DataFrame) -> DataFrame:
-    """Kafka rows -> ``classify``'s columns for canonical records, plus ``fast``.
-
-    One pass of the regex and ``from_json``. Where ``fast`` (canonical, and every
-    required value converted) the contract columns and ``reason`` are final; the other
-    rows keep only their Kafka columns, for ``classify_exact``. A valid fast record
-    drops its bytes (only quarantine keeps them).
-    """
-    text = F.col("value").cast("string")
-    canonical = text.rlike(CANONICAL) & F.is_valid_utf8(text)
-    j = F.when(canonical, F.from_json(text, spark_schema(), _JSON_OPTIONS))
-    # A canonical-looking record whose value still does not convert (a 13th month)
-    # takes the exact path, which words the reason.
-    # Two projections: read back as a column, ``j`` is parsed once per row (inlined,
-    # each field reference would re-run from_json inside the CASE).
-    converted = F.lit(True)
-    for spec in FIELDS:
-        if not spec.nullable:
-            converted = converted & F.col("j")[spec.name].isNotNull()
-    reasons = [
-        F.when(rule.broken_column(F.col(f"j.{spec.name}")), F.lit(rule.message))
-        for spec in FIELDS
-        for rule in rules_for(spec.name)
-    ]
-    reasons.append(_ahead_of_producer(F.col("j.event_time"), F.col("j.produced_at")))
-    fast = F.coalesce(converted, F.lit(False))
-    reason = F.when(fast, F.coalesce(*reasons))
-    value = F.when(~fast | reason.isNotNull(), F.col("value"))
-    return raw.select(*KAFKA_COLUMNS, j.alias("j")).select(
-        value.alias("value"),
-        *KAFKA_COLUMNS[1:],
-        *[F.col(f"j.{n}").alias(n) for n in FIELD_NAMES],
-        reason.alias("reason"),
-        fast.alias("fast"),
-    )
-
-
-def classify(raw: DataFrame) -> DataFrame:
-    """Kafka rows -> Kafka rows + typed contract columns + ``reason`` (null = valid).
-
-    Reads columns value (binary), topic, partition, offset, timestamp (twice: hand it
-    a batch that is cheap to re-read). Canonical records (``CANONICAL``) are typed by
-    ``from_json`` and checked against the value rules; the others take
-    ``classify_exact``. Both give the same reasons.
-    """
-    tagged = tag(raw)
-    others = tagged.where(~F.col("fast")).select(*KAFKA_COLUMNS)
-    return tagged.where("fast").drop("fast").unionByName(classify_exact(others))
-
-
 def _ahead_of_producer(event_time: Column, produced_at: Column) -> Column:
     """The rule across fields: the reason when ``event_time`` is too far after produced_at."""
     ahead = MAX_AHEAD_OF_PRODUCER // timedelta(seconds=1)
@@ -222,7 +165,8 @@ def _ahead_of_producer(event_time: Column, produced_at: Column) -> Column:
 
 
 def classify_exact(raw: DataFrame) -> DataFrame:
-    """``classify`` for any record: the JSON read as a VARIANT, every check worded exactly.
+    """Kafka rows -> typed contract columns + ``reason``, for any record: the JSON read as a
+    VARIANT, every check worded exactly.
 
     Reads columns value (binary), topic, partition, offset, timestamp. Output keeps
     them and adds every contract field (typed as ``spark_schema()``) and ``reason``.
@@ -299,7 +243,7 @@ _ARROW_TYPES = {
     "int": pa.int32(),
     "double": pa.float64(),
 }
-#: The Arrow schema of ``classify``'s output (what Spark's ``toArrow`` gives for it).
+#: The Arrow schema of ``classify_exact``'s output (what Spark's ``toArrow`` gives for it).
 CLASSIFIED_SCHEMA = pa.schema(
     [
         ("value", pa.binary()),
@@ -476,7 +420,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def classify_arrow(spark: SparkSession, kafka: pa.Table) -> pa.Table:
-    """``classify`` for a batch on the driver: Kafka rows (Arrow) -> ``CLASSIFIED_SCHEMA``.
+    """The job's transform of a batch on the driver: Kafka rows (Arrow) -> ``CLASSIFIED_SCHEMA``.
 
     Canonical records are typed and checked by ``split_canonical``, in slices on the
     driver's cores (pyarrow's kernels release the GIL); the others, if any, by

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from schemas.transaction import encode, make_event_id, now_utc
 
-# The Kafka source's columns (what ``streaming.parse.classify`` reads).
+# The Kafka source's columns (what ``streaming.parse.classify_arrow`` reads).
 KAFKA_SCHEMA = (
     "key binary, value binary, topic string, partition int, offset long, "
     "timestamp timestamp, timestampType int"

@@ -1,4 +1,5 @@
-"""The Spark validator gives the same reason as schemas.transaction.validate, record by record.
+"""The stream's validators give the same reason as schemas.transaction.validate, record by
+record: ``classify_exact`` (Spark, any record) and ``classify_arrow`` (the job's path).
 
 Both derive their rules from ``schemas.transaction.RULES``; this differential test is what
 proves the two readings agree (type checks, structure, and every rule at its boundary).
@@ -22,7 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from schemas.transaction import RULES, decode, encode, parse_timestamp
-from streaming.parse import CANONICAL, classify, classify_arrow
+from streaming.parse import CANONICAL, classify_arrow, classify_exact
 
 pytestmark = pytest.mark.spark
 
@@ -43,7 +44,7 @@ def _kafka_rows(spark, values: list[bytes]):  # type: ignore[no-untyped-def]
 
 def _spark_disagrees(spark, records: list[bytes], expected: list[str | None]) -> list:  # type: ignore[no-untyped-def, type-arg]
     """(record, Spark's reason, Python's reason) wherever the two differ."""
-    got = classify(_kafka_rows(spark, records)).orderBy("offset").collect()
+    got = classify_exact(_kafka_rows(spark, records)).orderBy("offset").collect()
     return [
         (raw, row["reason"], want)
         for raw, row, want in zip(records, got, expected, strict=True)
@@ -91,7 +92,7 @@ def test_valid_rows_are_typed_like_decode(spark, form) -> None:  # type: ignore[
     values = [
         FORMS[form](v) for v in (with_(), with_(sales_channel_id=None, quantity=-3, unit_price=2))
     ]
-    got = classify(_kafka_rows(spark, values)).orderBy("offset").collect()
+    got = classify_exact(_kafka_rows(spark, values)).orderBy("offset").collect()
     for row, raw in zip(got, values, strict=True):
         event = decode(raw)
         assert row["event_id"] == event["event_id"]
@@ -136,10 +137,10 @@ def _rows(table: pa.Table) -> list[dict]:  # type: ignore[type-arg]
 
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_the_driver_path_equals_spark_and_python_on_every_record_and_probe(spark, form) -> None:  # type: ignore[no-untyped-def]
-    """The job's path (pyarrow on the driver, classify_exact for the rest) against both.
+    """The job's path (pyarrow on the driver, classify_exact for the rest) against Python.
 
     Reasons equal Python's, record by record, for every structural case, every rule's
-    probes and the canonical edges; every output column equals Spark's ``classify``.
+    probes and the canonical edges; typed columns equal ``decode``'s.
     """
     records = [FORMS[form](r) for r in [*RECORDS, *(raw for _, raw in PROBES)]]
     records += CANONICAL_EDGES
@@ -150,10 +151,21 @@ def test_the_driver_path_equals_spark_and_python_on_every_record_and_probe(spark
         for raw, row, want in zip(records, got, expected, strict=True)
         if row["reason"] != want
     ] == []
-    assert got == _rows(classify(_kafka_rows(spark, records)).toArrow())
+    # The typed columns: split_canonical's (canonical records) equal the VARIANT
+    # reading's, and every valid record's equal schemas.transaction.decode's.
+    assert got == _rows(classify_exact(_kafka_rows(spark, records)).toArrow())
+    typed = [(raw, row) for raw, row in zip(records, got, strict=True) if row["reason"] is None]
+    assert len(typed) >= 4
+    for raw, row in typed:
+        event = decode(raw)
+        for name in ("event_id", "customer_id", "article_id", "quantity", "unit_price",
+                     "sales_channel_id", "source"):  # fmt: skip
+            assert row[name] == event[name], (raw, name)
+        for name in ("event_time", "produced_at"):  # microseconds since the epoch
+            assert row[name] == round(event[name].timestamp() * 1_000_000), (raw, name)
 
 
 def test_spark_reasons_equal_python_reasons_on_the_canonical_edges(spark) -> None:  # type: ignore[no-untyped-def]
     # Read back as Arrow: collect() would turn 0001-01-01 into a local time, year 0.
-    got = _rows(classify(_kafka_rows(spark, CANONICAL_EDGES)).toArrow())
+    got = _rows(classify_exact(_kafka_rows(spark, CANONICAL_EDGES)).toArrow())
     assert [r["reason"] for r in got] == [python_reason(r) for r in CANONICAL_EDGES]
