@@ -439,14 +439,12 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
             F.col("bg_expected_purchases").alias("expected_purchases"), "expected_spend",
             F.col("bg_p_alive").alias("p_alive"),
         ).cache()  # fmt: skip
-        write_output(
-            now.select("customer_id", "as_of", "churn_probability"),
-            registry.output_path(settings, "churn_scores", ctx.version),
-        )
+        write_output(now.select("customer_id", "as_of", "churn_probability"), settings,
+                     "churn_scores", ctx.version)  # fmt: skip
         write_output(
             now.select("customer_id", "as_of", "expected_purchases", "expected_spend", "p_alive"),
-            registry.output_path(settings, VALUE_TABLE, ctx.version),
-        )
+            settings, VALUE_TABLE, ctx.version,
+        )  # fmt: skip
         at_risk = now.agg(
             F.count(F.lit(1)).alias("customers"),
             F.sum("expected_spend").alias("expected_spend"),

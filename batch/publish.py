@@ -13,7 +13,9 @@ from typing import Any
 
 from pyspark.sql import DataFrame
 
+from runtime.errors import PulseError
 from runtime.settings import Settings
+from schemas.tables import output_schema
 from storage import registry
 
 
@@ -56,6 +58,15 @@ def finish(settings: Settings, name: str, version: str, meta: dict[str, Any]) ->
     return meta
 
 
-def write_output(df: DataFrame, path: Path) -> None:
-    """An output table as a few Parquet files (served tables are read whole)."""
+def write_output(df: DataFrame, settings: Settings, table: str, version: str) -> Path:
+    """Output ``table`` of run ``version`` as a few Parquet files (served tables are read
+    whole), after checking its columns and types against ``schemas.tables``' declaration
+    (readers rely on it); returns its path."""
+    declared = [(f.name, f.dataType.simpleString()) for f in output_schema(table).fields]
+    written = [(f.name, f.dataType.simpleString()) for f in df.schema.fields]
+    if written != declared:
+        raise PulseError(f"output {table!r} would be written as {written}, "
+                         f"but schemas.tables declares {declared}")  # fmt: skip
+    path = registry.output_path(settings, table, version)
     df.coalesce(2).write.mode("overwrite").parquet(str(path))
+    return path

@@ -466,10 +466,7 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
             newest = rows.where(F.col("cutoff").between(cuts[1], train_end))
             model = ranking.fit(ranking.sample(newest, p.ranker.train_customers), p.ranker)
             full["ranker"] = ranking.ranked(model, rows.where(F.col("cutoff") == F.lit(cutoff)))
-        write_output(
-            assemble(everyone, full, order),
-            registry.output_path(settings, "recommendations", ctx.version),
-        )
+        write_output(assemble(everyone, full, order), settings, "recommendations", ctx.version)
         st.rows = everyone.count()
         everyone.unpersist()
         if rows is not None:

@@ -219,7 +219,7 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
             .join(F.broadcast(mapping), "segment_id")
             .select("customer_id", "segment_id", "segment_name")
         )
-        write_output(out, registry.output_path(settings, "segments", version))
+        write_output(out, settings, "segments", version)
     with ctx.stage("segments: stability against the CURRENT version") as st:
         moves = stability(
             ctx,

@@ -107,6 +107,13 @@ OUTPUT_COLUMNS: dict[str, dict[str, str]] = {
         "as_of": "timestamp",
         "churn_probability": "double",
     },
+    "value": {  # BG/NBD and Gamma-Gamma per customer, as of the churn cutoff
+        "customer_id": "string",
+        "as_of": "timestamp",
+        "expected_purchases": "double",
+        "expected_spend": "double",
+        "p_alive": "double",
+    },
     "segments": {
         "customer_id": "string",
         "segment_id": "int",
@@ -165,7 +172,8 @@ def live_features_schema() -> Any:
 
 
 def output_schema(table: str) -> Any:
-    """One model output table: ``recommendations``, ``churn_scores`` or ``segments``."""
+    """One model output table: ``recommendations``, ``churn_scores``, ``value`` or
+    ``segments`` (``batch.publish.write_output`` checks every write against it)."""
     if table not in OUTPUT_COLUMNS:
         raise KeyError(f"unknown output table {table!r} (one of {', '.join(OUTPUT_COLUMNS)})")
     return _struct(OUTPUT_COLUMNS[table])

@@ -1,4 +1,4 @@
-"""schemas.tables agrees with the code that writes each table (features, serving view)."""
+"""schemas.tables agrees with the code that writes each table (features, outputs)."""
 
 from __future__ import annotations
 
@@ -28,15 +28,19 @@ def test_lake_schema_is_the_contract_plus_event_date() -> None:
     assert lake["event_date"].dataType.simpleString() == "date"
 
 
-def test_output_schemas() -> None:
-    recs = tables.output_schema("recommendations")
-    assert recs.simpleString() == (
-        "struct<customer_id:string,rank:int,article_id:string,score:double,source:string>"
-    )
-    assert tables.output_schema("segments").fieldNames() == [
-        "customer_id",
-        "segment_id",
-        "segment_name",
-    ]
+def test_an_output_is_written_only_with_its_declared_columns(spark, settings) -> None:  # type: ignore[no-untyped-def]
+    from batch.publish import write_output
+    from runtime.errors import PulseError
+    from storage import registry
+
+    row = [("c1", 0, "Champions")]
+    good = spark.createDataFrame(row, "customer_id string, segment_id int, segment_name string")
+    path = write_output(good, settings, "segments", "v1")
+    assert path == registry.output_path(settings, "segments", "v1")
+    assert [tuple(r) for r in spark.read.parquet(str(path)).collect()] == row
+    wide = spark.createDataFrame(row, "customer_id string, segment_id long, segment_name string")
+    with pytest.raises(PulseError, match="segment_id"):
+        write_output(wide, settings, "segments", "v2")
+    assert not registry.output_path(settings, "segments", "v2").exists()
     with pytest.raises(KeyError, match="unknown output table"):
         tables.output_schema("nope")
