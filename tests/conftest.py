@@ -114,37 +114,12 @@ def redis_url(session_root: Path) -> Iterator[str]:
     if external:
         yield external
         return
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not Path(binary).exists():
+    if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (`make setup` installs Debian's package)")
-    import redis
+    from pulse.local_redis import redis_server
 
-    port = free_port()
-    work = session_root / "redis"
-    work.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(work)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited ({proc.returncode})") from None
-                import time
-
-                time.sleep(0.05)
-        client.close()
+    with redis_server(session_root / "redis") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pulse.local_redis import redis_server, stop
 from runtime.errors import PulseError
 from runtime.settings import Settings
 
@@ -97,51 +98,6 @@ def free_port() -> int:
     return free()
 
 
-@contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A ``redis-server`` on a free port, persistence off; yields its URL, stops it after."""
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise PulseError(
-            "redis-server is not installed (Debian: apt-get install redis-server), "
-            "or bench SQLite only: --store sqlite"
-        )
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise PulseError(f"redis-server did not start (exit {proc.poll()})") from None
-                time.sleep(0.05)
-        client.close()
-        yield url
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def server_env(settings: Settings) -> dict[str, str]:
     """The environment of `pulse serve` on ``settings``' store (no token: loopback)."""
     return os.environ | {
@@ -182,7 +138,7 @@ def api_server(settings: Settings, log_path: Path, workers: int = 1) -> Iterator
                 time.sleep(0.1)
         yield port
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 # --- the store ---------------------------------------------------------------------------------
