@@ -31,7 +31,7 @@ COLUMNS = (
     ("spend 30d", "spend_30d", 10),
     ("churn_p", "churn_probability", 8),
     ("at risk", "value_at_risk", 9),
-    ("segment", "segment_name", 12),
+    ("segment", "segment_name", 18),
 )
 
 
@@ -54,6 +54,7 @@ class ConsoleSink:
         ids = sorted(result.touched_ids)
         rows = view_rows(self.settings, self.models, state_table(*store.read(ids[: self.rows])),
                          clock)  # fmt: skip
+        rows.sort(key=lambda row: row["customer_id"])  # the store reads in its own order
         self.out(format_batch(result.batch_id, len(ids), clock, rows))
 
     def snapshot(self, state: pa.Table, features: pa.Table, as_of: datetime) -> None:

@@ -13,6 +13,7 @@ from features.customer import compute_features
 from schemas.transaction import FIELD_NAMES, spark_schema
 from serving.console import COLUMNS, ConsoleSink, Fanout, _cell
 from serving.live import LiveView
+from storage.customer_state import CustomerStateStore
 from streaming.job import run
 
 pytestmark = pytest.mark.streaming
@@ -31,12 +32,22 @@ def _blocks(lines: list[str]) -> list[tuple[str, list[list[str]]]]:
     return out
 
 
+def _reversed(read):  # type: ignore[no-untyped-def]
+    def reading(self, customer_ids=None):  # type: ignore[no-untyped-def]
+        customers, days = read(self, customer_ids)
+        return customers.take(list(range(customers.num_rows))[::-1]), days
+
+    return reading
+
+
 def test_each_batch_prints_its_customers_as_spark_computes_them(
-    spark, stream_settings, file_topic
+    spark, stream_settings, file_topic, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     printed: list[str] = []
     live = LiveView(stream_settings, log=lambda _: None)
     sink = Fanout(live, ConsoleSink(stream_settings, rows=2, out=printed.append))
+    # read out of id order, as the store may: the table is still by id
+    monkeypatch.setattr(CustomerStateStore, "read", _reversed(CustomerStateStore.read))
     file_topic.send(FIRST, per_file=3)
     file_topic.send(SECOND, per_file=2)
     try:
