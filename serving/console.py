@@ -104,7 +104,7 @@ def format_batch(batch_id: int, updated: int, clock: datetime, rows: list[dict[s
             else f"{_cell(row[k], w):>{w}}"
             for _, k, w in COLUMNS
         ))  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 class Fanout:
