@@ -135,7 +135,10 @@ def test_compaction_keeps_every_row_once_and_reduces_the_file_count(settings) ->
     assert lake_rows_of(settings) == before
 
 
-def test_a_reader_during_compaction_sees_one_consistent_set(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_reader_during_compaction_sees_one_consistent_set(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A reader between the compaction's commits (the lake half compacted) reads every
+    event once. The compaction waits after each commit until the reader has read, so
+    the reads overlap it for certain: one at every version it writes."""
     expected = []
     for batch_id in range(40):  # 40 batches over 10 days: 4 files a day
         n, day = batch_id, 1 + batch_id % 10
@@ -143,21 +146,35 @@ def test_a_reader_during_compaction_sees_one_consistent_set(settings) -> None:  
         expected.append(f"e{n}")
     expected.sort()
     old_version = version(settings)
-    seen: list[list[str]] = []
-    done = threading.Event()
+    seen: dict[int, list[str]] = {}
+    want_read, read_done, finished = threading.Event(), threading.Event(), threading.Event()
+    real_lock = lake.write_lock
 
-    def read_until_done() -> None:
-        while not done.is_set():
-            seen.append(lake_ids(settings))
+    @contextlib.contextmanager
+    def lock_then_let_a_reader_in(s):  # type: ignore[no-untyped-def]
+        with real_lock(s):
+            yield
+        want_read.set()  # the lock is released: a group (or the first look) is done
+        assert read_done.wait(30)
+        read_done.clear()
 
-    reader = threading.Thread(target=read_until_done)
-    reader.start()
+    def reader() -> None:
+        while not finished.is_set():
+            if want_read.wait(0.05):
+                want_read.clear()
+                seen[version(settings)] = lake_ids(settings)
+                read_done.set()
+
+    monkeypatch.setattr(lake, "write_lock", lock_then_let_a_reader_in)
+    thread = threading.Thread(target=reader)
+    thread.start()
     try:
         lake.compact(settings, dates_per_commit=1)  # ten commits, one per day
     finally:
-        done.set()
-        reader.join()
-    assert seen and all(ids == expected for ids in seen)
+        finished.set()
+        thread.join()
+    assert sorted(seen) == list(range(old_version, old_version + 11))  # before, then each
+    assert all(ids == expected for ids in seen.values())
     assert lake.file_count(settings) == 10
     # A reader still on the version before the compaction reads the same rows.
     assert lake_ids(settings, version=old_version) == expected
