@@ -63,6 +63,9 @@ class ConsoleSink:
     def progress(self, progress: dict[str, Any]) -> None:
         """Nothing: the stream logs its own progress."""
 
+    def catch_up(self, store: CustomerStateStore) -> None:
+        """Nothing: the console shows batches as they come."""
+
 
 def view_rows(
     settings: Settings, models: ModelCache, state: pa.Table, clock: datetime
@@ -127,3 +130,8 @@ class Fanout:
         """Forward the progress report."""
         for sink in self.sinks:
             sink.progress(progress)
+
+    def catch_up(self, store: CustomerStateStore) -> None:
+        """Forward the catch-up."""
+        for sink in self.sinks:
+            sink.catch_up(store)

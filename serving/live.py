@@ -191,6 +191,21 @@ class LiveView:
             finally:
                 self._lock.release()
 
+    def catch_up(self, store: CustomerStateStore) -> None:
+        """If the online store is behind the stream's state (a SIGKILL between a batch's
+        fold and its online write: those customers would stay stale until a snapshot),
+        rewrite every customer once, with the store's clock and last batch."""
+        stream_last, clock = store.last_batch, store.clock()
+        online_last = self.online.meta().get("last_batch")
+        if stream_last is None or stream_last < 0 or clock is None:
+            return  # nothing folded yet beyond the seed (its snapshot wrote everyone)
+        if online_last is not None and online_last >= stream_last:
+            return
+        self.log(f"live view: the online store was at batch {online_last}, the stream at "
+                 f"{stream_last}: every customer is rewritten")  # fmt: skip
+        self._queue.put(_Update(state_table(*store.read()), clock, stream_last))
+        self.flush()
+
     def flush(self) -> None:
         """Wait until every queued update is in the online store."""
         self._queue.join()

@@ -313,6 +313,8 @@ class StreamJob:
         First the batches left in the inbox by a stopped run; then the store must have
         every batch the checkpoint has committed. ``close`` stops the worker.
         """
+        if self.sink is not None:
+            self.sink.catch_up(self.store)
         self.recover()
         check_store_matches_checkpoint(self.settings, self.store)
         self._worker = threading.Thread(target=self._work, name="pulse-stream-batches", daemon=True)

@@ -48,6 +48,7 @@ class Sink(Protocol):
     it) and what the batch did. ``snapshot``: after each full snapshot, with every
     customer's state and features as of the stream clock. ``progress``: Spark's report
     of each micro-batch (rates, durations, end offsets), from the monitoring thread.
+    ``catch_up``: once at start.
     """
 
     def batch(self, store: CustomerStateStore, result: BatchResult) -> None:
@@ -58,6 +59,10 @@ class Sink(Protocol):
 
     def progress(self, progress: dict[str, Any]) -> None:
         """Spark reported a micro-batch's progress (``StreamingQuery.recentProgress``)."""
+
+    def catch_up(self, store: CustomerStateStore) -> None:
+        """At start, before any batch: bring the output up to the store's last batch (a
+        killed run may have folded batches whose output was not written yet)."""
 
 
 def publish_snapshot(
