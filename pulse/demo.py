@@ -338,13 +338,14 @@ def _serving_port(preferred: int) -> int:
     """``preferred`` (PULSE_API_PORT) when nothing listens on it, else a free port."""
     import socket
 
+    from pulse.chaos.lab import free_port
+
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", preferred))
-            return preferred
         except OSError:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+            return free_port()
+    return preferred
 
 
 def _wait_seeded(settings: Settings, children: Children, last: date) -> None:

@@ -169,15 +169,10 @@ def create_app(settings: Settings) -> FastAPI:
             return None  # no store yet: only the server's own figures
 
     metrics = Metrics(scraped)
-    scans: dict[tuple[Any, ...], Any] = {}  # the last at-risk list per (n, order)
-
-    def cached(key: tuple[Any, ...], scan: Callable[[], Any]) -> Any:
-        """A scan's answer, kept until its key (kind, clock, batch, versions...) moves."""
-        if key not in scans:
-            for old in [k for k in scans if k[0] == key[0]]:
-                del scans[old]
-            scans[key] = scan()
-        return scans[key]
+    # The at-risk lists (per n and order) of the store as it is now: a scan each, kept
+    # until the clock, a batch, a write or a model version moves
+    lists: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    lists_of: list[Any] = [None]  # the store state the lists were scanned at
 
     async def authorise(request: Request) -> None:  # async: no thread hop per request
         if token is None:
@@ -219,14 +214,14 @@ def create_app(settings: Settings) -> FastAPI:
         """The ``n`` customers with the most value at risk (or churn probability)."""
         store = readers.get()
         meta = store.meta()
-        key = ("at-risk", n, order, meta.get("clock_us"), meta.get("last_batch"),
-               meta.get("written_at"), str(meta.get("versions")))  # fmt: skip
-        found = cached(
-            key, lambda: read.at_risk(settings, n, by_probability=order == "probability",
-                                      store=store)
-        )  # fmt: skip
-        rows = [read.jsonable(r) for r in found]
-        return {"order": order, "rows": rows}
+        now = (meta.get("clock_us"), meta.get("last_batch"), meta.get("written_at"),
+               str(meta.get("versions")))  # fmt: skip
+        if now != lists_of[0]:
+            lists.clear()
+            lists_of[0] = now
+        if (n, order) not in lists:
+            lists[n, order] = read.at_risk(settings, n, order == "probability", store=store)
+        return {"order": order, "rows": [read.jsonable(r) for r in lists[n, order]]}
 
     @app.get("/customers/{customer_id}/history", dependencies=guarded)
     def history(customer_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 Like Spark's console sink shows a query's output, this shows the speed layer's: after
 each micro-batch, the customers it changed (at most ``PULSE_CONSOLE_ROWS``, by id) with
-their live features and scores as of the stream clock, computed the way a look-up
-computes them (``features_table``, then ``score`` and ``assemble`` with the CURRENT
-models) from the state the batch left. It runs beside the live view (``Fanout``).
+their live features and scores as of the stream clock, computed as a look-up computes
+them (``serving.read.evaluate``, with the CURRENT models) from the state the batch left.
+It runs beside the live view (``Fanout``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from features.customer import features_table
 from runtime.settings import Settings
-from serving.view import ModelCache, assemble, by_id, score
+from serving.read import evaluate
+from serving.view import ModelCache
 from storage.customer_state import BatchResult, CustomerStateStore
 from storage.state_table import state_table
 
@@ -52,8 +52,8 @@ class ConsoleSink:
         if clock is None or not result.applied or not result.touched_ids:
             return
         ids = sorted(result.touched_ids)
-        rows = view_rows(self.settings, self.models, state_table(*store.read(ids[: self.rows])),
-                         clock)  # fmt: skip
+        state = state_table(*store.read(ids[: self.rows]))
+        rows = evaluate(state, clock, self.models.current(self.settings))
         rows.sort(key=lambda row: row["customer_id"])  # the store reads in its own order
         self.out(format_batch(result.batch_id, len(ids), clock, rows))
 
@@ -65,21 +65,6 @@ class ConsoleSink:
 
     def catch_up(self, store: CustomerStateStore) -> None:
         """Nothing: the console shows batches as they come."""
-
-
-def view_rows(
-    settings: Settings, models: ModelCache, state: pa.Table, clock: datetime
-) -> list[dict[str, Any]]:
-    """State rows -> view rows as of ``clock`` (with ``value_at_risk``), in state order."""
-    features = features_table(state, clock)
-    current = models.current(settings)
-    scores = score(features, current)
-    rows: list[dict[str, Any]] = assemble(features, scores, current).to_pylist()
-    value = by_id(features["customer_id"], scores)["expected_value"].to_pylist()
-    for row, v in zip(rows, value, strict=True):
-        p = row["churn_probability"]
-        row["value_at_risk"] = None if p is None or v is None else p * v
-    return rows
 
 
 def _cell(value: Any, width: int) -> str:

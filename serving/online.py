@@ -250,6 +250,11 @@ def _decode(value: str | None) -> Any:
     return None if value is None or value == "" else json.loads(value)
 
 
+def _record(customer_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    """A Redis hash's fields -> the record (``RECORD_COLUMNS``, decoded)."""
+    return {"customer_id": customer_id} | {c: _decode(fields.get(c)) for c in RECORD_COLUMNS[1:]}
+
+
 class RedisStore(OnlineStore):
     """Redis: ``<prefix>c:<id>`` hashes, the set of ids (``<prefix>ids``), versioned outputs.
 
@@ -319,19 +324,21 @@ class RedisStore(OnlineStore):
         fields, versions = pipe.execute()
         if not fields:
             return None
-        record: dict[str, Any] = {"customer_id": customer_id}
-        for c in RECORD_COLUMNS[1:]:
-            record[c] = _decode(fields.get(c))
-        keys = {
-            kind: f"{self.prefix}o:{kind}:{_decode(v)}:{customer_id}"
-            for kind, v in zip(OUTPUT_KINDS, versions, strict=True)
-            if v is not None
-        }
+        found = {customer_id: _record(customer_id, fields)}
+        self._add_outputs(found, dict(zip(OUTPUT_KINDS, map(_decode, versions), strict=True)))
+        return found[customer_id]
+
+    def _add_outputs(self, found: dict[str, dict[str, Any]], versions: dict[str, Any]) -> None:
+        """Each record's ``output_<kind>`` of the given output versions (a versioned
+        switch: they change only when a model is picked up)."""
+        live = {kind: version for kind, version in versions.items() if version is not None}
+        keys = [(cid, kind, f"{self.prefix}o:{kind}:{version}:{cid}")
+                for cid in found for kind, version in live.items()]  # fmt: skip
         if keys:
-            for kind, value in zip(keys, self.r.mget(list(keys.values())), strict=True):
+            for (cid, kind, _), value in zip(keys, self.r.mget([k for *_, k in keys]),
+                                             strict=True):  # fmt: skip
                 if value is not None:
-                    record[f"output_{kind}"] = value
-        return record
+                    found[cid][f"output_{kind}"] = value
 
     @override
     def get_many(self, ids: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -342,22 +349,9 @@ class RedisStore(OnlineStore):
         pipe.hgetall(self.prefix + "meta")
         *hashes, raw_meta = pipe.execute()
         meta = {k: json.loads(v) for k, v in raw_meta.items()}
-        found: dict[str, dict[str, Any]] = {}
-        for customer_id, fields in zip(wanted, hashes, strict=True):
-            if fields:
-                record: dict[str, Any] = {"customer_id": customer_id}
-                for c in RECORD_COLUMNS[1:]:
-                    record[c] = _decode(fields.get(c))
-                found[customer_id] = record
-        # the outputs change only when a model is picked up, by a versioned switch
-        keys = [(cid, kind, f"{self.prefix}o:{kind}:{meta[f'{kind}_output_version']}:{cid}")
-                for cid in found for kind in OUTPUT_KINDS
-                if meta.get(f"{kind}_output_version") is not None]  # fmt: skip
-        if keys:
-            for (cid, kind, _), value in zip(keys, self.r.mget([k for *_, k in keys]),
-                                             strict=True):  # fmt: skip
-                if value is not None:
-                    found[cid][f"output_{kind}"] = value
+        found = {cid: _record(cid, fields) for cid, fields in zip(wanted, hashes, strict=True)
+                 if fields}  # fmt: skip
+        self._add_outputs(found, {k: meta.get(f"{k}_output_version") for k in OUTPUT_KINDS})
         return found, meta
 
     @override

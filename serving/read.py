@@ -101,16 +101,23 @@ def jsonable(row: dict[str, Any]) -> dict[str, Any]:
 def view_row(record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """An online-store record + the store's meta -> the customer's view row, with its
     ``expected_value`` and ``value_at_risk``."""
-    features = features_table(state_from_record(record), _clock(meta))
-    models = _models(meta, record)
+    return evaluate(state_from_record(record), _clock(meta), _models(meta, record))[0]
+
+
+def evaluate(state: pa.Table, clock: datetime, models: ModelOutputs) -> list[dict[str, Any]]:
+    """State rows -> view rows as of ``clock``, in state order: the features, the scores,
+    the keyed outputs (``assemble``), and ``expected_value`` and ``value_at_risk`` joined
+    by id. Every look-up, batched or not, and the stream's console go through here."""
+    features = features_table(state, clock)
     scores = score(features, models)
-    row: dict[str, Any] = assemble(features, scores, models).to_pylist()[0]
-    value = scores["expected_value"][0].as_py()
-    p = row["churn_probability"]
-    return row | {
-        "expected_value": value,
-        "value_at_risk": None if p is None or value is None else p * value,
-    }
+    value = dict(zip(scores["customer_id"].to_pylist(), scores["expected_value"].to_pylist(),
+                     strict=True))  # fmt: skip
+    rows: list[dict[str, Any]] = assemble(features, scores, models).to_pylist()
+    for row in rows:
+        v, p = value[row["customer_id"]], row["churn_probability"]
+        row["expected_value"] = v
+        row["value_at_risk"] = None if p is None or v is None else p * v
+    return rows
 
 
 def history(record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -145,22 +152,13 @@ def view_rows(records: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, 
     """Many records -> their view rows (as ``view_row``'s), by customer id, in one
     evaluation: a look-up's cost is mostly the fixed cost of Arrow calls on a table, so
     16 customers cost about what 1.5 do (``serving.api`` batches concurrent look-ups)."""
-    if len(records) == 1:
-        return {records[0]["customer_id"]: view_row(records[0], meta)}
-    rows_in = [tuple(r.get(c) for c in RECORD_COLUMNS) for r in records]
-    features = features_table(state_from_records(rows_in, RECORD_COLUMNS), _clock(meta))
-    models = _models(meta, records)
-    scores = score(features, models)
-    value = dict(zip(scores["customer_id"].to_pylist(), scores["expected_value"].to_pylist(),
-                     strict=True))  # fmt: skip
-    out = {}
-    for row in assemble(features, scores, models).to_pylist():
-        v, p = value[row["customer_id"]], row["churn_probability"]
-        out[row["customer_id"]] = row | {
-            "expected_value": v,
-            "value_at_risk": None if p is None or v is None else p * v,
-        }
-    return out
+    if len(records) == 1:  # one record parses faster on its own
+        state = state_from_record(records[0])
+    else:
+        state = state_from_records([tuple(r.get(c) for c in RECORD_COLUMNS) for r in records],
+                                   RECORD_COLUMNS)  # fmt: skip
+    rows = evaluate(state, _clock(meta), _models(meta, records))
+    return {row["customer_id"]: row for row in rows}
 
 
 def _models(

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pulse.chaos.lab import free_port
 from pulse.local_redis import redis_server, stop
 from runtime.errors import PulseError
 from runtime.settings import Settings
@@ -89,13 +90,6 @@ def client_counts(text: str) -> tuple[int, ...]:
 
 
 # --- the processes this bench runs -------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    from pulse.chaos.lab import free_port as free
-
-    return free()
 
 
 def server_env(settings: Settings) -> dict[str, str]:
