@@ -6,24 +6,29 @@ are live: a reader never lists directories and never deduplicates. Both writers,
 stream (one call per micro-batch, ``write_lake_batch``) and ``pulse ingest`` (one call
 per chunk of a file), go through ``write_events``:
 
-1. take the lake's write lock (a ``flock`` beside the table): writers run one at a
-   time, so what a writer checked is still true when it commits; readers never wait;
-2. drop the rows whose ``event_id`` the table already holds, looking only at the
+1. read the table's latest version (one Delta log version, a snapshot);
+2. drop the rows whose ``event_id`` that version already holds, looking only at the
    event dates the rows touch (an event's date follows from its id's row, so the same
    id always lands in the same partition), and repeated ids within the rows;
 3. write what is left as one Parquet file per event date, named after the writer, the
-   batch id and a digest of its ids (written aside, then renamed), and
-4. commit those files to the Delta log in one atomic commit (delta-rs), tagged with
-   the writer and batch id. A crash before the commit leaves no visible change (an
-   unreferenced file, which a retry overwrites by name or ``vacuum`` removes); a
-   replay after it finds every id present and writes nothing.
+   batch id and a digest of its ids, and
+4. commit those files to the Delta log as exactly the next version (delta-rs, no
+   retries inside delta-rs). The log's next entry is created with the store's own
+   put-if-absent (a hard link on a local disk, ``If-None-Match`` on S3), so of two
+   writers that read the same version one commits and the other's commit fails; the
+   loser starts again at step 1 on the new version, where it finds the winner's ids.
+   No lock, nothing shared but the log: the writers may run on different machines.
+   A crash before the commit leaves no visible change (an unreferenced file, which a
+   retry overwrites by name or ``vacuum`` removes); a replay after it finds every id
+   present and writes nothing.
 
 So each event is in the lake exactly once, whatever the interleaving of the stream,
 re-sends older than the stream's dedup window, overlapping ingests and crashes.
 
 Compaction (``compact``; ``pulse compact``, and automatically at the end of an
-ingest) rewrites each event date's small files into one, under the same lock, and
-commits the new file and the removal of the old ones together. A reader holds a
+ingest) rewrites each event date's small files into one, and commits the new file and the
+removal of the old ones together, by the same rule (a compaction that loses a race
+to a writer reads the new version and rewrites again). A reader holds a
 snapshot (one log version): the files it lists stay on disk until ``vacuum`` deletes
 files removed longer than its retention ago, so a read running during a compaction
 sees the old set or the new one, never a mix.
@@ -51,17 +56,16 @@ read (nothing at or after it). Features of that window are computed as of
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
+import random
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -207,21 +211,29 @@ def last_event_date(settings: Settings) -> date:
 # -- the write protocol ---------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def write_lock(settings: Settings) -> Iterator[None]:
-    """The lake's write lock: one writer (stream, ingest, compaction) at a time.
+T = TypeVar("T")
+COMMIT_ATTEMPTS = 100  # a writer that loses this many races in a row gives up (an error)
 
-    A ``flock`` on a file beside the table (not inside it, so no reader or vacuum sees
-    it). Released by the kernel if the holder dies, so a crash never leaves it stuck.
+
+def optimistically(settings: Settings, attempt: Callable[[Any], T]) -> T:
+    """``attempt(table)`` on the latest version until its commit lands (module docstring).
+
+    ``attempt`` reads what it needs from ``table``, writes its files and commits exactly
+    the next version; when another writer committed that version first, delta-rs raises
+    ``CommitFailedError`` and ``attempt`` runs again on a fresh read, after a short
+    random back-off (so two writers do not keep colliding in step).
     """
-    lake = Path(settings.lake_dir)
-    lake.parent.mkdir(parents=True, exist_ok=True)
-    with open(lake.with_name(f".{lake.name}.write-lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    from deltalake.exceptions import CommitFailedError
+
+    for n in range(COMMIT_ATTEMPTS):
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            return attempt(_open_for_write(settings))
+        except CommitFailedError:
+            time.sleep(random.uniform(0, 0.01 * 2 ** min(n, 6)))
+    raise PulseError(
+        f"the lake at {settings.lake_dir}: {COMMIT_ATTEMPTS} commits in a row lost to other "
+        "writers; is a writer stuck in a loop?"
+    )
 
 
 def _open_for_write(settings: Settings) -> Any:
@@ -292,7 +304,9 @@ def _commit(table: Any, actions: list[Any], metadata: dict[str, str]) -> None:
         mode="append",
         schema=LAKE_ARROW_SCHEMA,
         partition_by=[LAKE_PARTITION],
-        commit_properties=CommitProperties(custom_metadata=metadata),
+        # Exactly the next version or an error: a commit must never land on a version
+        # its writer did not read (delta-rs would otherwise rebase a blind append).
+        commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=0),
     )
 
 
@@ -308,8 +322,8 @@ def write_events(settings: Settings, rows: pa.Table, writer: str, batch_id: int)
         return 0
     dates = pc.cast(rows.column("event_time"), pa.date32())
     days = sorted(d.isoformat() for d in pc.unique(dates).to_pylist())
-    with write_lock(settings):
-        table = _open_for_write(settings)
+
+    def attempt(table: Any) -> int:
         fresh = new_events(rows, _ids_in(table, days))
         if not len(fresh):
             return 0
@@ -327,6 +341,8 @@ def write_events(settings: Settings, rows: pa.Table, writer: str, batch_id: int)
             actions.append(_add_action(settings, path, day, len(rows_of_day), data_change=True))
         _commit(table, actions, {"pulse.writer": writer, "pulse.batch_id": str(batch_id)})
         return len(fresh)
+
+    return optimistically(settings, attempt)
 
 
 def _digest(ids: pa.ChunkedArray | pa.Array) -> str:
@@ -393,8 +409,8 @@ def compact(
     """Rewrite each event date that has ``min_files`` or more live files into one file.
 
     ``days``: ISO dates to consider (default: all). Dates are committed in groups of
-    ``dates_per_commit``, each group under the write lock (so the stream waits for one
-    group, not the whole run). Rows are sorted by event time; a repeated event id (only
+    ``dates_per_commit``, each its own commit (so a group that loses a race to the stream
+    rewrites only that group). Rows are sorted by event time; a repeated event id (only
     a pre-protocol lake has any) is kept once. Old files stay until ``vacuum``.
     """
     from deltalake.transaction import RemoveAction
@@ -402,51 +418,60 @@ def compact(
     result = CompactResult(0, 0, 0, 0, 0)
     if not _is_delta(settings) and not _legacy_parts(settings):
         return result
-    with write_lock(settings):
-        by_day = _files_by_day(_open_for_write(settings))
+    by_day = _files_by_day(_open_for_write(settings))
     wanted = set(days) if days is not None else set(by_day)
     todo = sorted(d for d, files in by_day.items() if d in wanted and len(files) >= min_files)
+
+    def rewrite(group: list[str], table: Any) -> CompactResult:
+        """One group's rewrite on ``table``'s version (again, if a writer committed first)."""
+        done = CompactResult(0, 0, 0, 0, 0)
+        current = _files_by_day(table)  # this version's files: a writer may have added
+        actions: list[Any] = []
+        now_ms = int(time.time() * 1000)
+        for day in group:
+            files = current.get(day, [])
+            if len(files) < min_files:
+                continue
+            paths = [str(Path(settings.lake_dir) / p) for p, _ in files]
+            rows = pq.ParquetDataset(paths).read(columns=list(FIELD_NAMES))
+            rows = rows.cast(EVENT_ARROW_SCHEMA)
+            unique = new_events(rows, pa.array([], pa.string()))
+            unique = unique.sort_by([("event_time", "ascending"), ("event_id", "ascending")])
+            changed = len(unique) != len(rows)
+            part_dir = Path(settings.lake_dir) / f"{LAKE_PARTITION}={day}"
+            version = table.version() + 1
+            for i, offset in enumerate(range(0, len(unique), COMPACT_MAX_ROWS)):
+                chunk = unique.slice(offset, COMPACT_MAX_ROWS)
+                name = f"part-compact-v{version:08d}-{i:03d}.parquet"
+                path = _write_file(part_dir, name, chunk)
+                actions.append(_add_action(settings, path, day, len(chunk), changed))
+                done.files_after += 1
+            for rel, _ in files:
+                actions.append(
+                    RemoveAction(
+                        path=rel,
+                        deletion_timestamp=now_ms,
+                        data_change=changed,
+                        partition_values={LAKE_PARTITION: day},
+                        size=(Path(settings.lake_dir) / rel).stat().st_size,
+                    )
+                )
+            done.dates += 1
+            done.files_before += len(files)
+            done.rows += len(unique)
+            done.dropped += len(rows) - len(unique)
+        if actions:
+            _commit(table, actions, {"pulse.writer": "compact"})
+        return done
+
     for start in range(0, len(todo), dates_per_commit):
         group = todo[start : start + dates_per_commit]
-        with write_lock(settings):
-            table = _open_for_write(settings)
-            current = _files_by_day(table)  # re-read under the lock: a writer may have added
-            actions: list[Any] = []
-            now_ms = int(time.time() * 1000)
-            for day in group:
-                files = current.get(day, [])
-                if len(files) < min_files:
-                    continue
-                paths = [str(Path(settings.lake_dir) / p) for p, _ in files]
-                rows = pq.ParquetDataset(paths).read(columns=list(FIELD_NAMES))
-                rows = rows.cast(EVENT_ARROW_SCHEMA)
-                unique = new_events(rows, pa.array([], pa.string()))
-                unique = unique.sort_by([("event_time", "ascending"), ("event_id", "ascending")])
-                changed = len(unique) != len(rows)
-                part_dir = Path(settings.lake_dir) / f"{LAKE_PARTITION}={day}"
-                version = table.version() + 1
-                for i, offset in enumerate(range(0, len(unique), COMPACT_MAX_ROWS)):
-                    chunk = unique.slice(offset, COMPACT_MAX_ROWS)
-                    name = f"part-compact-v{version:08d}-{i:03d}.parquet"
-                    path = _write_file(part_dir, name, chunk)
-                    actions.append(_add_action(settings, path, day, len(chunk), changed))
-                    result.files_after += 1
-                for rel, _ in files:
-                    actions.append(
-                        RemoveAction(
-                            path=rel,
-                            deletion_timestamp=now_ms,
-                            data_change=changed,
-                            partition_values={LAKE_PARTITION: day},
-                            size=(Path(settings.lake_dir) / rel).stat().st_size,
-                        )
-                    )
-                result.dates += 1
-                result.files_before += len(files)
-                result.rows += len(unique)
-                result.dropped += len(rows) - len(unique)
-            if actions:
-                _commit(table, actions, {"pulse.writer": "compact"})
+        done = optimistically(settings, lambda table, group=group: rewrite(group, table))
+        result.dates += done.dates
+        result.files_before += done.files_before
+        result.files_after += done.files_after
+        result.rows += done.rows
+        result.dropped += done.dropped
         if log is not None:
             log(f"compacted {min(start + dates_per_commit, len(todo))}/{len(todo)} dates")
     return result
@@ -456,19 +481,19 @@ def vacuum(settings: Settings, retention_hours: int = VACUUM_RETENTION_HOURS) ->
     """Delete files no live snapshot newer than ``retention_hours`` needs; returns count.
 
     Removes files that compactions removed from the log more than ``retention_hours``
-    ago, and files no commit ever referenced (a writer that crashed before its commit).
-    A reader still holding a snapshot older than the retention may then fail: keep it
-    longer than the longest read.
+    ago, and files no commit ever referenced (a writer that crashed before its commit)
+    once they are older than the retention. A writer's file is unreferenced until its
+    commit, and a reader's snapshot may still list removed files: keep the retention
+    longer than the longest write and the longest read.
     """
     if not _is_delta(settings):
         return 0
-    with write_lock(settings):
-        deleted = _table(settings).vacuum(
-            retention_hours=retention_hours,
-            dry_run=False,
-            enforce_retention_duration=False,
-            full=True,
-        )
+    deleted = _table(settings).vacuum(
+        retention_hours=retention_hours,
+        dry_run=False,
+        enforce_retention_duration=False,
+        full=True,
+    )
     return len(deleted)
 
 
