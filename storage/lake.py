@@ -56,6 +56,7 @@ read (nothing at or after it). Features of that window are computed as of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -466,7 +467,7 @@ def compact(
 
     for start in range(0, len(todo), dates_per_commit):
         group = todo[start : start + dates_per_commit]
-        done = optimistically(settings, lambda table, group=group: rewrite(group, table))
+        done = optimistically(settings, functools.partial(rewrite, group))
         result.dates += done.dates
         result.files_before += done.files_before
         result.files_after += done.files_after
