@@ -25,7 +25,7 @@ Spark ML GBT classifier (pointwise: P(bought), which orders each customer's cand
 is trained on the candidates at ``train_cutoffs`` cutoffs before the scoring one, H
 apart, of the customers who bought in the window after each (the others have no
 positive to learn from). Lists are each customer's candidates by that probability
-(``ranked``), filled from popularity to K by ``batch.recommend.assemble``.
+(``ranked``), filled from popularity to K by ``batch.candidates.assemble``.
 
 The cutoff is a column, not a loop: ``candidates`` builds every (cutoff, customer) of its
 scope in the same Spark jobs, so a retrain builds its four labelled sets (three training
@@ -416,7 +416,7 @@ def _fit(rows: DataFrame, params: RankerParams) -> PipelineModel:
 
 def ranked(model: PipelineModel, cands: DataFrame, k: int = N_RECOMMENDATIONS) -> DataFrame:
     """Each customer's top ``k`` of ``cands`` (``candidates`` at one cutoff) by the model's
-    P(bought), as a candidate source for ``batch.recommend.assemble`` (which fills short
+    P(bought), as a candidate source for ``batch.candidates.assemble`` (which fills short
     lists from popularity): customer_id, article_id, score, pos."""
     scored = model.transform(cands).select(
         "customer_id", "article_id",

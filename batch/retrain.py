@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 
 from batch import churn, recommend, segments
 from batch.context import RetrainContext, RetrainOptions, StageLog
-from batch.state import write_state
+from batch.correction import write_state
 from features.customer import daily_activity
 from runtime.errors import PulseError
 from runtime.settings import Settings

@@ -43,7 +43,7 @@ AT_RISK_MIN_RECENCY = 30  # days; and twice the customer's own rhythm
 ONE_OFF_AT_RISK_RECENCY = 90  # single-purchase-day customers at risk after this
 
 # One day of a customer's history: every ``daily_activity`` column, so the stream can
-# replace a day it has seen before by subtracting the old values (streaming.state).
+# replace a day it has seen before by subtracting the old values (storage.columnar_store).
 DAY_STRUCT = T.StructType(
     [
         T.StructField("day", T.DateType(), True),

@@ -264,7 +264,7 @@ class Watcher:
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:
     """Run the demo loop; returns 0 on success. Leaves no child process running."""
-    from runtime import broker
+    from pulse.local import broker
 
     data_root = settings.data_root.resolve()
     settings = settings.model_copy(update={"data_root": data_root})

@@ -1,4 +1,4 @@
 """Plumbing below every layer.
 
-Settings, errors, the Spark session, JVM jars, the local broker, Kafka admin.
+Settings, errors, the Spark session, JVM jars, Kafka admin.
 """

@@ -7,7 +7,7 @@ From them derive:
 - ``validate(obj)``: the producer-side check, returning the first precise reason
   a record breaks the contract (or None);
 - ``spark_schema()``: the typed ``StructType`` Spark uses for the lake;
-- ``streaming.parse.classify_exact``: the same checks as Spark Columns, with the same
+- ``streaming.contract_variant.classify_exact``: the same checks as Spark Columns, with the same
   reasons (tests/streaming/test_parse.py proves both validators agree record by record);
 - the dataset adapters' vectorised checks (``producers.adapters``).
 
@@ -17,7 +17,8 @@ be dated more than ``MAX_AHEAD_OF_PRODUCER`` after its ``produced_at``); then un
 extra fields. The first failure is
 the reason, always ``"<field>: <what>"`` with the wording kept here.
 
-Wire format: compact JSON, one object per Kafka record, key = customer_id.
+Wire format (``encode``; the section "wire format" below is its one definition): compact
+JSON, one object per Kafka record, key = customer_id, fields in contract order.
 Timestamps are ISO-8601 UTC strings (``2020-09-22T00:00:00Z``).
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -205,14 +206,59 @@ def decode(raw: bytes) -> dict[str, Any]:
     return check_event(obj)
 
 
-def encode(event: Mapping[str, Any]) -> bytes:
-    """Compact JSON for the wire; datetimes become ISO-8601 UTC strings."""
-    wire = {
-        name: format_timestamp(v) if isinstance(v, datetime) else v
-        for name in FIELD_NAMES
-        if (v := event.get(name)) is not None or name == "sales_channel_id"
+# ------------------------------------------------------------------ wire format
+#
+# An event's bytes on the wire, defined once: the JSON writer (``_WIRE_JSON``), which
+# fields are written and in what order (``wire_fields``) and each value's wire form
+# (``wire_form``). ``encode`` writes one event with them; the producer's batch encoder
+# (``producers.arrow_encode``) writes a whole Arrow table with ``wire_frame`` (the text
+# around the values) and ``wire_value`` (a value's text), both derived from the same
+# three. tests/unit/test_replay.py proves the two write the same bytes.
+
+#: Compact separators, text as UTF-8 (no ``\u`` escapes), NaN and the infinities as
+#: Python writes them (the contract rejects them; the bytes still say what was sent).
+_WIRE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def wire_form(value: Any) -> Any:
+    """A field value as the wire's JSON holds it: a timestamp as ``format_timestamp`` writes it."""
+    return format_timestamp(value) if isinstance(value, datetime) else value
+
+
+def wire_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields ``encode`` writes, in contract order, in wire form.
+
+    A null or absent field is left out, unless it is nullable: then it is written as
+    null. Keys that are not contract fields are ignored.
+    """
+    return {
+        spec.name: wire_form(value)
+        for spec in FIELDS
+        if (value := event.get(spec.name)) is not None or spec.nullable
     }
-    return json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode(event: Mapping[str, Any]) -> bytes:
+    """An event's bytes on the wire: ``wire_fields(event)`` as one compact JSON object."""
+    return _WIRE_JSON.encode(wire_fields(event)).encode()
+
+
+def wire_value(value: Any) -> str:
+    """One field value's JSON text, exactly as ``encode`` writes it inside the object."""
+    return _WIRE_JSON.encode(wire_form(value))
+
+
+def wire_frame(names: Sequence[str]) -> tuple[str, ...]:
+    """The text ``encode`` writes around the values of the fields ``names``, in that order.
+
+    ``frame[i]`` goes before value ``i`` (the object's opening or the separator, then
+    the field's name and the colon) and ``frame[-1]`` after the last value: the object
+    is ``frame[0] + value_0 + frame[1] + ... + value_last + frame[-1]``.
+    """
+    if not names:
+        return ("{}",)
+    keys = [_WIRE_JSON.encode(name) + _WIRE_JSON.key_separator for name in names]
+    return ("{" + keys[0], *(_WIRE_JSON.item_separator + key for key in keys[1:]), "}")
 
 
 def make_event_id(source: str, *parts: object) -> str:

@@ -17,14 +17,10 @@ from datetime import timedelta
 
 from pyspark.sql import functions as F
 
+from batch.als import als_interactions
+from batch.candidates import STRATEGIES, assemble, candidate_sources
 from batch.evaluate import spark_ranking_metrics
 from batch.params import RecParams
-from batch.recommend import (
-    STRATEGIES,
-    als_interactions,
-    assemble,
-    candidate_sources,
-)
 from features.time import cutoff_ts
 from runtime.settings import Settings
 from runtime.spark import build_spark

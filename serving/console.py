@@ -18,8 +18,8 @@ import pyarrow as pa
 from runtime.settings import Settings
 from serving.read import evaluate
 from serving.view import ModelCache
-from storage.customer_state import BatchResult, CustomerStateStore
-from storage.state_table import state_table
+from storage.columnar_store import BatchResult, CustomerStateStore
+from storage.state_rows import state_table
 
 # (header, view-row key, width): what a marketer reads first
 COLUMNS = (
@@ -36,7 +36,7 @@ COLUMNS = (
 
 
 class ConsoleSink:
-    """A ``streaming.state.Sink`` that prints each batch's updated customers."""
+    """A ``streaming.output.Sink`` that prints each batch's updated customers."""
 
     def __init__(
         self, settings: Settings, rows: int | None = None, out: Callable[[str], None] = print

@@ -1,4 +1,4 @@
-"""The live view: keeps the online store current as the stream runs (a ``streaming.state.Sink``).
+"""The live view: keeps the online store current as the stream runs (a ``streaming.output.Sink``).
 
 Per micro-batch, for the customers the batch touched only: their absolute state is read
 from the stream's store on the stream's thread (it changes with the next batch), and
@@ -40,8 +40,8 @@ import pyarrow.compute as pc
 from runtime.settings import Settings
 from serving.online import STATE_COLUMNS, OnlineStore, open_store
 from serving.view import ModelCache, ModelOutputs, assemble, by_id, publish_view, score
-from storage.customer_state import BatchResult, CustomerStateStore
-from storage.state_table import history_json, state_table
+from storage.columnar_store import BatchResult, CustomerStateStore
+from storage.state_rows import history_json, state_table
 
 TOTALS = STATE_COLUMNS[:7]  # the totals; then max_event_time and the history
 

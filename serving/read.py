@@ -37,7 +37,7 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 from serving.online import RECORD_COLUMNS, OnlineStore, open_store
 from serving.view import RECS_TABLE, SEGMENT_TABLE, ModelOutputs, assemble, score, scorers_from
-from storage.state_table import state_from_record, state_from_records
+from storage.state_rows import state_from_record, state_from_records
 
 AT_RISK_COLUMNS = (
     "customer_id",

@@ -10,7 +10,7 @@ after a crash, or that a restart finds in the inbox, changes nothing twice:
 
 - invalid records -> ``quarantine/batch=<id>/`` (raw bytes, topic, partition,
   offset, reason), overwritten by a replay;
-- valid events -> ``storage.customer_state``: ids seen before and events older
+- valid events -> ``storage.columnar_store``: ids seen before and events older
   than the watermark (clock - ``allowed_lateness_days``) are not counted; the rest
   move their customers' absolute state, in one transaction with the batch id;
 - valid events, less those seen before -> the lake, one file per event date named
@@ -25,11 +25,11 @@ Spark's state store would.
 
 Every ``snapshot_interval_seconds`` (0: after every batch that changed the state),
 and when a run ends, every customer's features are published as of the stream clock
-(``streaming.state.publish_snapshot``): the one step whose cost grows with the
+(``streaming.output.publish_snapshot``): the one step whose cost grows with the
 customer base, so it runs on a schedule, not per batch.
 
 Time semantics: the stream clock is the latest accepted event time (robust to one
-outlier: ``storage.customer_state.robust_clock``), never the wall clock.
+outlier: ``storage.stream_clock.robust_clock``), never the wall clock.
 """
 
 from __future__ import annotations
@@ -53,16 +53,16 @@ from pyspark.sql.streaming import StreamingQuery
 from runtime.errors import PulseError
 from runtime.kafka_admin import lag
 from runtime.settings import Settings
-from storage.customer_state import EVENT_COLUMNS, BatchResult, CustomerStateStore
+from storage.columnar_store import EVENT_COLUMNS, BatchResult, CustomerStateStore
 from storage.lake import lake_rows, write_lake_batch
 from streaming.inbox import Inbox
-from streaming.parse import KAFKA_COLUMNS, QUARANTINE_COLUMNS, classify_arrow
-from streaming.state import (
-    Sink,
+from streaming.kafka_rows import KAFKA_COLUMNS, QUARANTINE_COLUMNS
+from streaming.output import Sink, publish_snapshot
+from streaming.parse import classify_arrow
+from streaming.seed import (
     check_store_matches_checkpoint,
     correct_from_batch,
     open_store,
-    publish_snapshot,
     seed_from_lake,
 )
 
@@ -400,7 +400,7 @@ def run(
 
     ``seed``: on the first start, build the state from the lake first, after checking
     that the topic starts after the lake ends. ``sink`` gets each batch and snapshot
-    (``streaming.state.Sink``). A clean stop (the end of ``until_idle``, or SIGINT,
+    (``streaming.output.Sink``). A clean stop (the end of ``until_idle``, or SIGINT,
     which pyspark turns into KeyboardInterrupt) processes the batches already handed
     over, publishes a final snapshot if the state moved since the last one, and then
     re-raises the interrupt; a failed run publishes nothing.

@@ -87,7 +87,7 @@ def kafka_bootstrap(jvm_settings: Settings, session_root: Path) -> Iterator[str]
         with KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from runtime import broker
+    from pulse.local import broker
 
     local = jvm_settings.model_copy(
         update={
@@ -116,7 +116,7 @@ def redis_url(session_root: Path) -> Iterator[str]:
         return
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (`make setup` installs Debian's package)")
-    from pulse.local_redis import redis_server
+    from pulse.local.redis import redis_server
 
     with redis_server(session_root / "redis") as url:
         yield url

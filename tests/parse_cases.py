@@ -101,8 +101,9 @@ def python_reason(raw: bytes) -> str | None:
 def compact(raw: bytes) -> bytes:
     """The record as the producer writes it (compact, same key order), when it is JSON.
 
-    Compact records in the contract's key order take classify's fast path; the
-    json.dumps default (spaces after separators) takes the exact path.
+    Compact records in the contract's key order take the canonical fast path
+    (``streaming.contract_canonical``); the json.dumps default (spaces after separators)
+    takes the exact path.
     """
     try:
         obj = json.loads(raw)

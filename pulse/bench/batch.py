@@ -75,7 +75,7 @@ class PeakMemory:
 def als_vs_implicit(spark, settings: Settings, params: RecParams) -> dict[str, float]:  # noqa: ANN001
     """Fit Spark ALS and implicit's ALS on the matrix a retrain trains on; seconds for each.
 
-    The matrix is ``batch.recommend.als_interactions`` at the lake's end (the recency
+    The matrix is ``batch.als.als_interactions`` at the lake's end (the recency
     window and minimum support of ``params``); both get the same rank, iterations,
     regularisation and confidence 1 + alpha * weight.
     """
@@ -85,7 +85,7 @@ def als_vs_implicit(spark, settings: Settings, params: RecParams) -> dict[str, f
     from implicit.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from batch.recommend import als_estimator, als_interactions, als_matrix
+    from batch.als import als_estimator, als_interactions, als_matrix
     from storage.lake import last_event_date, read_lake
 
     cutoff = last_event_date(settings) + timedelta(days=1)

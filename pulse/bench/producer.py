@@ -132,7 +132,8 @@ def bench_producer(
     Prints a table, or with ``as_json`` one JSON object of the same figures on stdout
     (the table and progress lines then go to stderr). Returns that object.
     """
-    from producers.replay import position_path, replay
+    from producers.replay import ReplayOptions, replay
+    from producers.resume import position_path
     from runtime.kafka_admin import admin_client, create_topics
 
     if as_json:
@@ -147,7 +148,8 @@ def bench_producer(
     tables = list(bench_events(events))  # built before the clock starts
 
     try:
-        stats = replay(tables, ours_settings, identity=identity, progress=False, log=log)
+        options = ReplayOptions(identity=identity, progress=False)
+        stats = replay(tables, ours_settings, options, log=log)
         if stats.failed or stats.delivered != events:
             raise PulseError(f"bench replay lost records: {stats.summary()}")
         record_size = round(stats.bytes / stats.delivered)
@@ -212,14 +214,13 @@ def _python_ceiling(tables: list[pa.Table]) -> float:
 
     The bound the replay cannot beat, whatever the broker does.
     """
-    from producers.replay import TimestampText, encode_bodies, event_keys
+    from producers.arrow_encode import closing, encode_bodies, event_keys
 
-    stamps = TimestampText()
     rows = size = 0
     started = time.perf_counter()
     for table in tables:
         keys, bodies = event_keys(table), encode_bodies(table)
         for key, body in zip(keys, bodies, strict=True):
-            size += len(key) + len(body + stamps.closing(time.time_ns() // 1_000_000))
+            size += len(key) + len(body + closing(time.time_ns() // 1_000_000))
         rows += len(bodies)
     return rows / (time.perf_counter() - started)

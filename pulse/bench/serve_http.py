@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from pulse.chaos.lab import free_port
-from pulse.local_redis import redis_server, stop
+from pulse.local.redis import redis_server, stop
 from runtime.errors import PulseError
 from runtime.settings import Settings
 

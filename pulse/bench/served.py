@@ -47,7 +47,7 @@ def event_to_served(
     from serving import read
     from serving.live import LiveView
     from streaming.job import StreamJob, kafka_source, monitor
-    from streaming.state import SEED_BATCH, open_store
+    from streaming.seed import SEED_BATCH, open_store
 
     s = settings.model_copy(update={"topic_transactions": f"bench-served-{uuid.uuid4().hex[:8]}"})
     create_topics(s, log=lambda *_: None)

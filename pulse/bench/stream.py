@@ -141,9 +141,9 @@ def _latency(
 
     Returns (per-event latencies, per-batch durations) in seconds.
     """
-    from storage.customer_state import BatchResult
+    from storage.columnar_store import BatchResult
     from streaming.job import StreamJob, kafka_source, monitor
-    from streaming.state import open_store
+    from streaming.seed import open_store
 
     sent: dict[str, float] = {}
     lock = threading.Lock()
@@ -220,7 +220,8 @@ def bench_stream(
     """Measure the speed layer (see the module docstring); print and return the figures."""
     from runtime.spark import build_spark
     from streaming.job import run
-    from streaming.state import open_store, publish_snapshot
+    from streaming.output import publish_snapshot
+    from streaming.seed import open_store
 
     def say(msg: str) -> None:
         if not as_json:

@@ -105,7 +105,7 @@ def fill(
     state written (the stream store's tables, for the event-to-served run)."""
     from serving.live import records
     from serving.online import open_store
-    from storage.state_table import state_table
+    from storage.state_rows import state_table
 
     rng = np.random.default_rng(seed)
     ids = [f"{i:016x}{rng.integers(0, 2**62):016x}" for i in range(customers)]

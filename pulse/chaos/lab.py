@@ -126,7 +126,7 @@ def generate(n: int, seed: int, customers: int | None = None) -> Iterator[pa.Tab
 @contextlib.contextmanager
 def local_broker(base: Settings, root: Path, log: Log) -> Iterator[Settings]:
     """A single KRaft broker on free ports under ``root``; stopped (or killed) on exit."""
-    from runtime import broker
+    from pulse.local import broker
 
     settings = base.model_copy(
         update={
@@ -213,11 +213,12 @@ class Producer:
         rate: float | None = None,
         resume: bool = False,
     ) -> None:
-        from producers.replay import BAD_KINDS, Pacing, ReplayStats
+        from producers.bad_records import BAD_KINDS
+        from producers.replay import Pacing, ReplayOptions, ReplayStats
 
         self.stats: ReplayStats | None = None
         self.error: BaseException | None = None
-        self._args = dict(
+        self._options = ReplayOptions(
             pacing=Pacing(rate=rate),
             identity={"source": name},
             resume=resume,
@@ -225,7 +226,6 @@ class Producer:
             bad_kinds=tuple(kinds or BAD_KINDS),
             seed=seed,
             progress=False,
-            log=lambda _: None,
         )
         self._settings, self._tables = settings, tables
         self.thread = threading.Thread(target=self._run, name=f"chaos-producer-{name}", daemon=True)
@@ -235,7 +235,7 @@ class Producer:
         from producers.replay import replay
 
         try:
-            self.stats = replay(self._tables, self._settings, **self._args)  # type: ignore[arg-type]
+            self.stats = replay(self._tables, self._settings, self._options, log=lambda _: None)
         except BaseException as exc:  # noqa: BLE001 - reported by result()
             self.error = exc
 

@@ -15,7 +15,7 @@ def _setup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime import broker
+    from pulse.local import broker
 
     if args.action == "start":
         broker.start(settings)

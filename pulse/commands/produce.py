@@ -25,7 +25,7 @@ def _source_identity(spec: str, name: str, start: date | None, end: date | None)
 
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from producers.adapters import open_source
-    from producers.replay import Pacing, replay
+    from producers.replay import Pacing, ReplayOptions, replay
 
     pacing = Pacing(speedup=args.speedup, rate=args.rate)  # validates before any I/O
     if args.start and args.end and args.end < args.start:
@@ -34,9 +34,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     batches = batches_read_early(source)  # a wrong file fails here, before Kafka is asked
     # --end is an inclusive date: the simulated clock runs to its midnight
     until = datetime.combine(args.end + timedelta(days=1), time(), UTC) if args.end else None
-    stats = replay(
-        batches,  # Arrow tables: the producer encodes each one at once
-        settings,
+    options = ReplayOptions(
         pacing=pacing,
         limit=args.limit,
         identity=_source_identity(args.source, source.name, args.start, args.end),
@@ -45,6 +43,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         until=until,
     )
+    stats = replay(batches, settings, options)  # Arrow tables: each one encoded at once
     print(f"source {source.name}: {source.stats.summary()}")
     print(stats.summary())
     lost = stats.failed or stats.delivered != stats.sent

@@ -27,7 +27,7 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
     from serving.live import LiveView
     from serving.online import open_store
     from streaming.job import run
-    from streaming.state import Sink
+    from streaming.output import Sink
 
     check_topic(settings)
     open_store(settings).close()  # an unreachable Redis is one line here, before Spark starts

@@ -1,4 +1,4 @@
-"""ALS top-k lists from ``batch.recommend.als_candidates`` equal Spark's own
+"""ALS top-k lists from ``batch.als.als_candidates`` equal Spark's own
 ``ALSModel.recommendForUserSubset`` on the same fitted model."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from batch.als import als_candidates, als_matrix, fit_als, top_k
 from batch.params import RecParams
-from batch.recommend import als_candidates, als_matrix, fit_als, top_k
 
 pytestmark = pytest.mark.spark
 

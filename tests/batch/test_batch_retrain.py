@@ -9,9 +9,9 @@ from batch_shop import TableSource, events_table, shop_rows
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from batch.candidates import popular
 from batch.ingest import ingest_source
 from batch.params import ChurnParams, RankerParams, RecParams
-from batch.recommend import popular
 from batch.retrain import RetrainOptions, retrain
 from features.customer import compute_features
 from features.time import as_of_for

@@ -19,10 +19,10 @@ from batch_shop import TableSource, events_table
 from pyspark.sql import functions as F
 
 from batch import ranker
+from batch.candidates import assemble, candidate_sources
 from batch.evaluate import spark_ranking_metrics_by
 from batch.ingest import ingest_source
 from batch.params import RankerParams, RecParams
-from batch.recommend import assemble, candidate_sources
 from batch.retrain import RetrainOptions, retrain
 from features.customer import daily_activity
 

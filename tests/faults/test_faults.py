@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.replay import BAD_KINDS, DATED_KINDS, bad_kind_for_row, bad_record
+from producers.bad_records import BAD_KINDS, DATED_KINDS, bad_kind_for_row, bad_record
 from pulse.chaos import cases, lab
 from schemas.transaction import AHEAD_OF_PRODUCER, parse_timestamp, validate
 
@@ -97,7 +97,7 @@ def test_ten_percent_bad_records(ctx: cases.Context) -> None:
     injected = {k: planned.count(k) for k in kinds if planned.count(k)}
     far_past = injected.get("far_past", 0)
     with lab.local_broker(ctx.base, ctx.root / "broker", ctx.log) as kafka:
-        result = cases._bad_records(ctx, kafka, "bad10", 0.10)
+        result = cases.bad_records_at(ctx, kafka, "bad10", 0.10)
     _no_loss(result, n + far_past)
     assert result.details["injected"] == injected
     assert result.produced == n + sum(injected.values())
@@ -108,37 +108,39 @@ def test_ten_percent_bad_records(ctx: cases.Context) -> None:
 
 
 def test_cluster_figures_compare_to_the_last_digits_only() -> None:
-    from pulse.chaos.cases import _same_figures
+    from pulse.chaos.cases import same_figures
 
     # a silhouette summed in another order on the cluster: its 16th digit differs
     local = {"silhouette_by_k": {"5": 0.4456346206265611}, "k": 4, "rows": [1.0, 2.0]}
     cluster = {"silhouette_by_k": {"5": 0.4456346206265613}, "k": 4, "rows": [1.0, 2.0]}
-    assert _same_figures(local, cluster)
-    assert not _same_figures(local, cluster | {"k": 3})
-    assert not _same_figures({"auc": 0.85583}, {"auc": 0.85584})
-    assert not _same_figures([1.0], [1.0, 2.0])
+    assert same_figures(local, cluster)
+    assert not same_figures(local, cluster | {"k": 3})
+    assert not same_figures({"auc": 0.85583}, {"auc": 0.85584})
+    assert not same_figures([1.0], [1.0, 2.0])
 
 
 def test_cluster_tables_compare_floats_to_the_last_digits_only() -> None:
     import pyarrow as pa
 
-    from pulse.chaos.cases import _compare
+    from pulse.chaos.cases import compare_tables
 
     local = pa.table({"id": ["a", "b", "c"], "p": [0.5, 0.25, None]})
     # churn probabilities fitted on the cluster differed by 1.1e-15
     assert (
-        _compare(
+        compare_tables(
             "churn", local, pa.table({"id": ["a", "b", "c"], "p": [0.5 + 1.1e-15, 0.25, None]})
         )
         is None
     )
-    moved = _compare("churn", local, pa.table({"id": ["a", "b", "c"], "p": [0.5, 0.2501, None]}))
+    moved = compare_tables(
+        "churn", local, pa.table({"id": ["a", "b", "c"], "p": [0.5, 0.2501, None]})
+    )
     assert moved is not None and "p (1 rows" in moved
     assert (
-        _compare("churn", local, pa.table({"id": ["a", "b", "c"], "p": [0.5, 0.25, 0.1]}))
+        compare_tables("churn", local, pa.table({"id": ["a", "b", "c"], "p": [0.5, 0.25, 0.1]}))
         is not None
     )
     assert (
-        _compare("churn", local, pa.table({"id": ["a", "x", "c"], "p": [0.5, 0.25, None]}))
+        compare_tables("churn", local, pa.table({"id": ["a", "x", "c"], "p": [0.5, 0.25, None]}))
         is not None
     )

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from producers.adapters import ARROW_SCHEMA, open_source
-from producers.replay import Pacing, replay
+from producers.replay import Pacing, ReplayOptions, replay
 from pulse.cli import main as pulse_main
 from runtime.errors import PulseError
 from schemas.transaction import ContractError, decode
@@ -28,6 +28,11 @@ from schemas.transaction import ContractError, decode
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+QUIET = ReplayOptions(progress=False)
+
+
+def silent(_: str) -> None:
+    pass
 
 
 def write_hm_folder(folder: Path, days: int = 20, customers: int = 12) -> Path:
@@ -124,7 +129,7 @@ def test_replay_puts_exactly_the_accepted_events_on_the_topic_in_customer_order(
     expected = list(open_source(f"hm:{hm_folder}").events())
     source = open_source(f"hm:{hm_folder}")
     rows = source.iter_batches(batch_rows=64) if shape == "tables" else source.events()
-    stats = replay(rows, topic_settings, progress=False, log=lambda *_: None)
+    stats = replay(rows, topic_settings, QUIET, log=silent)
 
     assert source.stats.n_rejected == 3  # the three invalid rows never reach Kafka
     assert len(expected) == source.stats.accepted
@@ -141,10 +146,8 @@ def test_injected_bad_records_are_counted_separately_and_all_fail_the_contract(
     stats = replay(
         open_source(f"hm:{hm_folder}").iter_batches(batch_rows=64),
         topic_settings,
-        inject_bad=0.2,
-        seed=3,
-        progress=False,
-        log=lambda *_: None,
+        ReplayOptions(inject_bad=0.2, seed=3, progress=False),
+        log=silent,
     )
     records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
     good, bad = [], 0
@@ -164,19 +167,14 @@ def test_a_limited_paced_run_then_resume_sends_each_row_once(hm_folder, topic_se
     first = replay(  # the limit and the resume both fall inside a 32-row table
         open_source(f"hm:{hm_folder}").iter_batches(batch_rows=32),
         topic_settings,
-        pacing=Pacing(rate=2000),
-        limit=40,
-        identity=identity,
-        progress=False,
+        ReplayOptions(pacing=Pacing(rate=2000), limit=40, identity=identity, progress=False),
     )
     assert (first.good, first.confirmed_rows) == (40, 40)
     rest = replay(
         open_source(f"hm:{hm_folder}").iter_batches(batch_rows=32),
         topic_settings,
-        identity=identity,
-        resume=True,
-        progress=False,
-        log=lambda *_: None,
+        ReplayOptions(identity=identity, resume=True, progress=False),
+        log=silent,
     )
     assert (rest.skipped, rest.good) == (40, len(expected) - 40)
     records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
@@ -192,9 +190,7 @@ def test_a_generated_set_replays_exactly_its_accepted_events(tmp_path, topic_set
     spec = f"synthetic:{folder}"
     expected = list(open_source(spec).events())
     assert expected and {e["source"] for e in expected} == {"synthetic"}
-    stats = replay(
-        open_source(spec).iter_batches(), topic_settings, progress=False, log=lambda *_: None
-    )
+    stats = replay(open_source(spec).iter_batches(), topic_settings, QUIET, log=silent)
     assert (stats.delivered, stats.failed) == (len(expected), 0)
     records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
     assert_exactly_once_in_customer_order(records, expected)
@@ -204,9 +200,7 @@ def test_a_generated_set_replays_exactly_its_accepted_events(tmp_path, topic_set
 def test_real_hm_sample_replays_exactly_its_accepted_events(real_data, topic_settings):
     spec = f"hm:{real_data / 'hm_sample'}"
     expected = list(open_source(spec).events())
-    stats = replay(
-        open_source(spec).iter_batches(), topic_settings, progress=False, log=lambda *_: None
-    )
+    stats = replay(open_source(spec).iter_batches(), topic_settings, QUIET, log=silent)
     assert (stats.delivered, stats.failed) == (len(expected), 0)
     records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
     assert_exactly_once_in_customer_order(records, expected)
@@ -217,7 +211,7 @@ def test_a_record_the_broker_cannot_take_fails_the_run_and_stops_the_position(
 ):
     events = list(open_source(f"hm:{hm_folder}").events())[:10]
     events[6] = {**events[6], "article_id": "x" * 2_000_000}  # above the 1 MB message limit
-    stats = replay(events, topic_settings, progress=False, log=lambda *_: None)
+    stats = replay(events, topic_settings, QUIET, log=silent)
     assert (stats.sent, stats.delivered, stats.failed) == (10, 9, 1)
     assert "too large" in stats.first_error.lower()
     assert stats.confirmed_rows == 6  # rows 0..5: a resume re-sends row 6 onwards
@@ -230,7 +224,7 @@ def test_a_record_the_broker_cannot_take_fails_the_run_and_stops_the_position(
 def test_identical_records_in_flight_are_each_confirmed(hm_folder, topic_settings):
     """The same event three times (a source with a repeated row): three records, three rows."""
     event = next(open_source(f"hm:{hm_folder}").events())
-    stats = replay([event] * 3 + [event] * 3, topic_settings, progress=False, log=lambda *_: None)
+    stats = replay([event] * 3 + [event] * 3, topic_settings, QUIET, log=silent)
     assert (stats.sent, stats.delivered, stats.failed, stats.confirmed_rows) == (6, 6, 0, 6)
     records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
     assert [decode(v)["event_id"] for *_, v in records] == [event["event_id"]] * 6
@@ -246,7 +240,7 @@ def test_an_unsorted_source_is_refused_with_a_clear_error(hm_folder, topic_setti
         table = pa.Table.from_pylist(events, schema=ARROW_SCHEMA)
         rows = [table.slice(i, table_rows) for i in range(0, len(events), table_rows)]
     with pytest.raises(PulseError, match="not in event-time order at row 11"):
-        replay(rows, topic_settings, progress=False, log=lambda *_: None)
+        replay(rows, topic_settings, QUIET, log=silent)
     # the rows before it were sent, each once
     records = consume_all(topic_settings.kafka_bootstrap, topic_settings.topic_transactions)
     assert sorted(decode(v)["event_id"] for *_, v in records) == sorted(

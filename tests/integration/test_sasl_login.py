@@ -1,6 +1,6 @@
 """A SASL/SCRAM broker and a wrong password: one line that says authentication failed.
 
-The broker is the project's own (``runtime.broker``) with a SCRAM-SHA-256 user
+The broker is the project's own (``pulse.local.broker``) with a SCRAM-SHA-256 user
 bootstrapped at format time. Each command that reaches Kafka is run as a user would,
 configured by ``PULSE_*`` variables alone; none may say "unreachable" (the broker is
 up), print a traceback, exit 0 or show either password.
@@ -41,7 +41,7 @@ def scram_broker(
     jvm_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Settings]:
     """A running SCRAM-SHA-256 broker on free ports; settings with the right password."""
-    from runtime import broker
+    from pulse.local import broker
 
     settings = jvm_settings.model_copy(
         update={

@@ -12,7 +12,7 @@ import pytest
 from runtime.settings import Settings
 from serving import read
 from serving.live import LiveView
-from storage.customer_state import CustomerStateStore
+from storage.columnar_store import CustomerStateStore
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from features.customer import compute_features
 from schemas.transaction import FIELD_NAMES, spark_schema
 from serving.console import COLUMNS, ConsoleSink, Fanout, _cell
 from serving.live import LiveView
-from storage.customer_state import CustomerStateStore
+from storage.columnar_store import CustomerStateStore
 from streaming.job import run
 
 pytestmark = pytest.mark.streaming

@@ -14,7 +14,7 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 from stream_helpers import event
 
-from batch.state import write_state
+from batch.correction import write_state
 from features.customer import compute_features
 from schemas.transaction import FIELD_NAMES, spark_schema
 from serving import read

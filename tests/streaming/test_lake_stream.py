@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from stream_helpers import event
 
-from storage import customer_state, lake
+from storage import columnar_store, lake
 from streaming.job import run
 
 pytestmark = pytest.mark.streaming
@@ -15,7 +15,7 @@ def test_a_resend_outside_the_streams_window_lands_in_the_lake_once(
     spark, stream_settings, file_topic, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     # The state remembers an old id for an hour after it arrived; make that hour pass.
-    monkeypatch.setattr(customer_state, "RESEND_WINDOW_US", 0)
+    monkeypatch.setattr(columnar_store, "RESEND_WINDOW_US", 0)
     first = event("c1", "2020-09-01", 10.0)
     later = event("c2", "2020-09-20", 5.0)  # moves the stream clock 19 days on
     # The re-send is beyond the allowed lateness: the stream's state does not count it

@@ -21,6 +21,8 @@ from schemas.transaction import (
     make_event_id,
     rules_for,
     validate,
+    wire_frame,
+    wire_value,
 )
 
 pytestmark = pytest.mark.unit
@@ -53,6 +55,30 @@ def test_a_valid_event_passes_and_round_trips() -> None:
     assert event["produced_at"] == datetime(2026, 1, 1, 10, 0, 0, 123000, tzinfo=UTC)
     assert event["unit_price"] == 0.0508
     assert json.loads(encode(event)) == VALID
+
+
+def test_the_wire_bytes_of_an_event() -> None:
+    """Compact JSON in contract order; a null channel written as null, other nulls left out."""
+    event = decode(json.dumps(VALID).encode())
+    wire = (
+        '{"event_id":"hm-0123456789abcdef01234567","event_time":"2020-09-22T00:00:00Z",'
+        '"customer_id":"c1","article_id":"0108775015","quantity":1,"unit_price":0.0508,'
+        '"sales_channel_id":2,"source":"hm","produced_at":"2026-01-01T10:00:00.123Z"}'
+    )
+    assert encode(event) == wire.encode()
+    assert encode(dict(reversed(event.items())) | {"extra": 1}) == wire.encode()
+    odd = encode({**event, "customer_id": "Zoë\n", "sales_channel_id": None, "source": None})
+    assert odd == (
+        wire.replace('"c1"', '"Zoë\\n"')
+        .replace('"sales_channel_id":2', '"sales_channel_id":null')
+        .replace(',"source":"hm"', "")
+        .encode()
+    )
+    # the batch encoder's pieces (frame and values) make the same object
+    frame = wire_frame(FIELD_NAMES)
+    values = [wire_value(event[name]) for name in FIELD_NAMES]
+    assert "".join(p + v for p, v in zip(frame, values, strict=False)) + frame[-1] == wire
+    assert wire_frame(()) == ("{}",) and encode({}) == b'{"sales_channel_id":null}'
 
 
 @pytest.mark.parametrize("name", [f.name for f in FIELDS if not f.nullable])

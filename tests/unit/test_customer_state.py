@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from storage.customer_state import CustomerStateStore, day_number, robust_clock
+from storage.columnar_store import CustomerStateStore
+from storage.stream_clock import day_number, robust_clock
 
 pytestmark = pytest.mark.unit
 
@@ -148,7 +149,7 @@ def test_days_beyond_the_history_are_forgotten(store) -> None:  # type: ignore[n
 
 def test_a_reopened_store_has_the_same_state(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Snapshot + the changelogs after it give back exactly the state in memory."""
-    import storage.customer_state as module
+    import storage.columnar_store as module
 
     monkeypatch.setattr(module, "SNAPSHOT_EVERY", 2)  # batch 1 writes a snapshot
     store = CustomerStateStore(tmp_path / "s", allowed_lateness_days=3)
@@ -170,7 +171,7 @@ def test_a_reopened_store_has_the_same_state(tmp_path, monkeypatch) -> None:  # 
 
 
 def test_ids_kept_only_for_their_arrival_are_capped(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import storage.customer_state as module
+    import storage.columnar_store as module
 
     monkeypatch.setattr(module, "RESEND_MAX_IDS", 2)
     store.apply_batch(0, _batch(*[(f"e{i}", "c1", "2020-01-01", 1, 1.0, 1) for i in range(5)]))
@@ -184,3 +185,23 @@ def test_ids_kept_only_for_their_arrival_are_capped(store, monkeypatch) -> None:
     )
     assert again.duplicate_ids == ("e4",)  # e0 is forgotten: late, so it is not counted
     assert (again.counted, again.late) == (0, 1)
+
+
+def test_the_changelog_lists_only_whole_entries_and_drops_what_a_snapshot_covers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from storage.changelog import Changelog
+
+    log = Changelog(tmp_path / "s")
+    assert (log.newest_snapshot(), log.changelog_ids(), log.size_bytes()) == (None, [], 0)
+    for batch_id in range(3):
+        log.write_changelog(batch_id, {"t": pa.table({"x": [batch_id]})}, {"batch_id": batch_id})
+    (tmp_path / "s" / "changelog" / "000000000003").mkdir()  # no meta.json: not written whole
+    assert log.changelog_ids() == [0, 1, 2]
+    assert log.read_changelog(1) == ({"t": pa.table({"x": [1]})}, {"batch_id": 1})
+    log.write_snapshot(-1, {"t": pa.table({"x": [-1]})}, {"batch_id": -1})
+    log.write_snapshot(1, {"t": pa.table({"x": [9]})}, {"batch_id": 1})
+    assert log.newest_snapshot() == ({"t": pa.table({"x": [9]})}, {"batch_id": 1})
+    log.drop_covered(1)
+    assert [p.name for p in (tmp_path / "s" / "snapshot").iterdir()] == ["000000000002"]
+    assert log.changelog_ids() == [2] and log.size_bytes() > 0
+    log.drop_changelogs()
+    assert log.changelog_ids() == []

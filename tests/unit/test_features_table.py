@@ -13,7 +13,7 @@ import pytest
 
 from features.customer import features_table
 from schemas.tables import LIVE_FEATURE_COLUMNS
-from storage.state_table import STATE_ARROW
+from storage.state_rows import STATE_ARROW
 
 pytestmark = pytest.mark.unit
 

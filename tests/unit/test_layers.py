@@ -26,13 +26,13 @@ RANK = {
     "schemas": 0,  # contracts
     "features": 1,  # pure feature logic and time semantics
     "scoring": 1,  # the served models' maths in NumPy (exported parameters)
-    "runtime": 2,  # settings, errors, Spark session, JVM jars, broker, Kafka admin
+    "runtime": 2,  # settings, errors, Spark session, JVM jars, Kafka admin
     "storage": 3,  # lake, snapshots, registry
     "producers": 4,
     "streaming": 4,
     "batch": 4,
     "serving": 4,
-    "pulse": 5,  # the application: CLI, commands, demo, benchmarks
+    "pulse": 5,  # the application: CLI, commands, demo, benchmarks, chaos, local broker
 }
 
 
@@ -58,18 +58,31 @@ def violations(package: str, files: dict[str, str]) -> list[str]:
 
 
 def module_imports(package: str, files: dict[str, str]) -> dict[str, set[str]]:
-    """Module (dotted) -> the modules of the same package it imports, from ``files``."""
+    """Module (dotted) -> the modules of the same package it imports, from ``files``.
+
+    Subpackages' modules are modules of the package too (``pulse.chaos.cases.common``),
+    and a subpackage's ``__init__`` is one under the subpackage's name; relative imports
+    are resolved against the importing module's package.
+    """
     modules = {path.removesuffix(".py").replace("/", ".").removesuffix(".__init__"): source
                for path, source in files.items()}  # fmt: skip
+    packages = {path.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+                for path in files if path.endswith("/__init__.py")}  # fmt: skip
     graph: dict[str, set[str]] = {}
     for name, source in modules.items():
         targets: set[str] = set()
         for node in ast.walk(ast.parse(source, name)):
             if isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets.add(node.module)
-                targets |= {f"{node.module}.{a.name}" for a in node.names}  # from pkg import mod
+            elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
+                module = node.module or ""
+                if node.level:  # relative: from the importing module's package
+                    base = name if name in packages else name.rpartition(".")[0]
+                    for _ in range(node.level - 1):  # one package up per further dot
+                        base = base.rpartition(".")[0]
+                    module = f"{base}.{module}" if module else base
+                targets.add(module)
+                targets |= {f"{module}.{a.name}" for a in node.names}  # from pkg import mod
         graph[name] = {t for t in targets if t in modules and t != name and t != package}
     return graph
 
@@ -148,12 +161,39 @@ def test_the_cycle_check_finds_a_cycle_through_a_type_checking_import() -> None:
     assert cycles(module_imports("batch", files)) == []
 
 
+def test_the_cycle_check_covers_subpackages() -> None:
+    graph = module_imports("pulse", package_sources("pulse"))
+    # every module of a subpackage is a node, with its imports inside ``pulse``
+    assert "pulse.local.process" in graph["pulse.local.cluster"]
+    assert "pulse.chaos.cases.common" in graph["pulse.chaos.cases.case1_stream_kills"]
+    assert "pulse.chaos.cases.case1_stream_kills" in graph["pulse.chaos.cases"]
+    # a case importing its package's registry (the __init__ importing it): a cycle
+    init, case = "pulse/chaos/cases/__init__.py", "pulse/chaos/cases/case1.py"
+    files = {
+        init: "from pulse.chaos.cases.case1 import run\n",
+        case: "from pulse.chaos.cases import common\n",
+        "pulse/chaos/cases/common.py": "",
+        "pulse/chaos/lab.py": "",
+    }
+    cycle = [["pulse.chaos.cases", "pulse.chaos.cases.case1"]]
+    assert cycles(module_imports("pulse", files)) == cycle
+    files[case] = "from pulse.chaos.cases.common import WAIT_S\n"
+    assert cycles(module_imports("pulse", files)) == []
+    # the same through relative imports
+    files[case] = "from . import common\n"
+    assert cycles(module_imports("pulse", files)) == cycle
+    files[case] = "from .common import WAIT_S\nfrom ..lab import free_port\n"
+    graph = module_imports("pulse", files)
+    assert graph["pulse.chaos.cases.case1"] == {"pulse.chaos.cases.common", "pulse.chaos.lab"}
+    assert cycles(graph) == []
+
+
 @pytest.mark.parametrize(
     ("package", "source", "bad"),
     [
         ("features", "from storage.lake import read_lake", "storage"),
         ("streaming", "import batch.retrain", "batch"),  # a layer importing a layer
-        ("serving", "    from streaming.state import merge_state", "streaming"),
+        ("serving", "    from streaming.seed import open_store", "streaming"),
         ("runtime", "from storage import registry", "storage"),
         ("batch", "from pulse.cli import main", "pulse"),
         ("schemas", "from features.time import as_of_for", "features"),

@@ -1,4 +1,5 @@
-"""The stream's driver-side fast path (``streaming.parse.split_canonical``) against Python.
+"""The stream's driver-side fast path (``streaming.contract_canonical.split_canonical``)
+against Python.
 
 Spark-free: every record the fast path keeps must get ``validate``'s reason and, when
 valid, ``decode``'s values; the records it hands on are the exact path's (Spark's,
@@ -18,8 +19,9 @@ import pytest
 from parse_cases import CANONICAL_EDGES, PROBES, RECORDS, compact, python_reason, with_
 
 from schemas.rules import Rule
-from schemas.transaction import FIELD_NAMES, FIELDS, RULES, decode
-from streaming.parse import CLASSIFIED_SCHEMA, split_canonical
+from schemas.transaction import FIELD_NAMES, FIELDS, RULES, decode, encode
+from streaming.contract_canonical import split_canonical
+from streaming.kafka_rows import CLASSIFIED_SCHEMA
 
 pytestmark = pytest.mark.unit
 
@@ -56,9 +58,15 @@ def _check(records: list[bytes | None]) -> tuple[int, list[int]]:
     return len(fast), offsets
 
 
+def test_compact_is_the_producers_form() -> None:
+    assert compact(with_()).decode() == encode(decode(with_())).decode()
+
+
 def test_fast_rows_get_pythons_reasons_and_values() -> None:
     records = [compact(r) for r in [*RECORDS, *(raw for _, raw in PROBES)]] + CANONICAL_EDGES
     fast, _ = _check(records)
+    # Most are canonical (so tests/streaming/test_parse.py's compact form runs the fast
+    # path), not all.
     assert len(records) // 2 < fast < len(records)
     # Every rule is broken by some fast record, so each Arrow reading is exercised here,
     # but those no canonical text can break (9 digits fit an int32; 15 digits and no

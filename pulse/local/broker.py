@@ -9,65 +9,24 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pulse.local.process import (
+    LOG4J2,
+    BrokerPaths,
+    java_cmd,
+    log_tail,
+    pid_alive,
+    port_open,
+    terminate,
+)
 from runtime.errors import PulseError
-from runtime.jvm import kafka_classpath, require_tool
+from runtime.jvm import kafka_classpath
 from runtime.settings import Settings
-
-LOG4J2 = """\
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = {log}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = file
-logger.kafka.name = kafka
-logger.kafka.level = WARN
-logger.apache.name = org.apache.kafka
-logger.apache.level = WARN
-logger.started.name = kafka.server.KafkaRaftServer
-logger.started.level = INFO
-"""
-
-
-@dataclass(frozen=True)
-class BrokerPaths:
-    """Files of one local broker."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:  # noqa: D102
-        return self.root / "server.properties"
-
-    @property
-    def log4j(self) -> Path:  # noqa: D102
-        return self.root / "log4j2.properties"
-
-    @property
-    def storage(self) -> Path:  # noqa: D102
-        return self.root / "kraft-data"
-
-    @property
-    def log(self) -> Path:  # noqa: D102
-        return self.root / "logs" / "server.log"
-
-    @property
-    def stdout(self) -> Path:  # noqa: D102
-        return self.root / "logs" / "stdout.log"
-
-    @property
-    def pid(self) -> Path:  # noqa: D102
-        return self.root / "broker.pid"
 
 
 def server_properties(settings: Settings, storage: Path) -> str:
@@ -138,57 +97,12 @@ def _scram_jaas(settings: Settings) -> str:
     )
 
 
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours still answers kill(0); check its state.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        return state != "Z"
-    except OSError:
-        return True
-
-
 def _read_pid(paths: BrokerPaths) -> int | None:
     try:
         pid = int(paths.pid.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
-
-
-def _tail(path: Path, n: int = 15) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(lines[-n:])
-
-
-def _java_cmd(settings: Settings, paths: BrokerPaths, main: str, *args: str) -> list[str]:
-    java = require_tool("java", "a JDK 17+ (Debian: apt-get install openjdk-17-jdk-headless)")
-    return [
-        java,
-        f"-Xmx{settings.broker_heap}",
-        f"-Xms{settings.broker_heap}",
-        "-XX:+UseG1GC",
-        f"-Dlog4j2.configurationFile={paths.log4j.resolve()}",
-        f"-Dkafka.logs.dir={paths.log.parent.resolve()}",
-        "-cp",
-        kafka_classpath(settings),
-        main,
-        *args,
-    ]
+    return pid if pid_alive(pid) else None
 
 
 def status(settings: Settings) -> int | None:
@@ -209,7 +123,7 @@ def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # typ
         return pid
     kafka_classpath(settings)  # no jars: say so first (nothing else can help then)
     for port in (settings.broker_port, settings.controller_port):
-        if _port_open(port):
+        if port_open(port):
             raise PulseError(
                 f"port {port} on 127.0.0.1 is already in use by another process: stop it, "
                 "or set PULSE_BROKER_PORT / PULSE_CONTROLLER_PORT"
@@ -224,7 +138,7 @@ def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # typ
 
     if not (paths.storage / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        fmt = _java_cmd(
+        fmt = java_cmd(
             settings,
             paths,
             "kafka.tools.StorageTool",
@@ -247,7 +161,7 @@ def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # typ
                 error = error.replace(settings.kafka_sasl_password.get_secret_value(), "***")
             raise PulseError(f"formatting KRaft storage failed: {error}")
 
-    cmd = _java_cmd(settings, paths, "kafka.Kafka", str(paths.config.resolve()))
+    cmd = java_cmd(settings, paths, "kafka.Kafka", str(paths.config.resolve()))
     with open(paths.stdout, "ab") as out:
         proc_b = subprocess.Popen(
             cmd,
@@ -263,16 +177,16 @@ def start(settings: Settings, timeout_s: float = 90.0, log=print) -> int:  # typ
             paths.pid.unlink(missing_ok=True)
             raise PulseError(
                 f"broker exited with code {proc_b.returncode}; last log lines:\n"
-                f"{_tail(paths.log)}\n{_tail(paths.stdout)}"
+                f"{log_tail(paths.log)}\n{log_tail(paths.stdout)}"
             )
-        if _port_open(settings.broker_port) and _serves_metadata(settings):
+        if port_open(settings.broker_port) and _serves_metadata(settings):
             log(f"broker started (pid {proc_b.pid}) on 127.0.0.1:{settings.broker_port}")
             return proc_b.pid
         time.sleep(0.3)
-    _terminate(proc_b.pid)
+    terminate(proc_b.pid)
     paths.pid.unlink(missing_ok=True)
     raise PulseError(
-        f"broker did not start within {timeout_s:.0f}s; last log lines:\n{_tail(paths.log)}"
+        f"broker did not start within {timeout_s:.0f}s; last log lines:\n{log_tail(paths.log)}"
     )
 
 
@@ -290,26 +204,6 @@ def _serves_metadata(settings: Settings) -> bool:
     return bool(md.brokers)
 
 
-def _terminate(pid: int, timeout_s: float = 30.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def stop(settings: Settings, log=print) -> bool:  # type: ignore[no-untyped-def]
     """Stop the local broker (SIGTERM, then SIGKILL after 30 s). True if one was running."""
     paths = BrokerPaths(settings.broker_dir)
@@ -318,7 +212,7 @@ def stop(settings: Settings, log=print) -> bool:  # type: ignore[no-untyped-def]
         paths.pid.unlink(missing_ok=True)
         log("broker not running")
         return False
-    _terminate(pid)
+    terminate(pid)
     paths.pid.unlink(missing_ok=True)
     log(f"broker stopped (pid {pid})")
     return True
@@ -339,7 +233,7 @@ def kill(settings: Settings, timeout_s: float = 30.0) -> int | None:
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         try:
             os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
         except ChildProcessError:

@@ -1,4 +1,4 @@
-"""A local three-node KRaft cluster from the same Maven jars as ``runtime.broker``.
+"""A local three-node KRaft cluster from the same Maven jars as ``pulse.local.broker``.
 
 Each node is one JVM acting as broker and controller (a static quorum of three
 voters), under ``<root>/node-<id>`` with its own ports. Topics are replicated three
@@ -7,7 +7,7 @@ two nodes before it is acknowledged and the cluster keeps serving with one node
 down. Used by the fault campaign (``pulse chaos``, case 3); a user can start one the
 same way from Python::
 
-    from runtime import cluster
+    from pulse.local import cluster
     c = cluster.Cluster.create(settings, Path("data/cluster"))
     c.start()              # bootstrap: c.bootstrap
     ...
@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.broker import LOG4J2, BrokerPaths, _alive, _java_cmd, _port_open, _tail, _terminate
+from pulse.local.process import (
+    LOG4J2,
+    BrokerPaths,
+    java_cmd,
+    log_tail,
+    pid_alive,
+    port_open,
+    terminate,
+)
 from runtime.errors import PulseError
 from runtime.jvm import kafka_classpath
 from runtime.settings import LIBRDKAFKA_LOG, Settings
@@ -100,7 +108,7 @@ class Cluster:
             paths = self.paths(node)
             if (paths.storage / "meta.properties").exists():
                 continue
-            cmd = _java_cmd(
+            cmd = java_cmd(
                 self.settings,
                 paths,
                 "kafka.tools.StorageTool",
@@ -120,7 +128,7 @@ class Cluster:
         kafka_classpath(self.settings)
         for b, c in self.ports:
             for port in (b, c):
-                if _port_open(port):
+                if port_open(port):
                     raise PulseError(f"port {port} on {HOST} is already in use")
         for node in range(1, NODES + 1):
             paths = self.paths(node)
@@ -138,7 +146,7 @@ class Cluster:
 
     def _launch(self, node: int) -> None:
         paths = self.paths(node)
-        cmd = _java_cmd(self.settings, paths, "kafka.Kafka", str(paths.config.resolve()))
+        cmd = java_cmd(self.settings, paths, "kafka.Kafka", str(paths.config.resolve()))
         with open(paths.stdout, "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -155,7 +163,7 @@ class Cluster:
 
     def alive(self) -> list[int]:
         """The nodes whose process runs."""
-        return [n for n, pid in self.pids.items() if _alive(pid)]
+        return [n for n, pid in self.pids.items() if pid_alive(pid)]
 
     def wait_serving(self, brokers: int, timeout_s: float) -> None:
         """Wait until the metadata lists ``brokers`` brokers; PulseError with logs if not."""
@@ -166,10 +174,10 @@ class Cluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for node, pid in self.pids.items():
-                if not _alive(pid) and node not in self.killed:
+                if not pid_alive(pid) and node not in self.killed:
                     raise PulseError(
                         f"cluster node {node} exited; last log lines:\n"
-                        f"{_tail(self.paths(node).log)}"
+                        f"{log_tail(self.paths(node).log)}"
                     )
             try:
                 if len(admin.list_topics(timeout=2).brokers) >= brokers:
@@ -187,7 +195,7 @@ class Cluster:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + 30
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -198,6 +206,6 @@ class Cluster:
     def stop(self) -> None:
         """Stop every node that runs (SIGTERM, then SIGKILL after 30 s)."""
         for node, pid in self.pids.items():
-            if _alive(pid):
-                _terminate(pid)
+            if pid_alive(pid):
+                terminate(pid)
             self.paths(node).pid.unlink(missing_ok=True)

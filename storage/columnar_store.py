@@ -1,15 +1,15 @@
-"""The speed layer's per-customer state: columnar in memory, a changelog on disk.
+"""The speed layer's per-customer store: columnar in memory, a changelog on disk.
 
 Why not a table rewritten per micro-batch, nor a B-tree: a micro-batch must cost what it
-touches. The state lives in NumPy columns indexed by customer, and a batch is folded
-into the rows of the customers it touches with vectorised arithmetic. Durability comes
-the way Spark's RocksDB store and Kafka Streams get it: each batch appends a
-*changelog* file (the touched customers' and customer-days' new absolute values, the
-new event ids, the clock) named by its batch id, and every ``SNAPSHOT_EVERY`` batches a
-full snapshot replaces the changelogs before it. Opening the store loads the newest
-snapshot and replays the changelogs after it. (A first version kept the state in
-SQLite: 200k random-key upserts into 1.37M customers took 5-10 s per batch, most of
-it rewriting B-tree pages.)
+touches. The state lives in NumPy columns indexed by customer
+(``storage.customer_columns``), and a batch is folded into the rows of the customers it
+touches with vectorised arithmetic. Durability comes the way Spark's RocksDB store and
+Kafka Streams get it: each batch appends a *changelog* (the touched customers' and
+customer-days' new absolute values, the new event ids, the clock) named by its batch
+id, and every ``SNAPSHOT_EVERY`` batches a full snapshot replaces the changelogs before
+it (``storage.changelog``). Opening the store loads the newest snapshot and replays the
+changelogs after it. (A first version kept the state in SQLite: 200k random-key upserts
+into 1.37M customers took 5-10 s per batch, most of it rewriting B-tree pages.)
 
 What it holds (``features.customer.STATE_SCHEMA``, in two parts):
 
@@ -26,21 +26,17 @@ replays after a crash (same offsets, same events) is folded once, and the ids it
 found seen before are recorded, so the replay writes the lake as the first attempt did.
 
 Time semantics: the stream clock is the latest accepted event time, robust to outliers
-(``robust_clock``); an event older than ``clock - allowed lateness`` (the clock
-before its batch, like Spark's watermark) is *late*: not folded here, but kept in the
-lake for the batch layer. Days are UTC calendar days, counted from 1970-01-01; times
-are microseconds since the epoch.
+(``storage.stream_clock.robust_clock``); an event older than ``clock - allowed
+lateness`` (the clock before its batch, like Spark's watermark) is *late*: not folded
+here, but kept in the lake for the batch layer. Days are UTC calendar days, counted
+from 1970-01-01; times are microseconds since the epoch.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from itertools import compress, repeat
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +44,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.feather as feather
 
-from features.customer import DAY_COLUMNS, HISTORY_DAYS, STATE_SCHEMA
+from features.customer import HISTORY_DAYS
+from storage.changelog import Changelog
+from storage.customer_columns import (
+    DAY_BITS,
+    DAY_TYPES,
+    DAY_VALUE_COLUMNS,
+    NO_DAY,
+    CustomerColumns,
+)
 from storage.seen_ids import SeenIds, id_hashes
+from storage.stream_clock import US_PER_DAY, robust_clock, to_datetime
 
-EPOCH = date(1970, 1, 1)
-US_PER_DAY = 86_400_000_000
-# An event more than this beyond both the batch's median event time and the current
-# clock cannot move the clock (``robust_clock``).
-CLOCK_OUTLIER = timedelta(days=30)
 SNAPSHOT_EVERY = 50  # batches between full snapshots (each replaces its changelogs)
 # An id is remembered while its day is within the allowed lateness, and also for an
 # hour after it arrived, so a re-send of an old (late) event is not written twice; of
@@ -65,8 +64,6 @@ SNAPSHOT_EVERY = 50  # batches between full snapshots (each replaces its changel
 # millions an hour: without the cap, 31.8M ids filled 18 GB).
 RESEND_WINDOW_US = 3600 * 1_000_000
 RESEND_MAX_IDS = 500_000
-NO_DAY = -1  # a null first/last purchase day
-_DAY_BITS = 21  # a customer-day key is row << _DAY_BITS | day (days < 2**21: year 7711)
 
 # Columns of the events handed to ``apply_batch`` (contract names).
 EVENT_COLUMNS = (
@@ -77,18 +74,6 @@ EVENT_COLUMNS = (
     "unit_price",
     "sales_channel_id",
 )
-# Per customer: STATE_SCHEMA's scalar columns, then the latest event time.
-TOTAL_COLUMNS = (
-    *(f.name for f in STATE_SCHEMA if f.name not in ("customer_id", "history")),
-    "max_event_time",
-)
-DAY_VALUE_COLUMNS = tuple(c for c in DAY_COLUMNS if c != "day")
-_TOTAL_TYPES = {
-    "first_purchase_date": np.int32,
-    "last_purchase_date": np.int32,
-    "monetary": np.float64,
-}
-_DAY_TYPES = {"spend": np.float64}
 
 
 @dataclass(frozen=True)
@@ -110,75 +95,13 @@ class BatchResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def day_number(d: date) -> int:
-    """Days since 1970-01-01."""
-    return (d - EPOCH).days
-
-
-def to_datetime(us: int) -> datetime:
-    """Microseconds since the epoch -> an aware UTC datetime."""
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
-
-
-def robust_clock(times_us: np.ndarray, previous_us: int | None = None) -> int | None:
-    """The latest event time of a batch that is not a lone outlier, or None.
-
-    Sorted, the batch's times (with the previous clock among them) fall into runs
-    separated by gaps longer than ``CLOCK_OUTLIER``. From the latest run down, a run
-    holding fewer than two events and not the previous clock is an outlier, and is
-    skipped; the clock is the end of the first run that is not. A batch that catches
-    up months of history, or sparse data with gaps of weeks, keeps its latest event;
-    one event dated years ahead (a bad clock, a typo) cannot age every customer.
-    """
-    if len(times_us) == 0:
-        return previous_us
-    t = np.sort(np.asarray(times_us, dtype=np.int64))
-    anchor = previous_us if previous_us is not None else None
-    if anchor is not None:
-        t = np.sort(np.append(t, anchor))
-    outlier = CLOCK_OUTLIER // timedelta(microseconds=1)
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(t) > outlier) + 1))
-    ends = np.append(starts[1:], len(t))
-    for start, end in zip(starts[::-1], ends[::-1], strict=True):
-        run = t[start:end]
-        has_anchor = anchor is not None and run[0] <= anchor <= run[-1]
-        if end - start >= 2 or has_anchor or start == 0:
-            return int(run[-1])
-    return None
-
-
-class _Columns:
-    """Growable NumPy columns of equal length."""
-
-    def __init__(self, types: dict[str, Any]) -> None:
-        self.types = types
-        self.size = 0
-        self.data = {name: np.zeros(1024, dtype=t) for name, t in types.items()}
-
-    def grow(self, n: int) -> np.ndarray:
-        """Append ``n`` zeroed rows; returns their row numbers."""
-        need = self.size + n
-        capacity = len(next(iter(self.data.values())))
-        if need > capacity:
-            new_cap = max(need, 2 * capacity)
-            for name, col in self.data.items():
-                bigger = np.zeros(new_cap, dtype=col.dtype)
-                bigger[: self.size] = col[: self.size]
-                self.data[name] = bigger
-        rows = np.arange(self.size, need)
-        self.size = need
-        return rows
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.data[name][: self.size]
-
-
 class CustomerStateStore:
     """The per-customer state of the stream under ``directory``; see the module docstring."""
 
     def __init__(self, directory: Path, allowed_lateness_days: int) -> None:
         self.dir = directory
         self.lateness_us = allowed_lateness_days * US_PER_DAY
+        self._changelog = Changelog(directory)
         self._reset()
         self._open()
 
@@ -187,13 +110,7 @@ class CustomerStateStore:
     def _reset(self) -> None:
         self.last_batch: int | None = None
         self.clock_us: int | None = None
-        self._ids: list[str] = []  # row -> customer_id
-        self._row: dict[str, int] = {}  # customer_id -> row
-        self._totals = _Columns({c: _TOTAL_TYPES.get(c, np.int64) for c in TOTAL_COLUMNS})
-        self._day_keys = np.zeros(0, dtype=np.int64)  # sorted: row << _DAY_BITS | day
-        self._days: dict[str, Any] = {
-            c: np.zeros(0, dtype=_DAY_TYPES.get(c, np.int64)) for c in DAY_VALUE_COLUMNS
-        }
+        self._cols = CustomerColumns()
         self._seen = SeenIds()  # event id -> (day, arrival time)
         self._last_duplicates: tuple[str, ...] = ()
 
@@ -203,11 +120,11 @@ class CustomerStateStore:
 
     def customer_count(self) -> int:
         """Customers in the state."""
-        return len(self._ids)
+        return len(self._cols.ids)
 
     def size_bytes(self) -> int:
         """Bytes on disk (snapshot plus changelogs)."""
-        return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
+        return self._changelog.size_bytes()
 
     def close(self) -> None:
         """Nothing to flush: every applied batch is on disk already."""
@@ -273,25 +190,8 @@ class CustomerStateStore:
             touched=len(touched_rows),
             clock_us=self.clock_us,
             duplicate_ids=duplicate_ids,
-            touched_ids=tuple(map(self._ids.__getitem__, touched_rows.tolist())),
+            touched_ids=tuple(map(self._cols.ids.__getitem__, touched_rows.tolist())),
         )
-
-    def _rows_for(self, customers: list[str]) -> np.ndarray:
-        """Row numbers of ``customers``, appending the ones not seen before (in order)."""
-        row, ids = self._row, self._ids
-        out = np.fromiter(map(row.get, customers, repeat(-1)), np.int64, len(customers))
-        missing = out < 0
-        if missing.any():
-            fresh = list(dict.fromkeys(compress(customers, missing)))  # first appearance
-            row.update(zip(fresh, range(len(ids), len(ids) + len(fresh)), strict=True))
-            ids.extend(fresh)
-            out[missing] = np.fromiter(
-                map(row.__getitem__, compress(customers, missing)), np.int64, int(missing.sum())
-            )
-            new_rows = self._totals.grow(len(fresh))
-            for col in ("first_purchase_date", "last_purchase_date"):
-                self._totals.data[col][new_rows] = NO_DAY
-        return out
 
     def _fold(
         self, events: pa.Table, counted: np.ndarray, times: np.ndarray, days: np.ndarray
@@ -303,12 +203,13 @@ class CustomerStateStore:
         """
         if not counted.any():
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        cols = self._cols
         mask = pa.array(counted)
         quantity = events.column("quantity").filter(mask).to_numpy(zero_copy_only=False)
         price = events.column("unit_price").filter(mask).to_numpy(zero_copy_only=False)
         channel = events.column("sales_channel_id").filter(mask)
-        rows = self._rows_for(events.column("customer_id").filter(mask).to_pylist())
-        keys = (rows << _DAY_BITS) | days[counted]
+        rows = cols.rows_for(events.column("customer_id").filter(mask).to_pylist())
+        keys = (rows << DAY_BITS) | days[counted]
         batch_keys, inverse = np.unique(keys, return_inverse=True)
         per_event = {
             "n_events": np.ones(len(rows), np.int64),
@@ -319,7 +220,7 @@ class CustomerStateStore:
         }
         delta = {
             c: np.bincount(inverse, weights=v, minlength=len(batch_keys)).astype(
-                _DAY_TYPES.get(c, np.int64)
+                DAY_TYPES.get(c, np.int64)
             )
             if c != "spend"
             else np.bincount(inverse, weights=v, minlength=len(batch_keys))
@@ -329,26 +230,26 @@ class CustomerStateStore:
         np.maximum.at(max_t, inverse, times[counted])
 
         # Customer-days: add to the existing ones, insert the new ones (keys stay sorted).
-        pos = np.searchsorted(self._day_keys, batch_keys)
-        exists = pos < len(self._day_keys)
-        exists[exists] = self._day_keys[pos[exists]] == batch_keys[exists]
+        pos = np.searchsorted(cols.day_keys, batch_keys)
+        exists = pos < len(cols.day_keys)
+        exists[exists] = cols.day_keys[pos[exists]] == batch_keys[exists]
         old_purchases = np.zeros(len(batch_keys), np.int64)
-        old_purchases[exists] = self._days["n_purchases"][pos[exists]]
+        old_purchases[exists] = cols.days["n_purchases"][pos[exists]]
         new_purchase_day = (delta["n_purchases"] > 0) & (old_purchases == 0)
         for c in DAY_VALUE_COLUMNS:
-            self._days[c][pos[exists]] += delta[c][exists]
+            cols.days[c][pos[exists]] += delta[c][exists]
         fresh = ~exists
         if fresh.any():
             at = pos[fresh]
-            self._day_keys = np.insert(self._day_keys, at, batch_keys[fresh])
+            cols.day_keys = np.insert(cols.day_keys, at, batch_keys[fresh])
             for c in DAY_VALUE_COLUMNS:
-                self._days[c] = np.insert(self._days[c], at, delta[c][fresh])
+                cols.days[c] = np.insert(cols.days[c], at, delta[c][fresh])
 
         # Customers: the batch-days summed per customer.
-        day_rows = batch_keys >> _DAY_BITS
-        day_of = (batch_keys & ((1 << _DAY_BITS) - 1)).astype(np.int32)
+        day_rows = batch_keys >> DAY_BITS
+        day_of = (batch_keys & ((1 << DAY_BITS) - 1)).astype(np.int32)
         touched, per_row = np.unique(day_rows, return_inverse=True)
-        t = self._totals.data
+        t = cols.totals.data
         for total, source in (
             ("n_events", delta["n_events"]),
             ("monetary", delta["spend"]),
@@ -379,11 +280,7 @@ class CustomerStateStore:
         """Drop what no read or later batch needs: days out of the history, old ids."""
         if self.clock_us is None:
             return
-        oldest_day = self.clock_us // US_PER_DAY - HISTORY_DAYS + 1
-        in_window = (self._day_keys & ((1 << _DAY_BITS) - 1)) >= oldest_day
-        if not in_window.all():
-            self._day_keys = self._day_keys[in_window]
-            self._days = {c: v[in_window] for c, v in self._days.items()}
+        self._cols.keep_days_from(self.clock_us // US_PER_DAY - HISTORY_DAYS + 1)
         seen_from = (self.clock_us - self.lateness_us) // US_PER_DAY
         arrived_from = time.time_ns() // 1000 - RESEND_WINDOW_US
         seen = self._seen
@@ -406,63 +303,12 @@ class CustomerStateStore:
         """(customers, customer_days) as Arrow tables, for all customers or the given ones.
 
         Dates are day numbers (null for none) and ``max_event_time`` microseconds, as
-        stored; ``streaming.state`` converts them to ``STATE_SCHEMA``.
+        stored; ``storage.state_rows.state_table`` converts them to ``STATE_SCHEMA``.
         """
-        if customer_ids is None:
-            rows = np.arange(len(self._ids))
-        else:
-            found = [self._row.get(c) for c in customer_ids]
-            rows = np.array(sorted({r for r in found if r is not None}), dtype=np.int64)
-        return self._customers_table(rows), self._days_table(rows)
+        rows = self._cols.rows_of(customer_ids)
+        return self._cols.customers_table(rows), self._cols.days_table(rows)
 
-    def _customers_table(self, rows: np.ndarray) -> pa.Table:
-        cols: dict[str, pa.Array] = {
-            "customer_id": pa.array(list(map(self._ids.__getitem__, rows.tolist())), pa.string())
-        }
-        for c in TOTAL_COLUMNS:
-            values = self._totals[c][rows]
-            if c in ("first_purchase_date", "last_purchase_date"):
-                cols[c] = pa.array(values.astype(np.int64), mask=values == NO_DAY)
-            else:
-                cols[c] = pa.array(values)
-        return pa.table(cols)
-
-    def _days_table_for_keys(self, keys: np.ndarray) -> pa.Table:
-        """The customer-days of ``keys`` still in the store, as ``_days_table``."""
-        idx = np.searchsorted(self._day_keys, keys)
-        found = idx < len(self._day_keys)
-        found[found] = self._day_keys[idx[found]] == keys[found]
-        return self._day_rows_table(idx[found])
-
-    def _day_rows_table(self, idx: np.ndarray) -> pa.Table:
-        keys = self._day_keys[idx]
-        cols: dict[str, pa.Array] = {
-            "customer_id": pa.array(
-                list(map(self._ids.__getitem__, (keys >> _DAY_BITS).tolist())), pa.string()
-            ),
-            "day": pa.array(keys & ((1 << _DAY_BITS) - 1)),
-        }
-        for c in DAY_VALUE_COLUMNS:
-            cols[c] = pa.array(self._days[c][idx])
-        return pa.table(cols)
-
-    def _days_table(self, rows: np.ndarray) -> pa.Table:
-        key_rows = self._day_keys >> _DAY_BITS
-        if len(rows) == len(self._ids):
-            pick = np.ones(len(self._day_keys), bool)
-        else:
-            pick = np.isin(key_rows, rows)
-        return self._day_rows_table(np.flatnonzero(pick))
-
-    # --- persistence ---------------------------------------------------------------------
-
-    @property
-    def _changelog_dir(self) -> Path:
-        return self.dir / "changelog"
-
-    @property
-    def _snapshot_dir(self) -> Path:
-        return self.dir / "snapshot"
+    # --- persistence (``storage.changelog``) ---------------------------------------------
 
     def _write_changelog(
         self,
@@ -473,13 +319,12 @@ class CustomerStateStore:
         new_days: np.ndarray,
         arrived_us: int,
     ) -> None:
-        """The batch's effect, as absolute values, in one atomically renamed directory."""
-        self._changelog_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(
-            self._changelog_dir / f"{batch_id:012d}",
+        """The batch's effect, as absolute values."""
+        self._changelog.write_changelog(
+            batch_id,
             {
-                "customers": self._customers_table(rows),
-                "days": self._days_table_for_keys(keys),
+                "customers": self._cols.customers_table(rows),
+                "days": self._cols.days_table_for_keys(keys),
                 "seen": pa.table(
                     {
                         "event_id": new_ids,
@@ -502,65 +347,38 @@ class CustomerStateStore:
         """Write the whole state as one snapshot and drop the changelogs it covers."""
         if self.last_batch is None:
             return
-        rows = np.arange(len(self._ids))
+        rows = np.arange(len(self._cols.ids))
         seen = self._seen.table()
-        self._snapshot_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{self.last_batch + 1:012d}"  # +1: the seed's batch -1 sorts as 0
-        _write_atomically(
-            self._snapshot_dir / name,
+        self._changelog.write_snapshot(
+            self.last_batch,
             {
-                "customers": self._customers_table(rows),
-                "days": self._days_table(rows),
+                "customers": self._cols.customers_table(rows),
+                "days": self._cols.days_table(rows),
                 "seen": seen,
             },
             self._meta(),
         )
-        for old in self._snapshot_dir.iterdir():
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-        for log in self._changelog_dir.glob("*") if self._changelog_dir.is_dir() else []:
-            if log.is_dir() and not log.name.startswith(".") and int(log.name) <= self.last_batch:
-                shutil.rmtree(log, ignore_errors=True)
+        self._changelog.drop_covered(self.last_batch)
 
     def _open(self) -> None:
         """Load the newest snapshot, then replay the changelogs after it."""
-        snapshots = (
-            sorted(p for p in self._snapshot_dir.glob("[0-9]*") if (p / "meta.json").is_file())
-            if self._snapshot_dir.is_dir()
-            else []
-        )
-        if snapshots:
-            tables, meta = _read(snapshots[-1])
+        snapshot = self._changelog.newest_snapshot()
+        if snapshot is not None:
+            tables, meta = snapshot
             self._load_tables(tables["customers"], tables["days"], tables["seen"], meta)
-        logs = (
-            sorted(p for p in self._changelog_dir.glob("[0-9]*") if (p / "meta.json").is_file())
-            if self._changelog_dir.is_dir()
-            else []
-        )
-        for log in logs:
-            if self.last_batch is not None and int(log.name) <= self.last_batch:
+        for batch_id in self._changelog.changelog_ids():
+            if self.last_batch is not None and batch_id <= self.last_batch:
                 continue
-            tables, meta = _read(log)
+            tables, meta = self._changelog.read_changelog(batch_id)
             self._replay(tables, meta)
 
     def _load_tables(
         self, customers: pa.Table, days: pa.Table, seen: pa.Table, meta: dict[str, Any]
     ) -> None:
         self._reset()
-        self._ids = customers.column("customer_id").to_pylist()
-        self._row = {c: r for r, c in enumerate(self._ids)}
-        rows = self._totals.grow(len(self._ids))
-        self._set_totals(rows, customers)
-        self._set_days(days)
+        self._cols = CustomerColumns.from_tables(customers, days)
         self._seen = SeenIds.from_table(seen)
         self._apply_meta(meta)
-
-    def _set_totals(self, rows: np.ndarray, customers: pa.Table) -> None:
-        for c in TOTAL_COLUMNS:
-            col = customers.column(c)
-            if c in ("first_purchase_date", "last_purchase_date"):
-                col = pc.fill_null(col, NO_DAY)
-            self._totals.data[c][rows] = col.to_numpy().astype(self._totals.data[c].dtype)
 
     def _apply_meta(self, meta: dict[str, Any]) -> None:
         self.last_batch = meta["batch_id"]
@@ -570,36 +388,13 @@ class CustomerStateStore:
     def _replay(self, tables: dict[str, pa.Table], meta: dict[str, Any]) -> None:
         """Apply one changelog: overwrite its customers and customer-days, add its ids."""
         customers = tables["customers"]
-        rows = self._rows_for(customers.column("customer_id").to_pylist())
-        self._set_totals(rows, customers)
-        self._set_days(tables["days"])
+        rows = self._cols.rows_for(customers.column("customer_id").to_pylist())
+        self._cols.set_totals(rows, customers)
+        self._cols.set_days(tables["days"])
         seen = tables["seen"]
         self._seen.extend(seen)
         self._apply_meta(meta)
         self._forget()
-
-    def _set_days(self, days: pa.Table) -> None:
-        """Overwrite (or insert) customer-days given as customer_id, day and the values."""
-        if not len(days):
-            return
-        rows = np.array([self._row[c] for c in days.column("customer_id").to_pylist()], np.int64)
-        keys = (rows << _DAY_BITS) | days.column("day").to_numpy().astype(np.int64)
-        order = np.argsort(keys, kind="stable")
-        keys = keys[order]
-        values = {
-            c: days.column(c).to_numpy().astype(_DAY_TYPES.get(c, np.int64))[order]
-            for c in DAY_VALUE_COLUMNS
-        }
-        pos = np.searchsorted(self._day_keys, keys)
-        exists = pos < len(self._day_keys)
-        exists[exists] = self._day_keys[pos[exists]] == keys[exists]
-        for c in DAY_VALUE_COLUMNS:
-            self._days[c][pos[exists]] = values[c][exists]
-        fresh = ~exists
-        if fresh.any():
-            self._day_keys = np.insert(self._day_keys, pos[fresh], keys[fresh])
-            for c in DAY_VALUE_COLUMNS:
-                self._days[c] = np.insert(self._days[c], pos[fresh], values[c][fresh])
 
     def load(
         self,
@@ -611,33 +406,15 @@ class CustomerStateStore:
     ) -> int:
         """Replace the whole state (seeding from the lake, or a batch-layer correction).
 
-        ``customers``: customer_id plus ``TOTAL_COLUMNS`` (dates as day numbers, null
-        for none; ``max_event_time`` in microseconds); ``days``: customer_id plus
-        ``DAY_COLUMNS`` (day as a day number). ``keep_seen``: keep the event ids seen
-        (a correction: a later re-send of them must still count once). Writes a
-        snapshot; returns the customers.
+        ``customers``: customer_id plus ``storage.customer_columns.TOTAL_COLUMNS``
+        (dates as day numbers, null for none; ``max_event_time`` in microseconds);
+        ``days``: customer_id plus ``DAY_COLUMNS`` (day as a day number).
+        ``keep_seen``: keep the event ids seen (a correction: a later re-send of them
+        must still count once). Writes a snapshot; returns the customers.
         """
         seen = (self._seen if keep_seen else SeenIds()).table()
         self._load_tables(customers, days, seen, {"batch_id": batch_id, "clock_us": clock_us})
         self._forget()
-        shutil.rmtree(self._changelog_dir, ignore_errors=True)
+        self._changelog.drop_changelogs()
         self.write_snapshot()
-        return len(self._ids)
-
-
-def _write_atomically(target: Path, tables: dict[str, pa.Table], meta: dict[str, Any]) -> None:
-    """Write ``tables`` (Arrow IPC) and ``meta.json`` into ``target``, appearing whole."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, table in tables.items():
-        feather.write_feather(table, tmp / f"{name}.arrow", compression="uncompressed")
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-
-
-def _read(directory: Path) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-    tables = {p.stem: feather.read_table(p, memory_map=False) for p in directory.glob("*.arrow")}
-    return tables, json.loads((directory / "meta.json").read_text())
+        return len(self._cols.ids)

@@ -1,10 +1,10 @@
 """The batch layer's per-customer state as of a retrain's cutoff: the lambda correction.
 
 Each retrain computes, from the lake (which holds every late and re-sent event exactly
-once), the same absolute state the stream keeps (``storage.state_table.store_tables``)
+once), the same absolute state the stream keeps (``storage.state_rows.store_tables``)
 as of its cutoff, writes it under ``outputs/state/<version>/`` and moves
 ``models/state/CURRENT`` to it. The running stream picks it up at its next micro-batch
-(``streaming.state.correct_from_batch``): the batch state supersedes the stream's up to
+(``streaming.seed.correct_from_batch``): the batch state supersedes the stream's up to
 the cutoff, and the days streamed since are added on top. No quality gate: it is data,
 computed by the same code as the stream's seed.
 """
@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from features.time import as_of_for, cutoff_ts
 from runtime.settings import Settings
 from storage import registry
-from storage.state_table import store_tables
+from storage.state_rows import store_tables
 
 NAME = "state"
 FILES = ("customers.parquet", "days.parquet")

@@ -3,7 +3,8 @@
 ``store_tables`` goes the other way, from events to the store's two tables, with the
 batch code (``customer_state(daily_activity(events))``): the stream seeds itself with it,
 and each retrain writes it as of its cutoff, so the stream can take the batch layer's
-state (the lambda correction, ``streaming.state.correct_from_batch``).
+state (the lambda correction, ``streaming.seed.correct_from_batch``, which adds the
+stream's days since the cutoff with ``merge_state``).
 
 ``CustomerStateStore.read`` returns two flat Arrow tables (per customer, per customer-day,
 days as day numbers since 1970-01-01, which *are* Arrow ``date32`` values).

@@ -1,37 +1,31 @@
-"""The speed layer's state: the keyed store per micro-batch, full snapshots on a schedule.
+"""The stream's keyed store at start and on a retrain: opened, seeded, corrected, checked.
 
-Per micro-batch the job folds its valid events into ``storage.customer_state``'s
-keyed store: the work is proportional to the batch's events and the customers they
-touch, never to the whole customer base. On a schedule (``snapshot_interval_seconds``)
-``publish_snapshot`` evaluates every customer's features as of the stream clock with
-the one feature definition (``features.customer.features_table``), so a silent
-customer still ages, and publishes them as one atomic Parquet snapshot. A ``Sink``
-(the serving layer's live view, wired by ``pulse stream``) gets each batch's touched
-customers and each snapshot.
-
-``seed_from_lake`` builds the store from a backfilled lake with the batch code
-(``customer_state(daily_activity(lake))``), so the stream reads only what came after.
+``open_store`` opens the per-customer store (``storage.columnar_store``) under
+``settings.state_dir``. ``seed_from_lake`` builds it from a backfilled lake with the
+batch code (``customer_state(daily_activity(lake))``), so the stream reads only what
+came after. ``correct_from_batch`` takes the state each retrain writes
+(``batch.correction``: the lambda correction). ``check_store_matches_checkpoint``
+refuses a store and a Kafka checkpoint from different runs.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
-from pathlib import Path
-from typing import Any, Protocol
+from datetime import date, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from features.customer import HISTORY_DAYS, features_table
+from features.customer import HISTORY_DAYS
 from runtime.errors import PulseError
 from runtime.settings import Settings
-from storage import snapshots
-from storage.customer_state import BatchResult, CustomerStateStore, day_number
-from storage.state_table import merge_state, state_table, store_tables
+from storage.columnar_store import CustomerStateStore
+from storage.state_rows import merge_state, store_tables
+from storage.stream_clock import day_number
+from streaming.output import Sink, publish_snapshot
 
 SEED_BATCH = -1  # the seeded state counts as batch -1, so Spark's batch 0 folds into it
 
@@ -39,57 +33,6 @@ SEED_BATCH = -1  # the seeded state counts as batch -1, so Spark's batch 0 folds
 def open_store(settings: Settings) -> CustomerStateStore:
     """The stream's keyed per-customer state (``settings.state_dir``)."""
     return CustomerStateStore(settings.state_dir / "customers", settings.allowed_lateness_days)
-
-
-class Sink(Protocol):
-    """Where the stream's output goes beyond its own state (``serving.live.LiveView``).
-
-    ``batch``: after each micro-batch, with the store (read the touched customers from
-    it) and what the batch did. ``snapshot``: after each full snapshot, with every
-    customer's state and features as of the stream clock. ``progress``: Spark's report
-    of each micro-batch (rates, durations, end offsets), from the monitoring thread.
-    ``catch_up``: once at start.
-    """
-
-    def batch(self, store: CustomerStateStore, result: BatchResult) -> None:
-        """A micro-batch was folded (or replayed: ``result.applied`` is False)."""
-
-    def snapshot(self, state: pa.Table, features: pa.Table, as_of: datetime) -> None:
-        """A full snapshot was published."""
-
-    def progress(self, progress: dict[str, Any]) -> None:
-        """Spark reported a micro-batch's progress (``StreamingQuery.recentProgress``)."""
-
-    def catch_up(self, store: CustomerStateStore) -> None:
-        """At start, before any batch: bring the output up to the store's last batch (a
-        killed run may have folded batches whose output was not written yet)."""
-
-
-def publish_snapshot(
-    settings: Settings, store: CustomerStateStore, sink: Sink | None = None
-) -> Path | None:
-    """Every customer's features as of the stream clock -> one atomic Parquet snapshot.
-
-    Reads the whole store (this is the scheduled step whose cost grows with the
-    customer base, not the per-batch one), evaluates ``features_table`` in NumPy and
-    writes it with pyarrow: no Spark job. Returns the published directory, or None
-    when the store is empty.
-    """
-    as_of = store.clock()
-    if as_of is None:
-        return None
-    state = state_table(*store.read())
-    features = features_table(state, as_of).sort_by("customer_id")
-    version = f"{max(store.last_batch or 0, 0):012d}-{snapshots.new_version()}"
-
-    def write(tmp: Path) -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        pq.write_table(features, tmp / "part-00000.parquet", row_group_size=256_000)
-
-    path = snapshots.publish(settings.features_dir, write, version=version)
-    if sink is not None:
-        sink.snapshot(state, features, as_of)
-    return path
 
 
 def seed_from_lake(
@@ -135,10 +78,10 @@ def correct_from_batch(
 ) -> bool:
     """Take the batch layer's state when a retrain promoted a new one (the lambda correction).
 
-    The retrain's state (``batch.state``) counts every event before its cutoff that the
+    The retrain's state (``batch.correction``) counts every event before its cutoff that the
     lake holds, late and re-sent ones included; it supersedes the store's up to the
     cutoff, and the store's days on or after it are added on top
-    (``storage.state_table.merge_state``). The store keeps every day since
+    (``storage.state_rows.merge_state``). The store keeps every day since
     ``clock - HISTORY_DAYS``, so a cutoff older than that cannot be merged, and one
     past the stream's clock would count the same days twice: both are skipped, with a
     line. Returns True when the state changed (the caller republishes every customer).

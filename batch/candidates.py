@@ -1,0 +1,158 @@
+"""Recommendation candidates and the strategies that merge them into the served top-K
+lists (K = ``schemas.tables.N_RECOMMENDATIONS``, 12).
+
+Time semantics: every function takes events already restricted to the training
+window (``event_time < cutoff``); recency weights are ages in days relative to
+``cutoff``. Purchases are events with quantity > 0.
+
+Candidates (each filled up to K from popularity, so cold-start customers get a list):
+
+- ``popularity``: the most bought articles in the last ``popular_days`` days;
+- ``repurchase``: the customer's own articles, most recency-weighted first;
+- ``als``: implicit-feedback ALS (``batch.als``; confidence = recency-decayed purchase counts);
+- ``blend``: repurchase first, then ALS, then popularity;
+- ``ranker``: a GBT over repurchase, popularity and co-purchase candidates, trained on
+  the windows before the cutoff (``batch.ranker``), then popularity.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from batch.als import als_candidates, als_interactions, fit_als, interactions
+from batch.params import RecParams
+from schemas.tables import N_RECOMMENDATIONS
+
+STRATEGIES = {
+    "popularity": ("popularity",),
+    "repurchase": ("repurchase", "popularity"),
+    "als": ("als", "popularity"),
+    "blend": ("repurchase", "als", "popularity"),
+    # the customers the ranker does not score (``RankerParams.score_customers``) get the
+    # repurchase baseline; the ranker's own lists are K long whenever K articles sold in
+    # the popular window (it proposes ``popular_k`` of them), so repurchase reaches no one else
+    "ranker": ("ranker", "repurchase", "popularity"),
+}
+
+
+def popular(events: DataFrame, cutoff: date, days: int, k: int = N_RECOMMENDATIONS) -> DataFrame:
+    """The top ``k`` articles by purchases in the ``days`` days before ``cutoff``.
+
+    Falls back to all-time counts when that window is empty. Columns: article_id, score, pos.
+    """
+    bought = events.where(F.col("quantity") > 0)
+    recent = bought.where(F.to_date("event_time") >= F.date_sub(F.lit(cutoff), days))
+    for frame in (recent, bought):
+        top = (
+            frame.groupBy("article_id")
+            .agg(F.count(F.lit(1)).cast("double").alias("score"))
+            .orderBy(F.desc("score"), "article_id")
+            .limit(k)
+            .collect()
+        )
+        if top:
+            break
+    rows = [(r["article_id"], float(r["score"]), i) for i, r in enumerate(top, 1)]
+    schema = "article_id string, score double, pos int"
+    return events.sparkSession.createDataFrame(rows, schema)
+
+
+def repurchase_candidates(inter: DataFrame, k: int = N_RECOMMENDATIONS) -> DataFrame:
+    """Each customer's own articles ranked by recency-weighted count: customer_id, article_id,
+    score, pos."""
+    w = Window.partitionBy("customer_id").orderBy(F.desc("weight"), "article_id")
+    return (
+        inter.withColumn("pos", F.row_number().over(w))
+        .where(F.col("pos") <= k)
+        .select("customer_id", "article_id", F.col("weight").alias("score"), "pos")
+    )
+
+
+def assemble(
+    customers: DataFrame,
+    sources: dict[str, DataFrame],
+    order: tuple[str, ...],
+    k: int = N_RECOMMENDATIONS,
+) -> DataFrame:
+    """Merge candidate sources in priority ``order`` into one top-``k`` list per customer.
+
+    ``sources["popularity"]`` has no customer column (same list for everyone); the
+    others are per customer. An article appears once, from its highest-priority
+    source. Output: customer_id, rank (1..k), article_id, score, source.
+    """
+    parts = []
+    for prio, name in enumerate(order):
+        cand = sources[name]
+        if name == "popularity":
+            cand = customers.crossJoin(F.broadcast(cand))
+        else:
+            cand = cand.join(customers, "customer_id")
+        parts.append(
+            cand.select(
+                "customer_id",
+                "article_id",
+                "score",
+                "pos",
+                F.lit(prio).alias("prio"),
+                F.lit(name).alias("source"),
+            )
+        )
+    union = parts[0]
+    for p in parts[1:]:
+        union = union.unionByName(p)
+    best = Window.partitionBy("customer_id", "article_id").orderBy("prio", "pos")
+    rank = Window.partitionBy("customer_id").orderBy("prio", "pos", "article_id")
+    return (
+        union.withColumn("_first", F.row_number().over(best))
+        .where(F.col("_first") == 1)
+        .withColumn("rank", F.row_number().over(rank))
+        .where(F.col("rank") <= k)
+        .select("customer_id", F.col("rank").cast("int"), "article_id", "score", "source")
+    )
+
+
+def candidate_sources(
+    events: DataFrame,
+    cutoff: date,
+    params: RecParams,
+    customers: DataFrame,
+    als_for: str | None = "all",
+    only_customers: bool = False,
+) -> dict[str, DataFrame]:
+    """Every candidate source over ``events`` (all before ``cutoff``), for ``customers``.
+
+    ``only_customers``: compute the repurchase lists of ``customers`` only (worth it when
+    they are few, as in a hold-out week; for everyone it would be an extra join).
+
+    ``als_for``: None fits no ALS; "all" scores every customer ALS knows; "uncovered"
+    only those whose repurchase list is shorter than K: in an order that puts
+    repurchase before ALS (``blend``), ALS never reaches the others' lists, so
+    scoring them (every customer against every article) is wasted.
+    """
+    own = events.join(customers, "customer_id", "left_semi") if only_customers else events
+    sources = {
+        "popularity": popular(events, cutoff, params.popular_days),
+        "repurchase": repurchase_candidates(
+            interactions(own, cutoff, params.half_life_days)
+        ).cache(),
+    }
+    if als_for is not None:
+        fit = fit_als(als_interactions(events, cutoff, params), params)
+        who = customers
+        if als_for == "uncovered":
+            full = sources["repurchase"].where(F.col("pos") == N_RECOMMENDATIONS)
+            who = customers.join(full, "customer_id", "left_anti")
+        sources["als"] = als_candidates(fit, who).cache()
+    return sources
+
+
+def als_scope(order: tuple[str, ...]) -> str | None:
+    """Which customers ALS must score for a strategy's ``order`` (see ``candidate_sources``)."""
+    if "als" not in order:
+        return None
+    if "repurchase" in order and order.index("repurchase") < order.index("als"):
+        return "uncovered"
+    return "all"

@@ -1,0 +1,6 @@
+"""Developer infrastructure the application and the tests start on this machine.
+
+A single KRaft broker from the Maven jars (``broker``, `pulse broker`), a three-node
+KRaft cluster (``cluster``, `pulse chaos` case 3), what a Kafka node's process needs in
+both (``process``), and a throwaway ``redis-server`` (``redis``).
+"""
