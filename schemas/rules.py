@@ -15,7 +15,7 @@ says what each test means in each engine:
 
 Every test is spelled with operations that mean the same in all three (``strip``
 with an explicit character set rather than "whitespace", which differs between
-Python and Java), and tests/streaming/test_parse.py probes each test at its
+Python and Java), and tests/spark/test_parse.py probes each test at its
 boundaries in Python and in Spark.
 """
 

@@ -8,7 +8,7 @@ From them derive:
   a record breaks the contract (or None);
 - ``spark_schema()``: the typed ``StructType`` Spark uses for the lake;
 - ``streaming.contract_variant.classify_exact``: the same checks as Spark Columns, with the same
-  reasons (tests/streaming/test_parse.py proves both validators agree record by record);
+  reasons (tests/spark/test_parse.py proves both validators agree record by record);
 - the dataset adapters' vectorised checks (``producers.adapters``).
 
 Validators check, per field in contract order: present and not null, the JSON type,

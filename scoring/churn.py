@@ -12,7 +12,7 @@ The model a retrain saves (``batch.churn``) is a Spark ``PipelineModel``:
 it from the fitted stages) and evaluates it on live features in NumPy, mirroring each SQL
 expression (nulls as ``coalesce`` reads them), so the read path and the stream score a
 customer as of the stream clock with no Spark job. The SQL lives here too, beside its
-mirror; ``tests/batch/test_scorer_parity.py`` checks the two agree to 1e-9 on every
+mirror; ``tests/spark/test_scorer_parity.py`` checks the two agree to 1e-9 on every
 customer of a retrained version.
 """
 

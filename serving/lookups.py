@@ -7,7 +7,7 @@ queued, reads the records and the store's meta once, evaluates them together and
 each request its rows. What arrives while a batch is evaluated goes in the next one:
 with one client a batch is one look-up (no added wait), with many the cost is shared.
 
-The rows are the same as one ``read.view_row`` per customer (tests/serving/test_at_risk.py
+The rows are the same as one ``read.view_row`` per customer (tests/unit/test_at_risk.py
 compares them), joined back to each request by customer id.
 """
 

@@ -5,7 +5,7 @@ A record in the canonical form (``CANONICAL``: compact JSON, the contract's keys
 order, no escapes, plain numbers, ISO timestamps with a Z) has exactly the JSON types
 the contract wants, so only the value rules remain to check. Any other record (spaces,
 another key order, an escape, an exponent, a missing or extra key) is handed on to the
-exact path (``streaming.contract_variant.classify_exact``). tests/streaming/test_parse.py
+exact path (``streaming.contract_variant.classify_exact``). tests/spark/test_parse.py
 runs every probe through both.
 
 The record is read from the Kafka bytes Spark collected. In a canonical record every
@@ -14,7 +14,7 @@ quotes puts each field's value at a fixed piece: the string and timestamp values
 the numbers as ":<token>," between two keys. Each token then already has the JSON type
 the contract wants, and its conversion is the one json.loads makes
 (tests/unit/test_parse_arrow.py checks values and reasons against the Python validator;
-tests/streaming/test_parse.py against Spark's).
+tests/spark/test_parse.py against Spark's).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ JSON type of every value, so the checks of ``schemas.transaction`` can be made
 with the *same reason string* the producer-side ``validate`` returns: the type
 checks here mirror ``_parse`` there, and every value rule is the Spark reading of
 a ``schemas.rules.Rule`` (``Rule.broken_column``), so no rule is restated here.
-tests/streaming/test_parse.py proves both validators agree record by record. Checks
+tests/spark/test_parse.py proves both validators agree record by record. Checks
 run in the contract's order: top-level object, then per field (present, type, then
 its rules), then unknown extra fields; the first failing check is the reason.
 

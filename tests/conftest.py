@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiers import TierError, tier_of
 
 from runtime.settings import Settings, load_settings
 
@@ -37,6 +38,17 @@ def docker_engine_answers() -> bool:
         return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
     except (subprocess.TimeoutExpired, OSError):
         return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the name of its directory (tests/tiers.py)."""
+    for item in items:
+        try:
+            tier = tier_of(item.path, (m.name for m in item.iter_markers()))
+        except TierError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Records for the parse tests of both tiers: every structural case and every rule's probes.
 
-Shared by tests/streaming/test_parse.py (Spark's validators against Python's) and
+Shared by tests/spark/test_parse.py (Spark's validators against Python's) and
 tests/unit/test_parse_arrow.py (the driver-side fast path against Python's).
 """
 

@@ -18,8 +18,6 @@ from producers.bad_records import BAD_KINDS, DATED_KINDS, bad_kind_for_row, bad_
 from pulse.chaos import cases, lab
 from schemas.transaction import AHEAD_OF_PRODUCER, parse_timestamp, validate
 
-pytestmark = pytest.mark.faults
-
 EVENTS = 3000
 
 

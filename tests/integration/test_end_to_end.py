@@ -26,8 +26,6 @@ from pulse.cli import main as pulse_main
 from pulse.demo import _date_range, write_backfill
 from storage import registry, snapshots
 
-pytestmark = pytest.mark.integration
-
 
 def _cli(settings) -> list[str]:
     return [
@@ -84,7 +82,8 @@ def _retrain(spark, settings, models):
     )
     run = retrain(spark, settings, opts)
     for name, meta in run.items():
-        # The gate has its own test (tests/batch); here a tiny retrain must be served.
+        # The gate has its own test (tests/spark/test_batch_retrain.py); here a tiny retrain
+        # must be served.
         if registry.current_version(settings, name) != meta["version"]:
             registry.promote(settings, name, meta["version"])
     return {name: meta["version"] for name, meta in run.items()}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
 from confluent_kafka import Producer
-
-pytestmark = pytest.mark.integration
 
 N = 1000
 

@@ -25,8 +25,6 @@ from pulse.cli import main as pulse_main
 from runtime.errors import PulseError
 from schemas.transaction import ContractError, decode
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 QUIET = ReplayOptions(progress=False)
 

@@ -22,8 +22,6 @@ from pydantic import SecretStr
 from pulse.chaos.lab import settings_env
 from runtime.settings import Settings
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 
 HM_CSV = "t_dat,customer_id,article_id,price,sales_channel_id\n2020-01-01,c1,0100000001,0.01,2\n"

@@ -36,7 +36,6 @@ from pulse.oracle import served_equals_batch
 from runtime.settings import Settings
 from storage import registry
 
-pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -20,8 +20,6 @@ from schemas.transaction import encode, make_event_id, now_utc
 from storage import snapshots
 from streaming.job import run
 
-pytestmark = pytest.mark.integration
-
 
 def _event(i: int, day: str, customer: str = "c1", **extra):  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime

@@ -16,8 +16,6 @@ from runtime.settings import Settings
 from schemas.transaction import encode, make_event_id, now_utc
 from storage import snapshots
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 
 

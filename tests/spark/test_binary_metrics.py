@@ -11,8 +11,6 @@ from pyspark.ml.evaluation import BinaryClassificationEvaluator
 
 from batch.evaluate import binary_curves_by, binary_metrics_by
 
-pytestmark = pytest.mark.spark
-
 
 def test_hand_case(spark) -> None:  # type: ignore[no-untyped-def]
     # scores 0.9 (pos), 0.8 (neg), 0.8 (pos), 0.2 (neg)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from features.customer import compute_features
 from schemas.transaction import spark_schema
 
-pytestmark = pytest.mark.spark
 AS_OF = datetime(2020, 3, 31, 23, 59, 59, tzinfo=UTC)
 
 

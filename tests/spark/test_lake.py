@@ -12,8 +12,6 @@ from pyspark.testing import assertDataFrameEqual, assertSchemaEqual
 from schemas.tables import lake_schema
 from storage import lake
 
-pytestmark = pytest.mark.spark
-
 
 def ev(n: int, day: int) -> dict:  # type: ignore[type-arg]
     when = datetime(2020, 1, day, 9, tzinfo=UTC)

@@ -9,8 +9,6 @@ from pyspark.sql import functions as F
 
 from batch.evaluate import ranking_metrics, spark_ranking_metrics, spark_ranking_metrics_by
 
-pytestmark = pytest.mark.spark
-
 
 def _frames(spark, recs: dict[str, list[str]], actual: dict[str, set[str]]):  # type: ignore[no-untyped-def]
     rec_rows = [(c, r, a) for c, items in recs.items() for r, a in enumerate(items, 1)]

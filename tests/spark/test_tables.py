@@ -11,8 +11,6 @@ from features.customer import compute_features
 from schemas import tables
 from schemas.transaction import spark_schema
 
-pytestmark = pytest.mark.spark
-
 
 def test_live_features_schema_matches_compute_features(spark) -> None:  # type: ignore[no-untyped-def]
     t = datetime(2020, 9, 20, tzinfo=UTC)

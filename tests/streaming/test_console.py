@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
 from stream_helpers import event
 
 from features.customer import compute_features
@@ -15,8 +14,6 @@ from serving.console import COLUMNS, ConsoleSink, Fanout, _cell
 from serving.live import LiveView
 from storage.columnar_store import CustomerStateStore
 from streaming.job import run
-
-pytestmark = pytest.mark.streaming
 
 FIRST = [event("c1", "2020-09-01", 10.0), event("c2", "2020-09-02", 7.5),
          event("c3", "2020-09-10T12:00", 0.25)]  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import date
 
-import pytest
 from pyspark.testing import assertDataFrameEqual
 from stream_helpers import event
 
@@ -22,8 +21,6 @@ from serving.live import LiveView
 from storage import snapshots
 from storage.lake import read_lake
 from streaming.job import run
-
-pytestmark = pytest.mark.streaming
 
 BEFORE = [
     event("c1", "2020-09-01", 10.0),

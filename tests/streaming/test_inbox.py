@@ -24,8 +24,6 @@ from streaming import job as job_mod
 from streaming.inbox import Inbox
 from streaming.job import run
 
-pytestmark = pytest.mark.streaming
-
 EVENTS = [
     event("c1", "2020-09-01", 10.0),
     event("c2", "2020-09-02", 7.5, n=1),

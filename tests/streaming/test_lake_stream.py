@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from stream_helpers import event
 
 from storage import columnar_store, lake
 from streaming.job import run
-
-pytestmark = pytest.mark.streaming
 
 
 def test_a_resend_outside_the_streams_window_lands_in_the_lake_once(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 from stream_helpers import event
@@ -11,8 +10,6 @@ from features.customer import compute_features
 from schemas.transaction import FIELD_NAMES, spark_schema
 from storage import snapshots
 from streaming.job import run
-
-pytestmark = pytest.mark.streaming
 
 PHASE1 = [
     event("c1", "2020-09-01", 10.0),

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from pyspark.sql import functions as F
 from stream_helpers import event
 
 from schemas.transaction import encode
 from storage import snapshots
 from streaming.job import run
-
-pytestmark = pytest.mark.streaming
 
 
 def test_one_percent_bad_records_are_quarantined(spark, stream_settings, file_topic) -> None:  # type: ignore[no-untyped-def]

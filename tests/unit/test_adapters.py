@@ -13,8 +13,6 @@ from producers.adapters import ARROW_SCHEMA, GENERATED_MARKER, open_source
 from runtime.errors import PulseError
 from schemas.transaction import FIELD_NAMES, make_event_id, validate
 
-pytestmark = pytest.mark.unit
-
 HM_CSV = """t_dat,customer_id,article_id,price,sales_channel_id
 2020-09-20,c1,0108775015,0.0508305084745762,2
 2020-09-20,c1,0108775015,0.0508305084745762,2

@@ -8,8 +8,6 @@ from scipy import special
 
 from scoring import btyd
 
-pytestmark = pytest.mark.unit
-
 # r = 1, alpha = 1, a = 1, b = 1 (days); a customer with x = 2 repeat purchase days,
 # the last at t_x = 2, observed for T = 4 days.
 HAND = btyd.BGNBD(r=1.0, alpha=1.0, a=1.0, b=1.0)

@@ -22,7 +22,6 @@ import yaml
 from runtime.jvm import KAFKA_VERSION
 from runtime.settings import Settings, load_settings
 
-pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (REPO / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)

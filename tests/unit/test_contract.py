@@ -25,8 +25,6 @@ from schemas.transaction import (
     wire_value,
 )
 
-pytestmark = pytest.mark.unit
-
 VALID: dict[str, Any] = {
     "event_id": "hm-0123456789abcdef01234567",
     "event_time": "2020-09-22T00:00:00Z",

@@ -11,8 +11,6 @@ import pytest
 from storage.columnar_store import CustomerStateStore
 from storage.stream_clock import day_number, robust_clock
 
-pytestmark = pytest.mark.unit
-
 
 def _batch(*events: tuple[str, str, str, int, float, int | None]) -> pa.Table:
     """Events as (event_id, customer_id, 'YYYY-MM-DD[Thh:mm]', quantity, price, channel)."""

@@ -9,13 +9,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pyarrow as pa
-import pytest
 
 from features.customer import features_table
 from schemas.tables import LIVE_FEATURE_COLUMNS
 from storage.state_rows import STATE_ARROW
-
-pytestmark = pytest.mark.unit
 
 
 def state(rows: list[dict]) -> pa.Table:

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from pulse.cli import main
 from runtime.settings import Settings, load_settings
 
-pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 
 

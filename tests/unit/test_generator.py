@@ -17,8 +17,6 @@ from producers.generator import ARTICLE_COLUMNS, CUSTOMER_COLUMNS, generate, pri
 from producers.profile import README_FACTS, TOLERANCE, profile, within_tolerance
 from pulse.cli import main
 
-pytestmark = pytest.mark.unit
-
 FILES = ("transactions_train.csv", "customers.csv", "articles.csv", GENERATED_MARKER)
 
 

@@ -19,8 +19,6 @@ import pytest
 from batch.ingest import append_new
 from storage import lake
 
-pytestmark = pytest.mark.unit
-
 
 def ev(n: int, day: int, customer: str = "c1", price: float = 1.0) -> dict:  # type: ignore[type-arg]
     when = datetime(2020, 1, day, 12, tzinfo=UTC)

@@ -9,8 +9,6 @@ import pytest
 
 from serving.online import RECORD_COLUMNS, OnlineStore, RedisStore, SqliteStore
 
-pytestmark = pytest.mark.unit
-
 
 def record(cid: str, days: int, monetary: float = 1.0) -> tuple:
     values = {c: None for c in RECORD_COLUMNS}

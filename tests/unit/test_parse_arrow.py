@@ -3,7 +3,7 @@ against Python.
 
 Spark-free: every record the fast path keeps must get ``validate``'s reason and, when
 valid, ``decode``'s values; the records it hands on are the exact path's (Spark's,
-compared in tests/streaming/test_parse.py). Random number and date texts probe the
+compared in tests/spark/test_parse.py). Random number and date texts probe the
 conversions json.loads and datetime.fromisoformat make.
 """
 
@@ -22,8 +22,6 @@ from schemas.rules import Rule
 from schemas.transaction import FIELD_NAMES, FIELDS, RULES, decode, encode
 from streaming.contract_canonical import split_canonical
 from streaming.kafka_rows import CLASSIFIED_SCHEMA
-
-pytestmark = pytest.mark.unit
 
 
 def _kafka(values: list[bytes | None]) -> pa.Table:
@@ -65,7 +63,7 @@ def test_compact_is_the_producers_form() -> None:
 def test_fast_rows_get_pythons_reasons_and_values() -> None:
     records = [compact(r) for r in [*RECORDS, *(raw for _, raw in PROBES)]] + CANONICAL_EDGES
     fast, _ = _check(records)
-    # Most are canonical (so tests/streaming/test_parse.py's compact form runs the fast
+    # Most are canonical (so tests/spark/test_parse.py's compact form runs the fast
     # path), not all.
     assert len(records) // 2 < fast < len(records)
     # Every rule is broken by some fast record, so each Arrow reading is exercised here,

@@ -32,8 +32,6 @@ from schemas.transaction import (
     wire_value,
 )
 
-pytestmark = pytest.mark.unit
-
 T0 = datetime(2020, 9, 20, tzinfo=UTC)
 EVENT = {
     "event_id": make_event_id("synthetic", "row", 0),

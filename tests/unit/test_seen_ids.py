@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from storage import seen_ids
 from storage.seen_ids import SeenIds, id_hashes
-
-pytestmark = pytest.mark.unit
 
 
 def _add(seen: SeenIds, ids: list[str], day: int, arrived: int) -> None:

@@ -6,8 +6,6 @@ import pytest
 
 from storage import snapshots
 
-pytestmark = pytest.mark.unit
-
 
 def test_publish_moves_current_and_keeps_a_few(tmp_path):
     base = tmp_path / "features"

@@ -7,8 +7,6 @@ import pytest
 from batch import context
 from batch.context import StageLog
 
-pytestmark = pytest.mark.unit
-
 
 def test_each_stage_is_timed_by_its_own_block_and_shares_add_up(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     ticks = iter([10.0, 12.5, 12.5, 20.0])  # A runs 2.5 s, B 7.5 s

@@ -1,5 +1,8 @@
 """Bad command-line input, command by command: one clear line, a non-zero exit, nothing left.
 
+The cases, and how one is run and checked; the tests that run them are
+tests/unit/test_bad_input.py and tests/integration/test_bad_input_broker.py.
+
 Each case runs the real ``pulse`` executable in a subprocess, on a fresh data root, and
 checks what a user sees: exactly one line on stderr naming the problem (a distinctive
 fragment of it: the bad value, file or variable), a non-zero exit code, no traceback on
@@ -12,26 +15,22 @@ port, so nothing reaches a broker someone else runs on 9092. They run three at a
 (mostly waiting), each timed alone. The integration cases use the session's real broker
 (tests/conftest.py) for a topic that does not exist.
 
-A case belongs here once the command prints its one line; a command that does not yet
-is listed in the issue, not here with an expectation bent to fit.
+A case belongs here once the command prints its one line; a command that does not
+yet is listed in the issue, not here with an expectation bent to fit.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-import pytest
 
 PULSE = Path(sys.executable).with_name("pulse")
 MARK = "PULSE_BAD_INPUT_RUN"  # not a setting: pydantic-settings ignores unknown PULSE_ names
@@ -258,10 +257,16 @@ UNIT_CASES = [
     Case("serve-exposed-without-token", ["serve", "--host", "0.0.0.0"], "set PULSE_API_TOKEN"),
     Case("serve-port-word", ["serve", "--port", "http"], "not a whole number >= 1: 'http'"),
     Case("serve-zero-workers", ["serve", "--workers", "0"], "not a whole number >= 1: '0'"),
-    Case("bench-serve-store", ["bench", "serve", "--store", "sqlite,mongo"],
-         "not a comma list of sqlite/redis: 'sqlite,mongo'"),
-    Case("bench-serve-clients", ["bench", "serve", "--clients", "1,0"],
-         "not a comma list of whole numbers >= 1: '1,0'"),
+    Case(
+        "bench-serve-store",
+        ["bench", "serve", "--store", "sqlite,mongo"],
+        "not a comma list of sqlite/redis: 'sqlite,mongo'",
+    ),
+    Case(
+        "bench-serve-clients",
+        ["bench", "serve", "--clients", "1,0"],
+        "not a comma list of whole numbers >= 1: '1,0'",
+    ),
     Case("bench-zero-size", ["bench", "batch", "--sizes", "0"], "--sizes: not a whole number"),
     Case("bench-producer-no-events", ["bench", "producer", "--events", "-5"], "'-5'"),
     # chaos (the fault campaign): refused before any broker or stream starts
@@ -282,23 +287,6 @@ BROKER_CASES = [
         "topic 'pulse-no-such-topic' does not exist",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def closed_port() -> int:
-    """A TCP port nobody listens on: a connection is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def busy_port() -> Iterator[int]:
-    """A TCP port this test process listens on while the module runs."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield int(s.getsockname()[1])
 
 
 def write_inputs(cwd: Path) -> None:
@@ -398,61 +386,3 @@ def check(run: Run, timeout_s: float) -> None:
     assert len(lines) == 1, f"expected exactly one line on stderr\n{shown}"
     assert "error" in lines[0] and run.fragment in lines[0], f"expected {run.fragment!r}\n{shown}"
     assert not run.left, f"processes outlived the run by {GRACE_S}s: {run.left}\n{shown}"
-
-
-@pytest.fixture(scope="module")
-def unit_runs(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    closed_port: int,
-    busy_port: int,
-) -> dict[str, Run]:
-    """The selected unit cases, run three at a time (most of a run is waiting: a Python
-    start, a refused connection's time-out), each in its own directory and timed alone."""
-    selected_ids = {
-        item.callspec.id
-        for item in request.session.items
-        if isinstance(item, pytest.Function)
-        and item.originalname == "test_bad_input_is_one_clear_line"
-    }
-    selected = [case for case in UNIT_CASES if case.id in selected_ids]
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {
-            case.id: pool.submit(
-                run_case,
-                case,
-                tmp_path_factory.mktemp(case.id),
-                UNIT_TIMEOUT_S,
-                closed=str(closed_port),
-                busy=str(busy_port),
-            )
-            for case in selected
-        }
-        return {case_id: future.result() for case_id, future in futures.items()}
-
-
-@pytest.mark.unit
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("case", UNIT_CASES, ids=lambda c: c.id)
-def test_bad_input_is_one_clear_line(case: Case, unit_runs: dict[str, Run]) -> None:
-    check(unit_runs[case.id], UNIT_TIMEOUT_S)
-
-
-@pytest.mark.integration
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("case", BROKER_CASES, ids=lambda c: c.id)
-def test_bad_input_against_a_real_broker_is_one_clear_line(
-    case: Case, tmp_path: Path, closed_port: int, kafka_bootstrap: str
-) -> None:
-    run = run_case(
-        case, tmp_path, BROKER_TIMEOUT_S, closed=str(closed_port), broker=kafka_bootstrap
-    )
-    check(run, BROKER_TIMEOUT_S)
-
-
-@pytest.mark.unit
-def test_the_table_covers_every_command() -> None:
-    commands = registered_commands()
-    covered = {a for c in UNIT_CASES + BROKER_CASES for a in c.argv if a in commands}
-    assert commands - covered == set(), "a new command: add its bad-input cases to the table"
-    assert len(UNIT_CASES) + len(BROKER_CASES) >= 20

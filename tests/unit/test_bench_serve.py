@@ -14,7 +14,6 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 from serving import read
 
-pytestmark = pytest.mark.unit
 KEYS = {"customers", "store", "clients", "requests_per_s", "p50_ms", "p99_ms", "store_get_p99_ms",
         "goal", "goal_met"}  # fmt: skip
 

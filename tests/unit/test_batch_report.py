@@ -8,8 +8,6 @@ from batch.report import write_report
 from runtime.errors import PulseError
 from storage import registry
 
-pytestmark = pytest.mark.unit
-
 WINDOW = {"events": 1000, "first_event_date": "2020-01-01", "cutoff_exclusive": "2020-04-01"}
 M = {
     "map@12": 0.1,

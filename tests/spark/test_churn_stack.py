@@ -12,8 +12,6 @@ from batch.params import ChurnParams
 from batch.segments import adjusted_rand_index
 from scoring import btyd
 
-pytestmark = pytest.mark.spark
-
 H = 30
 
 

@@ -10,8 +10,6 @@ from batch.evaluate import average_precision, ndcg, ranking_metrics
 from batch.segments import name_segments
 from storage import registry
 
-pytestmark = pytest.mark.unit
-
 
 def test_average_precision_kaggle_definition():
     # hits at ranks 1 and 3 of 2 relevant: (1/1 + 2/3) / min(12, 2)

@@ -24,8 +24,6 @@ from schemas.transaction import RULES, decode, encode, parse_timestamp
 from streaming.contract_variant import classify_exact
 from streaming.parse import classify_arrow
 
-pytestmark = pytest.mark.spark
-
 
 def _kafka_rows(spark, values: list[bytes]):  # type: ignore[no-untyped-def]
     schema = T.StructType(

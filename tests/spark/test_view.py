@@ -22,7 +22,6 @@ from scoring.churn import STACK_FEATURES, ChurnScorer
 from scoring.segments import SegmentScorer
 from serving.view import ModelOutputs, assemble, recommendation_lists, score
 
-pytestmark = pytest.mark.spark
 AS_OF = datetime(2020, 3, 31, 23, 59, 59, tzinfo=UTC)
 
 

@@ -7,14 +7,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 
 from runtime.settings import Settings
 from serving import read
 from serving.live import LiveView
 from storage.columnar_store import CustomerStateStore
-
-pytestmark = pytest.mark.unit
 
 
 def _batch(*events: tuple[str, str, str, float, int]) -> pa.Table:

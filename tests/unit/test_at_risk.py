@@ -20,7 +20,6 @@ from runtime.settings import Settings
 from serving import online, read
 from serving.online import RECORD_COLUMNS, OnlineStore, open_store
 
-pytestmark = pytest.mark.unit
 DAY = 18_500  # the clock's day number
 CLOCK_US = DAY * 86_400_000_000 + 3_600_000_000
 

@@ -12,8 +12,6 @@ from pyspark.sql import functions as F
 from batch.als import als_candidates, als_matrix, fit_als, top_k
 from batch.params import RecParams
 
-pytestmark = pytest.mark.spark
-
 
 def test_als_top_k_equals_spark_recommend_for_user_subset(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(3)

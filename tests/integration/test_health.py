@@ -13,14 +13,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 from api_server import Server
 
 from pulse.chaos import lab
 from serving.live import stream_summary
 from serving.online import SqliteStore
 
-pytestmark = pytest.mark.integration
 CLOCK_US = 18_527 * 86_400_000_000
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from datetime import date
 
-import pytest
 from batch_shop import START, TableSource, events_table, shop_rows
 
 from batch.ingest import ingest_source
 from batch.retrain import RetrainOptions, StageLog, retrain
-
-pytestmark = pytest.mark.spark
 
 
 def test_the_stage_table_counts_what_each_stage_read_and_wrote(spark, settings) -> None:  # type: ignore[no-untyped-def]

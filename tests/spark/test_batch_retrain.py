@@ -19,8 +19,6 @@ from serving.view import ModelCache
 from storage import registry
 from storage.lake import read_lake
 
-pytestmark = pytest.mark.spark
-
 SMALL = dict(
     rec=RecParams(rank=4, max_iter=3, ranker=RankerParams(max_iter=3)),
     churn=ChurnParams(max_iter=3, max_depth=3),

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
 from batch.churn import NUMERIC, build_pipeline
 from batch.frames import in_fixed_order
 from batch.params import ChurnParams
-
-pytestmark = pytest.mark.spark
 
 
 def test_free_gbt_is_the_same_from_any_partitioning(spark) -> None:  # type: ignore[no-untyped-def]

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 from api_server import Server, free_port
-from test_cli import SEP22, US_PER_DAY, by_hand, view_root, write_view  # noqa: F401 - fixture
+from test_serving_cli import SEP22, US_PER_DAY, by_hand, view_root, write_view  # noqa: F401 - fixture
 
 from pulse.cli import main
 
-pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 
 

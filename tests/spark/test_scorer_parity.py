@@ -29,8 +29,6 @@ from scoring.segments import SegmentScorer
 from storage import registry
 from storage.lake import read_lake
 
-pytestmark = pytest.mark.spark
-
 CUTOFF = date(2020, 8, 1)
 AS_OF = datetime(2020, 8, 20, 12, 0, tzinfo=UTC)  # the clock: 19 days after the cutoff
 

@@ -15,7 +15,7 @@ import pytest
 
 from producers.adapters import open_source
 
-pytestmark = [pytest.mark.realdata, pytest.mark.unit]
+pytestmark = pytest.mark.realdata
 
 
 def test_hm_sample_loads_every_row_with_distinct_ids(real_data: Path) -> None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from pyspark.sql import functions as F
 
 from batch.frames import in_fixed_order
 from batch.segments import build_pipeline, choose_k
-
-pytestmark = pytest.mark.spark
 
 
 def test_same_segments_from_any_partitioning(spark) -> None:  # type: ignore[no-untyped-def]

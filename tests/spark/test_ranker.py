@@ -26,8 +26,6 @@ from batch.params import RankerParams, RecParams
 from batch.retrain import RetrainOptions, retrain
 from features.customer import daily_activity
 
-pytestmark = pytest.mark.spark
-
 START = date(2020, 1, 1)
 DAYS = 200
 HOLDOUT = 7

@@ -13,9 +13,6 @@ import pytest
 from pulse.cli import main
 from pulse.demo import Children, write_backfill
 
-pytestmark = pytest.mark.unit
-
-
 SEP22 = 18527  # 2020-09-22 as a day number (days since 1970-01-01)
 US_PER_DAY = 86_400_000_000
 
