@@ -29,6 +29,7 @@ from runtime.settings import Settings
 from schemas.tables import CUSTOMER_COLUMNS as KAGGLE_CUSTOMERS
 from schemas.transaction import FIELD_NAMES
 from storage.lake import EVENT_ARROW_SCHEMA, compact, customers_dir, write_events
+from storage.objects import local_path
 
 # The Kaggle customer columns the models use; postal_code is left out (high-cardinality
 # identifier, not a model input).
@@ -94,7 +95,7 @@ def ingest_customers(spark: SparkSession, settings: Settings, csv_path: Path) ->
         for c, t in CUSTOMER_COLUMNS.items()
     ]
     new = raw.select(*cols).where(F.col("customer_id").isNotNull())
-    target = customers_dir(settings)
+    target = local_path(customers_dir(settings), "the customer dimension (customers.csv)")
     if target.is_dir():
         new = new.unionByName(spark.read.parquet(str(target)))
     merged = new.dropDuplicates(["customer_id"]).localCheckpoint()  # target is overwritten

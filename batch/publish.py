@@ -8,15 +8,16 @@ its gate passed.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame
+from upath import UPath
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.tables import output_schema
 from storage import registry
+from storage.objects import spark_path
 
 
 def gate(
@@ -58,7 +59,7 @@ def finish(settings: Settings, name: str, version: str, meta: dict[str, Any]) ->
     return meta
 
 
-def write_output(df: DataFrame, settings: Settings, table: str, version: str) -> Path:
+def write_output(df: DataFrame, settings: Settings, table: str, version: str) -> UPath:
     """Output ``table`` of run ``version`` as a few Parquet files (served tables are read
     whole), after checking its columns and types against ``schemas.tables``' declaration
     (readers rely on it); returns its path."""
@@ -68,5 +69,5 @@ def write_output(df: DataFrame, settings: Settings, table: str, version: str) ->
         raise PulseError(f"output {table!r} would be written as {written}, "
                          f"but schemas.tables declares {declared}")  # fmt: skip
     path = registry.output_path(settings, table, version)
-    df.coalesce(2).write.mode("overwrite").parquet(str(path))
+    df.coalesce(2).write.mode("overwrite").parquet(spark_path(path))
     return path

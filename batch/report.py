@@ -26,6 +26,7 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.tables import N_RECOMMENDATIONS
 from storage import registry
+from storage.objects import local_path
 
 
 def _meta(settings: Settings, name: str) -> dict[str, Any] | None:
@@ -256,7 +257,7 @@ def write_report(settings: Settings) -> Path:
     metas = {n: _meta(settings, n) for n in registry.MODELS}
     if not any(metas.values()):
         raise PulseError(f"no trained model in {settings.models_dir}: run `pulse retrain` first")
-    out = settings.data_root / "reports"
+    out = local_path(settings.data_root / "reports", "the report (`pulse report`)")
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Pulse batch report", ""]
     rec = metas["recommendations"]

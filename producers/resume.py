@@ -18,21 +18,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from upath import UPath
+
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.transaction import format_timestamp, now_utc
+from storage.objects import is_remote, write_atomically
 
 SAVE_EVERY_S = 0.5  # how often the position is made durable while a replay runs
 
 
-def position_path(settings: Settings, identity: Mapping[str, Any]) -> Path:
+def position_path(settings: Settings, identity: Mapping[str, Any]) -> UPath:
     """Where the resume position of one replay (source, window, topic) is kept."""
     blob = json.dumps(dict(identity), sort_keys=True, default=str).encode()
     digest = hashlib.sha256(blob).hexdigest()[:16]
     return settings.data_root / "producer" / f"{digest}.json"
 
 
-def load_position(path: Path) -> int:
+def load_position(path: UPath) -> int:
     """The number of source rows already confirmed (0 when there is no saved position)."""
     try:
         saved = json.loads(path.read_text())
@@ -43,22 +46,27 @@ def load_position(path: Path) -> int:
     return int(saved["last_confirmed_row"]) + 1
 
 
-def save_position(path: Path, confirmed_rows: int, identity: Mapping[str, Any]) -> None:
-    """Durably record that rows ``0 .. confirmed_rows-1`` are delivered (temp+fsync+replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_position(path: UPath, confirmed_rows: int, identity: Mapping[str, Any]) -> None:
+    """Durably record that rows ``0 .. confirmed_rows-1`` are delivered: on a disk
+    temp+fsync+replace; in an object store one PUT (durable once acknowledged)."""
     payload = {
         **{k: str(v) if v is not None else None for k, v in identity.items()},
         "last_confirmed_row": confirmed_rows - 1,
         "saved_at": format_timestamp(now_utc()),
     }
-    tmp = path.with_name(path.name + ".tmp")
+    if is_remote(path):
+        write_atomically(path, json.dumps(payload, indent=1).encode())
+        return
+    local = Path(str(path))
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(local.name + ".tmp")
     with open(tmp, "w") as fh:
         json.dump(payload, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    os.replace(tmp, local)
     # fsync the directory too, so the rename itself survives a power cut
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(local.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

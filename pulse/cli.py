@@ -93,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["PULSE_JVM_VERBOSE"] = "1"
     try:
         settings = load_settings(**{f: getattr(args, f) for f in GLOBAL_FLAGS.values()})
+        if settings.on_object_store:  # a wrong endpoint, key or bucket: one line, now
+            from storage.objects import check_reachable
+
+            check_reachable(settings)
         return int(args.handler(args, settings) or 0)
     except PulseError as exc:
         print(f"pulse: error: {exc}", file=sys.stderr)

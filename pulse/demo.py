@@ -26,6 +26,7 @@ from typing import Any
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
+from storage.objects import local_path
 
 TICK_SECONDS = 5.0
 CATCH_UP_TIMEOUT = 300.0
@@ -266,7 +267,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     """Run the demo loop; returns 0 on success. Leaves no child process running."""
     from pulse.local import broker
 
-    data_root = settings.data_root.resolve()
+    data_root = local_path(settings.data_root, "`pulse demo`").resolve()
     settings = settings.model_copy(update={"data_root": data_root})
     cli = _cli_of(settings)
     if options.source:

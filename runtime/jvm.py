@@ -41,6 +41,11 @@ def spark_kafka_jars_dir(settings: Settings) -> Path:
     return settings.jvm_cache / f"spark-sql-kafka-{pyspark.__version__}"
 
 
+def spark_s3a_jars_dir(settings: Settings) -> Path:
+    """Directory holding Spark's S3 file system (hadoop-aws and its AWS SDK modules)."""
+    return settings.jvm_cache / f"spark-s3a-{pyspark.__version__}"
+
+
 def _pom(name: str) -> Path:
     return Path(__file__).parent / "poms" / name
 
@@ -117,6 +122,21 @@ def setup(settings: Settings, log=print) -> None:  # type: ignore[no-untyped-def
         )
 
 
+    s3a_dir = spark_s3a_jars_dir(settings)
+    if (s3a_dir / MARKER).exists():
+        log(f"spark s3a {pyspark.__version__}: cached in {s3a_dir}")
+    else:
+        log(f"spark s3a {pyspark.__version__}: resolving from Maven Central ...")
+        t0 = time.monotonic()
+        _resolve(_pom("spark-s3a.xml"), s3a_dir, [])
+        dropped = _drop_jars_pyspark_ships(s3a_dir)
+        n = len(list(s3a_dir.glob("*.jar")))
+        log(
+            f"spark s3a {pyspark.__version__}: {n} jars in {time.monotonic() - t0:.1f}s "
+            f"({len(dropped)} already shipped by pyspark skipped)"
+        )
+
+
 def kafka_classpath(settings: Settings) -> str:
     """The broker classpath, or a clear error if `pulse setup` has not run."""
     d = kafka_jars_dir(settings)
@@ -130,6 +150,14 @@ def spark_kafka_jars(settings: Settings) -> list[Path]:
     d = spark_kafka_jars_dir(settings)
     if not (d / MARKER).exists():
         raise PulseError(f"Spark Kafka connector jars missing in {d}: run `pulse setup` first")
+    return sorted(d.glob("*.jar"))
+
+
+def spark_s3a_jars(settings: Settings) -> list[Path]:
+    """Spark's S3 file system jars, or a clear error if `pulse setup` has not run."""
+    d = spark_s3a_jars_dir(settings)
+    if not (d / MARKER).exists():
+        raise PulseError(f"Spark's S3 jars missing in {d}: run `pulse setup` first")
     return sorted(d.glob("*.jar"))
 
 

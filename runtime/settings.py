@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from upath import UPath
 
 from runtime.errors import PulseError
 
@@ -37,8 +38,9 @@ class Settings(BaseSettings):
     """Everything that changes between a laptop and a cluster, and nothing else."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PULSE_", env_file=".env", frozen=True, extra="ignore"
-    )
+        env_prefix="PULSE_", env_file=".env", frozen=True, extra="ignore",
+        arbitrary_types_allowed=True,
+    )  # fmt: skip
 
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
@@ -60,7 +62,23 @@ class Settings(BaseSettings):
     broker_heap: str = Field("512m", description="local broker JVM heap")
 
     # Storage and JVM cache
-    data_root: Path = Field(Path("data"), description="root of lake, features, models, broker")
+    data_root: UPath = Field(
+        UPath("data"),
+        description="root of every store: a local path, or s3://BUCKET/PREFIX (PULSE_S3_*)",
+    )
+    s3_endpoint: str | None = Field(
+        None, description="S3 endpoint URL, for an S3-compatible store (unset: AWS)"
+    )
+    s3_region: str = Field("us-east-1", description="S3 region")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="S3 access key id (secret; unset: the AWS default chain)"
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (secret)")
+    local_dir: Path | None = Field(
+        None,
+        description="this machine's own files: the local broker, the SQLite online store, "
+        "logs (unset: the data root when it is local, else ./data)",
+    )
     jvm_cache: Path = Field(
         Path.home() / ".cache" / "pulse" / "jvm", description="cache for Maven-resolved jars"
     )
@@ -112,6 +130,66 @@ class Settings(BaseSettings):
 
     # Batch
     churn_horizon_days: int = Field(30, ge=1, description="churn label horizon H (days)")
+
+    @field_validator("data_root", mode="before")
+    @classmethod
+    def _check_data_root(cls, value: Any) -> UPath:
+        text = str(value)
+        scheme = text.split("://", 1)[0] if "://" in text else ""
+        if scheme not in ("", "file", "s3", "s3a"):
+            raise ValueError("not a local path or an s3://BUCKET/PREFIX URL")
+        if scheme in ("s3", "s3a") and not text.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("an S3 data root names its bucket: s3://BUCKET/PREFIX")
+        return UPath(text.replace("s3a://", "s3://", 1)) if scheme else UPath(text)
+
+    @field_validator("s3_endpoint", "local_dir", "s3_access_key_id", "s3_secret_access_key",
+                     mode="before")  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value  # `PULSE_S3_ENDPOINT=` as .env.example has it
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _check_s3_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s]+/?", value):
+            raise ValueError("not an endpoint URL such as http://127.0.0.1:8333")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _root_with_credentials(self) -> Settings:
+        """An object-store root carries its endpoint and credentials (fsspec's options)."""
+        if self.on_object_store:
+            object.__setattr__(self, "data_root", UPath(str(self.data_root), **self.s3_options()))
+        return self
+
+    @property
+    def on_object_store(self) -> bool:
+        """True when the data root is in an object store (s3://), not on a local disk."""
+        return getattr(self.data_root, "protocol", "") == "s3"
+
+    @property
+    def local_root(self) -> Path:
+        """Where this machine keeps files that are not shared data (``local_dir``)."""
+        if self.local_dir is not None:
+            return self.local_dir
+        return Path("data") if self.on_object_store else Path(str(self.data_root))
+
+    def s3_options(self) -> dict[str, Any]:
+        """s3fs options: endpoint, region, credentials (secrets included), no listing cache.
+
+        A cached listing would show a reader a directory as it was (a registry without
+        its newest version), so every listing asks the store.
+        """
+        options: dict[str, Any] = {
+            "use_listings_cache": False,
+            "client_kwargs": {"region_name": self.s3_region},
+        }
+        if self.s3_endpoint:
+            options["endpoint_url"] = self.s3_endpoint
+        if self.s3_access_key_id and self.s3_secret_access_key:
+            options["key"] = self.s3_access_key_id.get_secret_value()
+            options["secret"] = self.s3_secret_access_key.get_secret_value()
+        return options
 
     @field_validator("trigger_interval")
     @classmethod
@@ -188,54 +266,54 @@ class Settings(BaseSettings):
 
     # Data-root layout: one place that names every directory.
     @property
-    def lake_dir(self) -> Path:
+    def lake_dir(self) -> UPath:
         """Append-only master dataset of valid events."""
         return self.data_root / "lake" / "transactions"
 
     @property
-    def quarantine_dir(self) -> Path:
+    def quarantine_dir(self) -> UPath:
         """Malformed or invalid records with the reason."""
         return self.data_root / "quarantine"
 
     @property
-    def features_dir(self) -> Path:
+    def features_dir(self) -> UPath:
         """Published live feature snapshots."""
         return self.data_root / "features" / "live"
 
     @property
-    def checkpoint_dir(self) -> Path:
+    def checkpoint_dir(self) -> UPath:
         """Streaming checkpoints (one sub-directory per named query)."""
         return self.data_root / "checkpoints"
 
     @property
-    def state_dir(self) -> Path:
+    def state_dir(self) -> UPath:
         """The speed layer's keyed per-customer state (derived data, not a checkpoint)."""
         return self.data_root / "state"
 
     @property
     def online_store_path(self) -> Path:
-        """The embedded online store (SQLite), one record per customer."""
-        return self.data_root / "online" / "customers.db"
+        """The embedded online store (SQLite), one record per customer: a local file."""
+        return self.local_root / "online" / "customers.db"
 
     @property
-    def models_dir(self) -> Path:
+    def models_dir(self) -> UPath:
         """Model registry: models/<name>/<version>/ and CURRENT pointers."""
         return self.data_root / "models"
 
     @property
-    def outputs_dir(self) -> Path:
+    def outputs_dir(self) -> UPath:
         """Versioned model outputs."""
         return self.data_root / "outputs"
 
     @property
-    def serving_dir(self) -> Path:
+    def serving_dir(self) -> UPath:
         """Published customer-view snapshots."""
         return self.data_root / "serving" / "customer_view"
 
     @property
     def broker_dir(self) -> Path:
-        """Local broker: config, KRaft storage, logs, pid."""
-        return self.data_root / "kafka"
+        """Local broker: config, KRaft storage, logs, pid (this machine's)."""
+        return self.local_root / "kafka"
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -248,7 +326,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = str(err["loc"][0]) if err.get("loc") else "?"
-        value = "<secret>" if "password" in name else repr(err.get("input"))
+        secret = any(word in name for word in ("password", "secret", "key_id", "token"))
+        value = "<secret>" if secret else repr(err.get("input"))
         reason = str(err["msg"]).removeprefix("Value error, ")  # our validators' own words
         raise PulseError(f"invalid setting PULSE_{name.upper()}={value}: {reason}") from None
 

@@ -25,7 +25,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.java_gateway import launch_gateway
 from pyspark.sql import SparkSession
 
-from runtime.jvm import spark_kafka_jars
+from runtime.jvm import spark_kafka_jars, spark_s3a_jars, spark_s3a_jars_dir
 from runtime.settings import Settings
 
 VERBOSE_ENV = "PULSE_JVM_VERBOSE"
@@ -85,6 +85,35 @@ def _launch_quiet_jvm(options: dict[str, str], local: bool) -> None:
     SparkContext._ensure_initialized(gateway=gateway)
 
 
+def s3a_options(settings: Settings) -> dict[str, str]:
+    """Hadoop's s3a settings for the data root's store: endpoint, region, credentials.
+
+    Path-style requests (``endpoint/bucket/key``), which S3-compatible servers expect;
+    TLS as the endpoint's scheme says. Without keys, s3a's default credential chain.
+    """
+    options = {
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.endpoint.region": settings.s3_region,
+    }
+    if settings.s3_endpoint:
+        options["spark.hadoop.fs.s3a.endpoint"] = settings.s3_endpoint
+        secure = settings.s3_endpoint.startswith("https://")
+        options["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(secure).lower()
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        options["spark.hadoop.fs.s3a.access.key"] = settings.s3_access_key_id.get_secret_value()
+        options["spark.hadoop.fs.s3a.secret.key"] = (
+            settings.s3_secret_access_key.get_secret_value()
+        )
+    return options
+
+
+def use_object_store(spark: SparkSession, settings: Settings) -> None:
+    """Point a running session's s3a file system at ``settings``' store (the session
+    must have been built with the s3a jars, as ``build_spark`` does once they are set up)."""
+    for key, value in s3a_options(settings).items():
+        spark.conf.set(key.removeprefix("spark.hadoop."), value)
+
+
 def build_spark(
     settings: Settings, app_name: str = "pulse", with_kafka: bool = True
 ) -> SparkSession:
@@ -119,9 +148,15 @@ def build_spark(
     }
     if local:
         options["spark.ui.enabled"] = "false"
-        options["spark.sql.warehouse.dir"] = str((settings.data_root / "spark-warehouse").resolve())
-    if with_kafka and not submitted:
-        options["spark.jars"] = ",".join(str(p) for p in spark_kafka_jars(settings))
+        warehouse = settings.local_root / "spark-warehouse"
+        options["spark.sql.warehouse.dir"] = str(warehouse.resolve())
+    jars = spark_kafka_jars(settings) if with_kafka and not submitted else []
+    if not submitted and (settings.on_object_store or spark_s3a_jars_dir(settings).exists()):
+        jars += spark_s3a_jars(settings)  # loaded only if s3a:// is used: no cost otherwise
+    if settings.on_object_store:
+        options |= s3a_options(settings)
+    if jars:
+        options["spark.jars"] = ",".join(str(p) for p in jars)
     if quiet:
         _launch_quiet_jvm(options, local)
     builder = SparkSession.builder

@@ -33,12 +33,11 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from upath import UPath
 
 from runtime.settings import Settings
 from schemas.tables import (
@@ -49,6 +48,7 @@ from schemas.tables import (
 from scoring.churn import ChurnScorer
 from scoring.segments import SegmentScorer
 from storage import registry, snapshots
+from storage.objects import arrow_fs, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -246,16 +246,15 @@ def _constant(value: str | None, n: int) -> pa.Array:
     return pa.array([value] * n, pa.string())
 
 
-def publish_view(settings: Settings, view: pa.Table) -> Path:
+def publish_view(settings: Settings, view: pa.Table) -> UPath:
     """Write the whole view as one atomic Parquet snapshot under ``settings.serving_dir``."""
     return snapshots.publish(
         settings.serving_dir, lambda tmp: _write_parquet(view.sort_by("customer_id"), tmp)
     )
 
 
-def _write_parquet(table: pa.Table, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, directory / "part-00000.parquet", row_group_size=256_000)
+def _write_parquet(table: pa.Table, directory: UPath) -> None:
+    write_parquet(table, directory / "part-00000.parquet", row_group_size=256_000)
 
 
 # --- Registry access ---------------------------------------------------------------------------
@@ -361,18 +360,21 @@ def _safe_version(settings: Settings, name: str) -> str | None:
         return None
 
 
-def _read_table(path: Path) -> pa.Table | None:
+def _read_table(path: UPath) -> pa.Table | None:
     """A Parquet directory written by Spark, as Arrow (its _SUCCESS and .crc files skipped)."""
     import pyarrow.dataset as ds
 
+    fs, where = arrow_fs(path)
     try:
-        return ds.dataset(str(path), format="parquet", exclude_invalid_files=True).to_table()
+        return ds.dataset(
+            where, format="parquet", filesystem=fs, exclude_invalid_files=True
+        ).to_table()
     except (OSError, ValueError, pa.ArrowException) as exc:
         log.warning("serving: cannot read %s: %s", path, exc)
         return None
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: UPath) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -74,12 +74,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from upath import UPath
 
 from features.time import cutoff_ts
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.tables import LAKE_PARTITION
 from schemas.transaction import FIELD_NAMES, FIELDS
+from storage.objects import arrow_fs, delta_location, is_remote, spark_path
 
 _KEYS = ("event_id", "event_time")
 _ARROW_TYPES = {
@@ -107,17 +109,21 @@ VACUUM_RETENTION_HOURS = 24
 
 
 def _is_delta(settings: Settings) -> bool:
-    return (Path(settings.lake_dir) / "_delta_log").is_dir()
+    return (settings.lake_dir / "_delta_log").is_dir()
 
 
 def _legacy_parts(settings: Settings) -> list[Path]:
-    return sorted(p for p in Path(settings.lake_dir).glob(f"{LAKE_PARTITION}=*") if p.is_dir())
+    if is_remote(settings.lake_dir):  # pre-protocol lakes were local only
+        return []
+    lake = Path(str(settings.lake_dir))
+    return sorted(p for p in lake.glob(f"{LAKE_PARTITION}=*") if p.is_dir())
 
 
 def _table(settings: Settings, version: int | None = None) -> Any:
     from deltalake import DeltaTable
 
-    return DeltaTable(str(settings.lake_dir), version=version)
+    uri, options = delta_location(settings.lake_dir)
+    return DeltaTable(uri, version=version, storage_options=options)
 
 
 def _local(uri: str) -> str:
@@ -127,7 +133,8 @@ def _local(uri: str) -> str:
 def live_files(
     settings: Settings, cutoff: date | None = None, version: int | None = None
 ) -> list[str]:
-    """Local paths of the table's live Parquet files (before ``cutoff`` when given).
+    """The table's live Parquet files (before ``cutoff`` when given): local paths, or
+    ``s3://`` URIs when the lake is in an object store (``read_parquet`` reads both).
 
     The partition filter is applied to the log, so files of later dates are never listed.
     """
@@ -141,7 +148,7 @@ def live_files(
 
 
 def _file_date(path: str) -> date:
-    return date.fromisoformat(Path(path).parent.name.split("=", 1)[1])
+    return date.fromisoformat(path.rsplit("/", 2)[-2].split("=", 1)[1])
 
 
 def lake_exists(settings: Settings) -> bool:
@@ -174,6 +181,11 @@ def read_lake(
     return df.select(*FIELD_NAMES, LAKE_PARTITION)
 
 
+def _spark_uri(file: str) -> str:
+    """A live file as Spark's Hadoop file systems name it (``s3a://`` for S3)."""
+    return "s3a://" + file.split("://", 1)[1] if file.startswith("s3://") else file
+
+
 # Spark lists more than this many paths with a Spark job of one task per path (734
 # tasks for two years): 6-15 s on 2 cores, against under 1 s listed on the driver.
 _LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
@@ -190,8 +202,9 @@ def _read_files(spark: SparkSession, settings: Settings, files: list[str]) -> Da
     previous = spark.conf.get(_LISTING_THRESHOLD)
     spark.conf.set(_LISTING_THRESHOLD, str(max(int(previous or 32), len(files) + 1)))
     try:
-        reader = spark.read.schema(lake_schema()).option("basePath", str(settings.lake_dir))
-        return reader.parquet(*files)
+        base = spark_path(settings.lake_dir)
+        reader = spark.read.schema(lake_schema()).option("basePath", base)
+        return reader.parquet(*(_spark_uri(f) for f in files))
     finally:
         spark.conf.set(_LISTING_THRESHOLD, str(previous))
 
@@ -241,26 +254,42 @@ def _open_for_write(settings: Settings) -> Any:
     """The table, created empty (or adopting a pre-protocol lake's files) if needed."""
     from deltalake import DeltaTable, Schema, convert_to_deltalake
 
-    lake = str(settings.lake_dir)
+    lake, options = delta_location(settings.lake_dir)
     if not _is_delta(settings):
         if _legacy_parts(settings):
             partition = Schema.from_arrow(pa.schema([pa.field(LAKE_PARTITION, pa.date32())]))
             convert_to_deltalake(lake, partition_by=partition, partition_strategy="hive")
         else:
             DeltaTable.create(
-                lake, schema=LAKE_ARROW_SCHEMA, partition_by=[LAKE_PARTITION], mode="ignore"
+                lake,
+                schema=LAKE_ARROW_SCHEMA,
+                partition_by=[LAKE_PARTITION],
+                mode="ignore",
+                storage_options=options,
             )
-    return DeltaTable(lake)
+    return DeltaTable(lake, storage_options=options)
 
 
-def _ids_in(table: Any, days: list[str]) -> pa.Array:
+def _ids_in(settings: Settings, table: Any, days: list[str]) -> pa.Array:
     """The event ids the table holds on ``days`` (only those partitions are read)."""
     files = [
         _local(u) for u in table.file_uris(file_pruning_predicate=[(LAKE_PARTITION, "in", days)])
     ]
     if not files:
         return pa.array([], pa.string())
-    return pq.ParquetDataset(files).read(columns=["event_id"]).column("event_id").combine_chunks()
+    return read_parquet(settings, files, ["event_id"]).column("event_id").combine_chunks()
+
+
+def _uri(settings: Settings, relative: str) -> str:
+    """A file of the lake by its path relative to the table, as ``live_files`` names it."""
+    return str(settings.lake_dir / relative)
+
+
+def read_parquet(settings: Settings, files: list[str], columns: list[str]) -> pa.Table:
+    """``columns`` of the lake's Parquet ``files`` (local paths or ``s3://`` URIs)."""
+    fs, _ = arrow_fs(settings.lake_dir)  # the store's endpoint and credentials
+    paths = [f.split("://", 1)[1] if "://" in f else f for f in files]
+    return pq.ParquetDataset(paths, filesystem=fs).read(columns=columns)
 
 
 def new_events(rows: pa.Table, known_ids: pa.Array) -> pa.Table:
@@ -273,25 +302,45 @@ def new_events(rows: pa.Table, known_ids: pa.Array) -> pa.Table:
     return rows.filter(pc.and_(first, unseen))
 
 
-def _write_file(part_dir: Path, name: str, rows: pa.Table) -> Path:
-    """Write ``rows`` whole as ``part_dir/name``: aside first, then renamed."""
-    part_dir.mkdir(parents=True, exist_ok=True)
-    tmp = part_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-    pq.write_table(rows, tmp)
-    final = part_dir / name
-    tmp.rename(final)
-    return final
+@dataclass(frozen=True)
+class _Written:
+    """A Parquet file written into the lake (not yet committed)."""
+
+    path: str  # relative to the table: event_date=<day>/<name>
+    size: int
+    mtime_ms: int
 
 
-def _add_action(settings: Settings, path: Path, day: str, rows: int, data_change: bool) -> Any:
+def _write_file(settings: Settings, day: str, name: str, rows: pa.Table) -> _Written:
+    """Write ``rows`` whole as ``event_date=<day>/<name>`` in the lake: on a disk aside
+    first, then renamed; in an object store as one upload, visible only once complete."""
+    relative = f"{LAKE_PARTITION}={day}/{name}"
+    fs, root = arrow_fs(settings.lake_dir)
+    final = f"{root}/{relative}"
+    if is_remote(settings.lake_dir):
+        pq.write_table(rows, final, filesystem=fs)
+    else:
+        Path(final).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(final).with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        pq.write_table(rows, tmp)
+        tmp.rename(final)
+    info = fs.get_file_info(final)
+    return _Written(relative, int(info.size), int(info.mtime_ns // 1_000_000))
+
+
+def _size(settings: Settings, relative: str) -> int:
+    fs, root = arrow_fs(settings.lake_dir)
+    return int(fs.get_file_info(f"{root}/{relative}").size)
+
+
+def _add_action(file: _Written, day: str, rows: int, data_change: bool) -> Any:
     from deltalake.transaction import AddAction
 
-    stat = path.stat()
     return AddAction(
-        path=str(path.relative_to(settings.lake_dir)),
-        size=stat.st_size,
+        path=file.path,
+        size=file.size,
         partition_values={LAKE_PARTITION: day},
-        modification_time=int(stat.st_mtime * 1000),
+        modification_time=file.mtime_ms,
         data_change=data_change,
         stats=json.dumps({"numRecords": rows}),
     )
@@ -325,7 +374,7 @@ def write_events(settings: Settings, rows: pa.Table, writer: str, batch_id: int)
     days = sorted(d.isoformat() for d in pc.unique(dates).to_pylist())
 
     def attempt(table: Any) -> int:
-        fresh = new_events(rows, _ids_in(table, days))
+        fresh = new_events(rows, _ids_in(settings, table, days))
         if not len(fresh):
             return 0
         fresh_dates = pc.cast(fresh.column("event_time"), pa.date32())
@@ -336,10 +385,8 @@ def write_events(settings: Settings, rows: pa.Table, writer: str, batch_id: int)
                 continue
             digest = _digest(rows_of_day.column("event_id"))
             name = f"part-{writer}-b{batch_id:012d}-{digest}.parquet"
-            path = _write_file(
-                Path(settings.lake_dir) / f"{LAKE_PARTITION}={day}", name, rows_of_day
-            )
-            actions.append(_add_action(settings, path, day, len(rows_of_day), data_change=True))
+            written = _write_file(settings, day, name, rows_of_day)
+            actions.append(_add_action(written, day, len(rows_of_day), data_change=True))
         _commit(table, actions, {"pulse.writer": writer, "pulse.batch_id": str(batch_id)})
         return len(fresh)
 
@@ -433,19 +480,17 @@ def compact(
             files = current.get(day, [])
             if len(files) < min_files:
                 continue
-            paths = [str(Path(settings.lake_dir) / p) for p, _ in files]
-            rows = pq.ParquetDataset(paths).read(columns=list(FIELD_NAMES))
+            rows = read_parquet(settings, [_uri(settings, p) for p, _ in files], list(FIELD_NAMES))
             rows = rows.cast(EVENT_ARROW_SCHEMA)
             unique = new_events(rows, pa.array([], pa.string()))
             unique = unique.sort_by([("event_time", "ascending"), ("event_id", "ascending")])
             changed = len(unique) != len(rows)
-            part_dir = Path(settings.lake_dir) / f"{LAKE_PARTITION}={day}"
             version = table.version() + 1
             for i, offset in enumerate(range(0, len(unique), COMPACT_MAX_ROWS)):
                 chunk = unique.slice(offset, COMPACT_MAX_ROWS)
                 name = f"part-compact-v{version:08d}-{i:03d}.parquet"
-                path = _write_file(part_dir, name, chunk)
-                actions.append(_add_action(settings, path, day, len(chunk), changed))
+                written = _write_file(settings, day, name, chunk)
+                actions.append(_add_action(written, day, len(chunk), changed))
                 done.files_after += 1
             for rel, _ in files:
                 actions.append(
@@ -454,7 +499,7 @@ def compact(
                         deletion_timestamp=now_ms,
                         data_change=changed,
                         partition_values={LAKE_PARTITION: day},
-                        size=(Path(settings.lake_dir) / rel).stat().st_size,
+                        size=_size(settings, rel),
                     )
                 )
             done.dates += 1
@@ -506,7 +551,7 @@ def file_count(settings: Settings) -> int:
 # -- the customer dimension -----------------------------------------------------------
 
 
-def customers_dir(settings: Settings) -> Path:
+def customers_dir(settings: Settings) -> UPath:
     """The customer dimension table (Kaggle customers.csv columns) written by ingest."""
     return settings.data_root / "lake" / "customers"
 
@@ -516,4 +561,4 @@ def read_customers(spark: SparkSession, settings: Settings) -> DataFrame | None:
     path = customers_dir(settings)
     if not path.is_dir():
         return None
-    return spark.read.parquet(str(path)).dropDuplicates(["customer_id"])
+    return spark.read.parquet(spark_path(path)).dropDuplicates(["customer_id"])

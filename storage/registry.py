@@ -11,7 +11,8 @@ Layout (all under ``settings.models_dir`` / ``settings.outputs_dir``)::
     outputs/<table>/<version>/          Parquet output tables of that run
 
 ``name`` is one of ``recommendations``, ``churn``, ``segments``. ``CURRENT`` is
-replaced with ``os.replace`` (via ``storage.snapshots.write_pointer``), and only
+replaced atomically (``storage.snapshots.write_pointer``: a rename on a disk, one PUT in
+an object store), and only
 when a version passes its quality gate, so a reader always resolves a complete,
 accepted version. This module has no Spark import: streaming and serving read it.
 """
@@ -19,10 +20,12 @@ accepted version. This module has no Spark import: streaming and serving read it
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from upath import UPath
+
 from runtime.settings import Settings
+from storage.objects import write_atomically
 from storage.snapshots import POINTER, new_version, write_pointer
 
 MODELS = ("recommendations", "churn", "segments")
@@ -54,17 +57,17 @@ __all__ = [
 ]
 
 
-def model_dir(settings: Settings, name: str, version: str) -> Path:
+def model_dir(settings: Settings, name: str, version: str) -> UPath:
     """The directory of one model version (holds meta.json and model/)."""
     return settings.models_dir / name / version
 
 
-def model_path(settings: Settings, name: str, version: str) -> Path:
+def model_path(settings: Settings, name: str, version: str) -> UPath:
     """Where the Spark ML PipelineModel of ``name`` at ``version`` is saved."""
     return model_dir(settings, name, version) / "model"
 
 
-def output_path(settings: Settings, table: str, version: str) -> Path:
+def output_path(settings: Settings, table: str, version: str) -> UPath:
     """The Parquet output table ``table`` written by run ``version``."""
     return settings.outputs_dir / table / version
 
@@ -86,14 +89,12 @@ def versions(settings: Settings, name: str) -> list[str]:
     return sorted(p.name for p in base.iterdir() if p.is_dir() and (p / "meta.json").exists())
 
 
-def write_meta(settings: Settings, name: str, version: str, meta: dict[str, Any]) -> Path:
+def write_meta(settings: Settings, name: str, version: str, meta: dict[str, Any]) -> UPath:
     """Write ``meta.json`` of a version (creating its directory)."""
     d = model_dir(settings, name, version)
     d.mkdir(parents=True, exist_ok=True)
     path = d / "meta.json"
-    tmp = d / ".meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    write_atomically(path, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
     return path
 
 
@@ -109,13 +110,11 @@ def promote(settings: Settings, name: str, version: str) -> None:
     write_pointer(settings.models_dir / name, version)
 
 
-def write_scorer(settings: Settings, name: str, version: str, scorer: dict[str, Any]) -> Path:
+def write_scorer(settings: Settings, name: str, version: str, scorer: dict[str, Any]) -> UPath:
     """Write a version's ``scorer.json`` (written whole, then renamed into place)."""
     d = model_dir(settings, name, version)
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{SCORER_FILE}.tmp"
-    tmp.write_text(json.dumps(scorer, indent=2, sort_keys=True))
-    tmp.replace(d / SCORER_FILE)
+    write_atomically(d / SCORER_FILE, json.dumps(scorer, indent=2, sort_keys=True).encode())
     return d / SCORER_FILE
 
 

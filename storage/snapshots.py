@@ -1,21 +1,28 @@
 """Whole-snapshot publishing that plain Parquet readers can trust.
 
-A snapshot is a directory ``<base>/v=<version>/`` written completely under a
-temporary name, then renamed into place; ``<base>/CURRENT`` (one line: the
-directory name) is replaced atomically with ``os.replace`` afterwards. A reader
-resolves CURRENT once and reads that directory: it sees one complete version,
-never a half-written one. Old versions are removed only after CURRENT has
-moved, keeping a few so a reader that resolved CURRENT just before is safe.
+A snapshot is a directory ``<base>/v=<version>/`` written completely, then
+``<base>/CURRENT`` (one line: the directory name) is replaced atomically
+(``storage.objects.write_atomically``: a rename on a disk, one PUT in an object
+store). A reader resolves CURRENT once and reads that directory: it sees one
+complete version, never a half-written one. On a disk the directory is also written
+under a temporary name and renamed into place; in an object store, where a
+directory cannot be renamed, it is written at its final, unique name, which no
+reader resolves before CURRENT names it. Old versions are removed only after
+CURRENT has moved, keeping a few so a reader that resolved CURRENT just before is
+safe.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from upath import UPath
+
+from storage.objects import is_remote, write_atomically
 
 POINTER = "CURRENT"
 
@@ -27,16 +34,14 @@ def new_version() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def write_pointer(base: Path, name: str) -> None:
+def write_pointer(base: Path | UPath, name: str) -> None:
     """Atomically point ``base/CURRENT`` at ``name``."""
-    tmp = base / f".{POINTER}.{uuid.uuid4().hex}"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, base / POINTER)
+    write_atomically(base / POINTER, (name + "\n").encode())
 
 
 def publish(
-    base: Path, write: Callable[[Path], None], keep: int = 3, version: str | None = None
-) -> Path:
+    base: UPath, write: Callable[[UPath], None], keep: int = 3, version: str | None = None
+) -> UPath:
     """Call ``write(tmp_dir)`` to fill a new snapshot, then publish it atomically.
 
     ``write`` must create ``tmp_dir`` (Spark's ``df.write.parquet(str(tmp_dir))`` does).
@@ -44,17 +49,20 @@ def publish(
     """
     base.mkdir(parents=True, exist_ok=True)
     name = f"v={version or new_version()}"
-    tmp = base / f"_tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
     final = base / name
-    os.replace(tmp, final)
+    if is_remote(base):
+        write(final)
+    else:
+        tmp = base / f"_tmp-{name}"
+        shutil.rmtree(Path(str(tmp)), ignore_errors=True)
+        write(tmp)
+        tmp.rename(final)
     write_pointer(base, name)
     cleanup(base, keep=keep)
     return final
 
 
-def current(base: Path) -> Path | None:
+def current(base: UPath) -> UPath | None:
     """The directory CURRENT points at, or None if nothing was published yet."""
     try:
         name = (base / POINTER).read_text().strip()
@@ -64,13 +72,22 @@ def current(base: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def cleanup(base: Path, keep: int = 3) -> None:
+def cleanup(base: UPath, keep: int = 3) -> None:
     """Remove all but the newest ``keep`` versions (never the current one) and stale temps."""
     cur = current(base)
     versions = sorted(p for p in base.glob("v=*") if p.is_dir())
     for old in versions[:-keep] if keep > 0 else versions:
         if old != cur:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_tree(old)
     for tmp in base.glob("_tmp-*"):
         if time.time() - tmp.stat().st_mtime > 3600:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_tree(tmp)
+
+
+def _remove_tree(path: UPath) -> None:
+    if is_remote(path):
+        files = path.fs.find(path.path)  # an object store has no directories: its keys
+        if files:
+            path.fs.rm(files)
+    else:
+        shutil.rmtree(Path(str(path)), ignore_errors=True)

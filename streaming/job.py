@@ -55,6 +55,7 @@ from runtime.kafka_admin import lag
 from runtime.settings import Settings
 from storage.columnar_store import EVENT_COLUMNS, BatchResult, CustomerStateStore
 from storage.lake import lake_rows, write_lake_batch
+from storage.objects import local_path
 from streaming.inbox import Inbox
 from streaming.kafka_rows import KAFKA_COLUMNS, QUARANTINE_COLUMNS
 from streaming.output import Sink, publish_snapshot
@@ -190,7 +191,7 @@ class StreamJob:
         self.on_batch = on_batch
         self.sink = sink
         self.stats = RunStats()
-        self.inbox = Inbox(settings.state_dir / "inbox")
+        self.inbox = Inbox(local_path(settings.state_dir, "the stream's inbox") / "inbox")
         self._published_at = time.monotonic()
         self._unpublished = False
         self._queue: queue.Queue[tuple[int, pa.Table, float] | None] = queue.Queue(maxsize=1)

@@ -13,16 +13,16 @@ customers and each snapshot.
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+from upath import UPath
 
 from features.customer import features_table
 from runtime.settings import Settings
 from storage import snapshots
 from storage.columnar_store import BatchResult, CustomerStateStore
+from storage.objects import write_parquet
 from storage.state_rows import state_table
 
 
@@ -52,7 +52,7 @@ class Sink(Protocol):
 
 def publish_snapshot(
     settings: Settings, store: CustomerStateStore, sink: Sink | None = None
-) -> Path | None:
+) -> UPath | None:
     """Every customer's features as of the stream clock -> one atomic Parquet snapshot.
 
     Reads the whole store (this is the scheduled step whose cost grows with the
@@ -67,9 +67,8 @@ def publish_snapshot(
     features = features_table(state, as_of).sort_by("customer_id")
     version = f"{max(store.last_batch or 0, 0):012d}-{snapshots.new_version()}"
 
-    def write(tmp: Path) -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        pq.write_table(features, tmp / "part-00000.parquet", row_group_size=256_000)
+    def write(tmp: UPath) -> None:
+        write_parquet(features, tmp / "part-00000.parquet", row_group_size=256_000)
 
     path = snapshots.publish(settings.features_dir, write, version=version)
     if sink is not None:

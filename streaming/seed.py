@@ -23,6 +23,7 @@ from features.customer import HISTORY_DAYS
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from storage.columnar_store import CustomerStateStore
+from storage.objects import local_path
 from storage.state_rows import merge_state, store_tables
 from storage.stream_clock import day_number
 from streaming.output import Sink, publish_snapshot
@@ -32,7 +33,8 @@ SEED_BATCH = -1  # the seeded state counts as batch -1, so Spark's batch 0 folds
 
 def open_store(settings: Settings) -> CustomerStateStore:
     """The stream's keyed per-customer state (``settings.state_dir``)."""
-    return CustomerStateStore(settings.state_dir / "customers", settings.allowed_lateness_days)
+    state = local_path(settings.state_dir, "the stream's state store (changelogs, snapshots)")
+    return CustomerStateStore(state / "customers", settings.allowed_lateness_days)
 
 
 def seed_from_lake(

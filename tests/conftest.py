@@ -14,11 +14,15 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from tiers import TierError, tier_of
 
 from runtime.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from pulse.local.s3 import S3Endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,6 +136,32 @@ def redis_url(session_root: Path) -> Iterator[str]:
 
     with redis_server(session_root / "redis") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(base_settings: Settings, session_root: Path) -> Iterator[S3Endpoint]:
+    """A real S3-compatible server (SeaweedFS, built by `make setup`) on free ports, with a
+    bucket ``pulse``; skipped where the binary was not built (no Go)."""
+    from pulse.local.s3 import s3_server, weed_binary
+
+    if not weed_binary(base_settings).exists():
+        pytest.skip(f"SeaweedFS not built at {weed_binary(base_settings)} (`make setup`, needs Go)")
+    with s3_server(base_settings, session_root / "s3") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_endpoint: S3Endpoint, tmp_path: Path) -> Settings:
+    """Settings whose data root is a fresh prefix of the S3 bucket; this machine's own
+    files (``local_dir``) in the test's temp directory."""
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+    return load_settings(
+        **s3_endpoint.settings(prefix),
+        local_dir=tmp_path / "local",
+        jvm_cache=settings.jvm_cache,
+        spark_master=settings.spark_master,
+        spark_shuffle_partitions=settings.spark_shuffle_partitions,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,10 @@ import os
 import threading
 import time
 from datetime import date, timedelta
-from pathlib import Path
 
 from batch.params import RecParams
 from runtime.settings import Settings
+from storage.objects import local_path
 
 # H&M's Kaggle set: 31.8M transactions of 1.37M customers and 105k articles in two years.
 # The generator at these shapes writes 32.3M rows (1.37M customers, 730 days).
@@ -218,7 +218,7 @@ def run_bench(
 
     results = []
     for n in sizes:
-        root = Path(settings.data_root) / "bench" / f"n={n}"
+        root = local_path(settings.data_root, "`pulse bench batch`") / "bench" / f"n={n}"
         s = settings.model_copy(update={"data_root": root})
         gen = root / "generated"
         customers, articles = hm_shape(n)

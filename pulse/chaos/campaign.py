@@ -14,6 +14,7 @@ from pathlib import Path
 from pulse.chaos.cases import CASES, CaseResult, Context
 from runtime.errors import PulseError
 from runtime.settings import Settings
+from storage.objects import local_path
 
 COLUMNS = (
     ("case", "case"),
@@ -67,7 +68,8 @@ def run_campaign(
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise PulseError(f"unknown case {unknown[0]!r}: the campaign has cases {', '.join(CASES)}")
-    root = (work or settings.data_root / "chaos" / time.strftime("%Y%m%dT%H%M%S")).resolve()
+    default = local_path(settings.data_root, "`pulse chaos`") / "chaos"
+    root = (work or default / time.strftime("%Y%m%dT%H%M%S")).resolve()
     root.mkdir(parents=True, exist_ok=True)
 
     def log(line: str) -> None:

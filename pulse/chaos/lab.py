@@ -504,10 +504,11 @@ def quarantine(settings: Settings) -> pa.Table:
 
 
 def snapshot_path(settings: Settings) -> Path | None:
-    """The stream's current feature snapshot."""
+    """The stream's current feature snapshot (the lab's data roots are local)."""
     from storage import snapshots
 
-    return snapshots.current(settings.features_dir)
+    path = snapshots.current(settings.features_dir)
+    return None if path is None else Path(str(path))
 
 
 def features_equal_batch(

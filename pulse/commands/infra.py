@@ -8,9 +8,11 @@ from runtime.settings import Settings
 
 
 def _setup(args: argparse.Namespace, settings: Settings) -> int:
+    from pulse.local import s3
     from runtime.jvm import setup
 
     setup(settings)
+    s3.build(settings)  # the local S3 server for the object-store tests (needs Go)
     return 0
 
 
@@ -39,7 +41,9 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the infrastructure subcommands."""
-    p = sub.add_parser("setup", help="resolve JVM dependencies (Kafka broker, Spark connector)")
+    p = sub.add_parser(
+        "setup", help="resolve JVM dependencies (Kafka broker, Spark connector); build SeaweedFS"
+    )
     p.set_defaults(handler=_setup)
 
     p = sub.add_parser("broker", help="local single-node KRaft broker from the Maven jars")

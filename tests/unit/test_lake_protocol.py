@@ -234,8 +234,8 @@ def test_a_writer_that_loses_a_race_reads_the_winners_commit_and_adds_only_the_r
     read_ids = lake._ids_in
     raced: list[int] = []
 
-    def read_then_lose_the_race(tbl, days):  # type: ignore[no-untyped-def]
-        ids = read_ids(tbl, days)
+    def read_then_lose_the_race(s, tbl, days):  # type: ignore[no-untyped-def]
+        ids = read_ids(s, tbl, days)
         if not raced:  # once: the other writer (an ingest) commits e2 and e3 now
             raced.append(tbl.version())
             assert lake.write_events(settings, table(ev(2, 1), ev(3, 1)), "ingest", 0) == 2

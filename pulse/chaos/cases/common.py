@@ -139,11 +139,12 @@ class Context:
 
         source = self.models()
         for name in registry.MODELS:
-            shutil.copytree(source.models_dir / name, settings.models_dir / name,
-                            dirs_exist_ok=True)  # fmt: skip
+            shutil.copytree(Path(str(source.models_dir / name)),
+                            Path(str(settings.models_dir / name)), dirs_exist_ok=True)  # fmt: skip
         for table in source.outputs_dir.iterdir():
             if table.name != "state":
-                shutil.copytree(table, settings.outputs_dir / table.name, dirs_exist_ok=True)
+                shutil.copytree(Path(str(table)), Path(str(settings.outputs_dir / table.name)),
+                                dirs_exist_ok=True)  # fmt: skip
         return settings
 
     def stream_settings(self, kafka: Settings, name: str, events: int) -> Settings:

@@ -1,0 +1,191 @@
+"""A local S3-compatible object store: SeaweedFS (Apache-2.0), on free loopback ports.
+
+The data root can live in an object store (``PULSE_DATA_ROOT=s3://bucket/prefix``). To
+run that on one machine, as the tests and `pulse chaos` do, Pulse starts SeaweedFS's
+``weed server`` with its S3 gateway, one access key and one bucket. A real S3 server,
+not a mock: it answers conditional puts (``If-None-Match: *`` gets 412 on an existing
+key), which the lake's commits rely on.
+
+``weed`` is built once from the Go module proxy by `pulse setup` (``build``) and cached
+beside the JVM jars. ``go install …/weed@VERSION`` refuses (the module's go.mod has
+replace directives), so the module is downloaded and ``go build`` runs in its ``weed/``
+folder: about 7 minutes on 2 cores, 160 MB. Without Go, `pulse setup` says so and the
+tests that need the server skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pulse.chaos.lab import free_port
+from runtime.errors import PulseError
+from runtime.settings import Settings
+
+MODULE = "github.com/seaweedfs/seaweedfs"
+VERSION = "v0.0.0-20261109003541-7506e5f91cd6"  # `weed version`: 4.53
+REGION = "us-east-1"
+
+
+def weed_binary(settings: Settings) -> Path:
+    """Where `pulse setup` puts the ``weed`` binary (beside the JVM jar cache)."""
+    return settings.jvm_cache.parent / f"seaweedfs-{VERSION}" / "weed"
+
+
+def build(settings: Settings, log: Callable[[str], None] = print) -> Path | None:
+    """Build ``weed`` into the cache unless it is there; None (with a note) without Go."""
+    target = weed_binary(settings)
+    if target.exists():
+        log(f"seaweedfs {VERSION}: cached in {target.parent}")
+        return target
+    go = shutil.which("go")
+    if go is None:
+        log("seaweedfs: note: Go not found, so the object-store tests will skip (install Go 1.26)")
+        return None
+    log(f"seaweedfs {VERSION}: building from the Go module proxy (several minutes) ...")
+    t0 = time.monotonic()
+    env = {**os.environ, "GOFLAGS": "-mod=mod"}
+    got = subprocess.run(
+        [go, "mod", "download", "-json", f"{MODULE}@{VERSION}"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    if got.returncode != 0:
+        raise PulseError(f"go could not download {MODULE}@{VERSION}: {got.stdout[-300:]}")
+    source = Path(json.loads(got.stdout)["Dir"]) / "weed"
+    partial = target.with_name("weed.partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["nice", "-n", "10", go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(partial)]
+    built = subprocess.run([*cmd, "."], cwd=source, capture_output=True, text=True, env=env)
+    if built.returncode != 0:
+        raise PulseError(f"go build of seaweedfs failed: {built.stderr.strip()[-300:]}")
+    partial.rename(target)
+    log(f"seaweedfs {VERSION}: built in {time.monotonic() - t0:.0f}s ({target})")
+    return target
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """How to reach a running S3 server: what the ``PULSE_S3_*`` settings take."""
+
+    url: str  # http://127.0.0.1:PORT
+    access_key_id: str
+    secret_access_key: str
+    bucket: str
+    region: str = REGION
+
+    def settings(self, prefix: str = "pulse") -> dict[str, str]:
+        """Settings overrides that put the data root at ``s3://bucket/prefix`` here."""
+        return {
+            "data_root": f"s3://{self.bucket}/{prefix}",
+            "s3_endpoint": self.url,
+            "s3_region": self.region,
+            "s3_access_key_id": self.access_key_id,
+            "s3_secret_access_key": self.secret_access_key,
+        }
+
+
+def create_bucket(endpoint: S3Endpoint, bucket: str) -> None:
+    """Create ``bucket`` (no error if it exists), and write to it once: SeaweedFS grows
+    a bucket's first volumes on its first write (about 8 s here), not on a user's."""
+    from pyarrow import fs
+
+    store = fs.S3FileSystem(
+        access_key=endpoint.access_key_id,
+        secret_key=endpoint.secret_access_key,
+        endpoint_override=endpoint.url.split("://", 1)[1],
+        scheme=endpoint.url.split("://", 1)[0],
+        region=endpoint.region,
+        allow_bucket_creation=True,
+    )
+    store.create_dir(bucket)
+    with store.open_output_stream(f"{bucket}/.pulse-warm-up") as out:
+        out.write(b"1")
+    store.delete_file(f"{bucket}/.pulse-warm-up")
+
+
+@contextlib.contextmanager
+def s3_server(settings: Settings, workdir: Path, bucket: str = "pulse") -> Iterator[S3Endpoint]:
+    """Start SeaweedFS (master, volume, filer, S3 gateway) in ``workdir`` on free ports;
+    yields its endpoint with ``bucket`` created; stops it after."""
+    binary = weed_binary(settings)
+    if not binary.exists():
+        raise PulseError(f"seaweedfs not built ({binary}): run `pulse setup` (needs Go)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    key, secret = "pulse", secrets.token_hex(16)
+    config = workdir / "s3-identities.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "pulse",
+        "credentials": [{"accessKey": key, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))  # fmt: skip
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    cmd = [
+        str(binary), "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
+        "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+        "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", f"-s3.config={config}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=16",
+        "-master.volumeSizeLimitMB=256",
+    ]  # fmt: skip
+    (workdir / "data").mkdir(exist_ok=True)
+    log = open(workdir / "weed.log", "ab")  # noqa: SIM115 - the server's whole life
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    endpoint = S3Endpoint(f"http://127.0.0.1:{ports['s3']}", key, secret, bucket)
+    try:
+        _wait_until_answering(endpoint, proc, workdir / "weed.log")
+        for attempt in range(50):  # the gateway answers before its filer has registered
+            try:
+                create_bucket(endpoint, bucket)
+                break
+            except OSError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        stop(proc)
+        log.close()
+
+
+def stop(proc: subprocess.Popen, grace: float = 5) -> None:  # type: ignore[type-arg]
+    """SIGTERM, then SIGKILL after ``grace`` seconds (``weed server`` can take 20 s to
+    wind down its gRPC streams; what it has acknowledged is on disk already)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _wait_until_answering(
+    endpoint: S3Endpoint,
+    proc: subprocess.Popen,  # type: ignore[type-arg]
+    log: Path,
+    timeout: float = 60,
+) -> None:
+    """Until the S3 gateway answers HTTP (403 to an unsigned request is an answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(endpoint.url, timeout=2)  # noqa: S310 - loopback http
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                raise PulseError(f"seaweedfs did not start (exit {proc.poll()}): {tail}") from None
+            time.sleep(0.2)
