@@ -201,3 +201,31 @@ def test_the_rule_catches_a_broken_import(package: str, source: str, bad: str) -
     # A nested module, to show subpackages are checked too.
     files = {f"{package}/sub/module.py": "def f():\n" + source.strip().join(["    ", "\n"])}
     assert violations(package, files) == [f"{package}/sub/module.py imports {bad}"]
+
+
+def draw() -> str:
+    """The structure as the checks above see it: packages by rank, each with its modules
+    in an order where every module comes after the ones it imports, and its cycles."""
+    lines = []
+    for rank in sorted(set(RANK.values())):
+        for package in sorted(p for p, r in RANK.items() if r == rank):
+            files = package_sources(package)
+            graph = module_imports(package, files)
+            below = sorted({t for path, src in files.items() for t in imported_packages(src, path)}
+                           - {package})  # fmt: skip
+            order: list[str] = []
+            while len(order) < len(graph):  # modules whose imports are all placed already
+                ready = sorted(m for m in graph if m not in order and graph[m] <= set(order))
+                if not ready:
+                    break
+                order += ready
+            found = cycles(graph)
+            verdict = f"cycles: {found}" if found else "no cycle"
+            imports = ", ".join(below) or "nothing"
+            lines.append(f"{rank} {package} (imports {imports}) - {len(graph)} modules, {verdict}")
+            lines.append("    " + " < ".join(m.removeprefix(package + ".") for m in order))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python tests/unit/test_layers.py
+    print(draw())
