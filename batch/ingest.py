@@ -14,7 +14,6 @@ source has them.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,13 +22,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from runtime.settings import Settings
 from schemas.tables import CUSTOMER_COLUMNS as KAGGLE_CUSTOMERS
 from schemas.transaction import FIELD_NAMES
 from storage.lake import EVENT_ARROW_SCHEMA, compact, customers_dir, write_events
-from storage.objects import local_path
+from storage.objects import read_parquet_file, write_parquet
 
 # The Kaggle customer columns the models use; postal_code is left out (high-cardinality
 # identifier, not a model input).
@@ -87,23 +85,52 @@ def append_new(
     return read, appended
 
 
-def ingest_customers(spark: SparkSession, settings: Settings, csv_path: Path) -> int:
-    """Merge the customers CSV (Kaggle columns) into ``lake/customers``; returns row count."""
-    raw = spark.read.option("header", True).csv(str(csv_path))
-    cols = [
-        (F.col(c).cast(t) if c in raw.columns else F.lit(None).cast(t)).alias(c)
-        for c, t in CUSTOMER_COLUMNS.items()
-    ]
-    new = raw.select(*cols).where(F.col("customer_id").isNotNull())
-    target = local_path(customers_dir(settings), "the customer dimension (customers.csv)")
-    if target.is_dir():
-        new = new.unionByName(spark.read.parquet(str(target)))
-    merged = new.dropDuplicates(["customer_id"]).localCheckpoint()  # target is overwritten
-    tmp = target.with_name(f"_tmp-customers-{uuid.uuid4().hex[:6]}")
-    merged.coalesce(1).write.parquet(str(tmp))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return merged.count()
+def ingest_customers(settings: Settings, csv_path: Path) -> int:
+    """Merge the customers CSV (Kaggle columns) into ``lake/customers``; returns row count.
+
+    With pyarrow, no Spark: the CSV is typed as ``CUSTOMER_COLUMNS`` (a
+    value that is not a number becomes null, as Spark's cast makes it), merged with the
+    rows already there (a customer's row from this file wins), and written as one new
+    Parquet file, after which the older files are removed. A reader in between sees a
+    customer twice, once per file, and keeps one (``storage.lake.read_customers``).
+    """
+    from pyarrow import csv
+
+    types = {"string": pa.string(), "double": pa.float64()}
+    raw = csv.read_csv(
+        csv_path,
+        convert_options=csv.ConvertOptions(
+            column_types={c: pa.string() for c in CUSTOMER_COLUMNS},
+            include_columns=list(CUSTOMER_COLUMNS),
+            include_missing_columns=True,
+            strings_can_be_null=True,
+        ),
+    )
+    new = pa.table({
+        c: _lenient_cast(raw.column(c), types[t]) for c, t in CUSTOMER_COLUMNS.items()
+    })  # fmt: skip
+    new = new.filter(pc.is_valid(new.column("customer_id")))
+    target = customers_dir(settings)
+    old_files = sorted(target.glob("*.parquet")) if target.is_dir() else []
+    if old_files:
+        old = [read_parquet_file(f).select(list(CUSTOMER_COLUMNS)) for f in old_files]
+        new = pa.concat_tables([new, *(t.cast(new.schema) for t in old)])
+    ids = new.column("customer_id").combine_chunks()
+    first = pc.equal(pc.index_in(ids, value_set=ids), pa.array(range(len(ids)), pa.int32()))
+    merged = new.filter(first).sort_by("customer_id")
+    write_parquet(merged, target / f"customers-{uuid.uuid4().hex[:12]}.parquet")
+    for f in old_files:
+        f.unlink()
+    return merged.num_rows
+
+
+def _lenient_cast(values: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
+    """``values`` (text) as ``to``; a text that is not a ``to`` becomes null."""
+    if to == pa.string():
+        return values
+    text = pc.utf8_trim_whitespace(values)
+    numeric = pc.match_substring_regex(text, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+    return pc.cast(pc.if_else(numeric, text, pa.scalar(None, pa.string())), to)
 
 
 def ingest_source(
@@ -114,5 +141,5 @@ def ingest_source(
     customers = 0
     customers_path = getattr(source, "customers_path", None)
     if customers_path is not None:
-        customers = ingest_customers(spark, settings, Path(customers_path))
+        customers = ingest_customers(settings, Path(customers_path))
     return IngestResult(staged=staged, appended=appended, customers=customers)

@@ -139,13 +139,19 @@ def check_reachable(settings: Settings) -> None:
 
 
 def write_parquet(table: Any, path: Path | UPath, **options: Any) -> None:
-    """``pq.write_table`` to a local or object-store ``path`` (one upload in a store)."""
+    """``pq.write_table`` to ``path`` whole: on a disk written aside (a hidden name, which
+    Spark and pyarrow listings skip) and renamed; in an object store one upload."""
     import pyarrow.parquet as pq
 
     fs, where = arrow_fs(path)
-    if not is_remote(path):
-        Path(where).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, where, filesystem=fs, **options)
+    if is_remote(path):
+        pq.write_table(table, where, filesystem=fs, **options)
+        return
+    local = Path(where)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(table, tmp, **options)
+    os.replace(tmp, local)
 
 
 def read_parquet_file(path: Path | UPath, **options: Any) -> Any:
