@@ -33,7 +33,8 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 
 MODULE = "github.com/seaweedfs/seaweedfs"
-VERSION = "v0.0.0-20261109003541-7506e5f91cd6"  # `weed version`: 4.53
+VERSION = "v0.0.0-20261109003541-7506e5f91cd6"  # the Go module's version of release:
+RELEASE = "4.53"  # `weed version`; docker-compose.yml's image tag
 REGION = "us-east-1"
 
 

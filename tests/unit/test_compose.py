@@ -7,6 +7,7 @@ runtime/jvm.py), pyspark's version, and the defaults in runtime/settings.py.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -113,3 +114,22 @@ def test_the_documented_spark_master_is_the_one_compose_starts():
     assert master[master.index("--host") + 1] == host
     assert master[master.index("--port") + 1] == str(port)
     assert SERVICES["spark-worker"]["command"][-1] == url
+
+
+def test_the_s3_service_is_the_seaweedfs_pulse_builds_with_the_documented_keys():
+    from pulse.local.s3 import RELEASE
+
+    s3 = SERVICES["s3"]
+    assert s3["image"] == f"chrislusf/seaweedfs:{RELEASE}"
+    port = int(s3["command"][s3["command"].index("-s3") + 1].split("=")[1])
+    assert s3["ports"] == [f"127.0.0.1:{port}:{port}"]
+    documented = dict(re.findall(r"(PULSE_S3_\w+)=(\S+)", COMPOSE_TEXT))
+    documented |= dict(re.findall(r"(PULSE_DATA_ROOT)=(s3://\S+)", COMPOSE_TEXT))
+    assert documented["PULSE_S3_ENDPOINT"] == f"http://127.0.0.1:{port}"
+    settings = load_settings(**{k.removeprefix("PULSE_").lower(): v for k, v in documented.items()})
+    assert settings.on_object_store and str(settings.data_root).startswith("s3://pulse/")
+    keys = json.loads((REPO / "docker" / "seaweedfs-s3.json").read_text())["identities"][0]
+    assert keys["credentials"] == [{
+        "accessKey": documented["PULSE_S3_ACCESS_KEY_ID"],
+        "secretKey": documented["PULSE_S3_SECRET_ACCESS_KEY"],
+    }]  # fmt: skip
