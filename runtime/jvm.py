@@ -92,49 +92,30 @@ def _drop_jars_pyspark_ships(jars_dir: Path) -> list[str]:
     return dropped
 
 
+def _ensure(what: str, out: Path, pom: str, extra: list[str], shipped_too: bool, log) -> None:  # type: ignore[no-untyped-def]
+    """Resolve ``pom`` into ``out`` unless it is cached; log what happened."""
+    if (out / MARKER).exists():
+        log(f"{what}: cached in {out}")
+        return
+    log(f"{what}: resolving from Maven Central ...")
+    t0 = time.monotonic()
+    _resolve(_pom(pom), out, extra)
+    dropped = _drop_jars_pyspark_ships(out) if not shipped_too else []
+    n = len(list(out.glob("*.jar")))
+    skipped = f" ({len(dropped)} already shipped by pyspark skipped)" if not shipped_too else ""
+    log(f"{what}: {n} jars in {time.monotonic() - t0:.1f}s{skipped}")
+
+
 def setup(settings: Settings, log=print) -> None:  # type: ignore[no-untyped-def]
-    """Resolve both jar sets if missing. Idempotent and offline once complete."""
+    """Resolve the three jar sets if missing. Idempotent and offline once complete."""
     require_tool("java", "a JDK 17+ (Debian: apt-get install openjdk-17-jdk-headless)")
     settings.jvm_cache.mkdir(parents=True, exist_ok=True)
-
-    kafka_dir = kafka_jars_dir(settings)
-    if (kafka_dir / MARKER).exists():
-        log(f"kafka broker {KAFKA_VERSION}: cached in {kafka_dir}")
-    else:
-        log(f"kafka broker {KAFKA_VERSION}: resolving from Maven Central ...")
-        t0 = time.monotonic()
-        _resolve(_pom("kafka-broker.xml"), kafka_dir, [f"-Dkafka.version={KAFKA_VERSION}"])
-        n = len(list(kafka_dir.glob("*.jar")))
-        log(f"kafka broker {KAFKA_VERSION}: {n} jars in {time.monotonic() - t0:.1f}s")
-
-    spark_dir = spark_kafka_jars_dir(settings)
-    if (spark_dir / MARKER).exists():
-        log(f"spark-sql-kafka {pyspark.__version__}: cached in {spark_dir}")
-    else:
-        log(f"spark-sql-kafka {pyspark.__version__}: resolving from Maven Central ...")
-        t0 = time.monotonic()
-        _resolve(_pom("spark-kafka.xml"), spark_dir, [f"-Dspark.version={pyspark.__version__}"])
-        dropped = _drop_jars_pyspark_ships(spark_dir)
-        n = len(list(spark_dir.glob("*.jar")))
-        log(
-            f"spark-sql-kafka {pyspark.__version__}: {n} jars in {time.monotonic() - t0:.1f}s "
-            f"({len(dropped)} already shipped by pyspark skipped)"
-        )
-
-
-    s3a_dir = spark_s3a_jars_dir(settings)
-    if (s3a_dir / MARKER).exists():
-        log(f"spark s3a {pyspark.__version__}: cached in {s3a_dir}")
-    else:
-        log(f"spark s3a {pyspark.__version__}: resolving from Maven Central ...")
-        t0 = time.monotonic()
-        _resolve(_pom("spark-s3a.xml"), s3a_dir, [])
-        dropped = _drop_jars_pyspark_ships(s3a_dir)
-        n = len(list(s3a_dir.glob("*.jar")))
-        log(
-            f"spark s3a {pyspark.__version__}: {n} jars in {time.monotonic() - t0:.1f}s "
-            f"({len(dropped)} already shipped by pyspark skipped)"
-        )
+    spark = pyspark.__version__
+    _ensure(f"kafka broker {KAFKA_VERSION}", kafka_jars_dir(settings), "kafka-broker.xml",
+            [f"-Dkafka.version={KAFKA_VERSION}"], True, log)  # fmt: skip
+    _ensure(f"spark-sql-kafka {spark}", spark_kafka_jars_dir(settings), "spark-kafka.xml",
+            [f"-Dspark.version={spark}"], False, log)  # fmt: skip
+    _ensure(f"spark s3a {spark}", spark_s3a_jars_dir(settings), "spark-s3a.xml", [], False, log)
 
 
 def kafka_classpath(settings: Settings) -> str:
