@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands whose stores all work in an object store (docs/storage.md); the others
+# stop with one line when PULSE_DATA_ROOT is s3://.
+ON_OBJECT_STORE = {"setup", "broker", "topics", "data", "compact", "ingest"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, build settings once, run the handler; errors are one line."""
     parser = build_parser()
@@ -96,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.on_object_store:  # a wrong endpoint, key or bucket: one line, now
             from storage.objects import check_reachable
 
+            if args.command not in ON_OBJECT_STORE:
+                raise PulseError(
+                    f"`pulse {args.command}` does not run on an object-store data root yet "
+                    f"(PULSE_DATA_ROOT={settings.data_root}): see docs/storage.md"
+                )
             check_reachable(settings)
         return int(args.handler(args, settings) or 0)
     except PulseError as exc:

@@ -174,3 +174,16 @@ def test_a_wrong_object_store_is_one_clear_line(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], done.stderr
     assert s3_endpoint.secret_access_key not in done.stderr + done.stdout  # never printed
+
+
+@pytest.mark.parametrize("command", ["stream", "retrain", "report", "serve"])
+def test_a_command_not_ready_for_an_object_store_says_so_in_one_line(
+    command: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    env |= {"PULSE_DATA_ROOT": "s3://pulse/x", "PULSE_S3_ENDPOINT": "http://127.0.0.1:1"}
+    done = subprocess.run([str(PULSE), command], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"`pulse {command}` does not run on an object-store data root yet" in lines[0]
