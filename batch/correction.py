@@ -14,13 +14,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from features.time import as_of_for, cutoff_ts
 from runtime.settings import Settings
 from storage import registry
+from storage.objects import write_parquet
 from storage.state_rows import store_tables
 
 NAME = "state"
@@ -40,9 +40,8 @@ def write_state(
     upto = events.where(F.col("event_time") < F.lit(cutoff_ts(cutoff)))
     customers, days = store_tables(upto, as_of_for(cutoff), daily)
     out = registry.output_path(settings, NAME, version)
-    out.mkdir(parents=True, exist_ok=True)
     for name, table in zip(FILES, (customers, days), strict=True):
-        pq.write_table(table, out / name)
+        write_parquet(table, out / name)
     meta = {"cutoff_exclusive": cutoff.isoformat(), "customers": customers.num_rows}
     registry.write_meta(settings, NAME, version, meta)
     registry.promote(settings, NAME, version)

@@ -18,9 +18,11 @@ hold is the store's business. On disk, under the store's directory::
     changelog/<batch_id, 12 digits>/<table>.arrow + meta.json
     snapshot/<batch_id + 1, 12 digits>/<table>.arrow + meta.json   (+1: the seed's batch -1)
 
-Tables are uncompressed Arrow IPC (Feather) files. An entry is written into a hidden
-``.<name>.tmp`` directory and renamed into place, so it appears whole or not at all,
-and only entries holding ``meta.json`` are listed.
+Tables are uncompressed Arrow IPC (Feather) files, on a local disk or in the data
+root's object store. An entry is listed only once it holds ``meta.json``: on a disk it
+is written into a hidden ``.<name>.tmp`` directory and renamed into place; in an object
+store, where a directory cannot be renamed, its tables are uploaded first and
+``meta.json`` last, so it appears whole or not at all either way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.feather as feather
+from upath import UPath
+
+from storage.objects import is_remote, remove_tree
 
 Tables = dict[str, pa.Table]  # table name -> table
 Meta = dict[str, Any]  # JSON-able
@@ -41,25 +46,23 @@ Meta = dict[str, Any]  # JSON-able
 class Changelog:
     """The changelogs and snapshots of one store, under ``directory``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: UPath) -> None:
         self.dir = directory
 
     @property
-    def _changelog_dir(self) -> Path:
+    def _changelog_dir(self) -> UPath:
         return self.dir / "changelog"
 
     @property
-    def _snapshot_dir(self) -> Path:
+    def _snapshot_dir(self) -> UPath:
         return self.dir / "snapshot"
 
     def write_changelog(self, batch_id: int, tables: Tables, meta: Meta) -> None:
         """One batch's changelog, in one atomically renamed directory."""
-        self._changelog_dir.mkdir(parents=True, exist_ok=True)
         _write_atomically(self._changelog_dir / f"{batch_id:012d}", tables, meta)
 
     def write_snapshot(self, batch_id: int, tables: Tables, meta: Meta) -> None:
         """The whole state after ``batch_id``, in one atomically renamed directory."""
-        self._snapshot_dir.mkdir(parents=True, exist_ok=True)
         _write_atomically(self._snapshot_dir / _snapshot_name(batch_id), tables, meta)
 
     def drop_covered(self, batch_id: int) -> None:
@@ -67,14 +70,14 @@ class Changelog:
         name = _snapshot_name(batch_id)
         for old in self._snapshot_dir.iterdir() if self._snapshot_dir.is_dir() else []:
             if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_tree(old)
         for log in self._changelog_dir.glob("*") if self._changelog_dir.is_dir() else []:
-            if log.is_dir() and not log.name.startswith(".") and int(log.name) <= batch_id:
-                shutil.rmtree(log, ignore_errors=True)
+            if log.name.isdigit() and int(log.name) <= batch_id:
+                remove_tree(log)
 
     def drop_changelogs(self) -> None:
         """Drop every changelog."""
-        shutil.rmtree(self._changelog_dir, ignore_errors=True)
+        remove_tree(self._changelog_dir)
 
     def newest_snapshot(self) -> tuple[Tables, Meta] | None:
         """The newest complete snapshot, or None."""
@@ -98,26 +101,38 @@ def _snapshot_name(batch_id: int) -> str:
     return f"{batch_id + 1:012d}"  # +1: the seed's batch -1 sorts as 0
 
 
-def _complete(directory: Path) -> list[Path]:
+def _complete(directory: UPath) -> list[UPath]:
     """The entries under ``directory`` that were written whole, in name order."""
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.glob("[0-9]*") if (p / "meta.json").is_file())
 
 
-def _write_atomically(target: Path, tables: Tables, meta: Meta) -> None:
+def _write_atomically(target: UPath, tables: Tables, meta: Meta) -> None:
     """Write ``tables`` (Arrow IPC) and ``meta.json`` into ``target``, appearing whole."""
-    tmp = target.with_name(f".{target.name}.tmp")
+    if is_remote(target):
+        remove_tree(target)  # a rewrite of the same entry: no stale meta.json meanwhile
+        for name, table in tables.items():
+            sink = pa.BufferOutputStream()
+            feather.write_feather(table, sink, compression="uncompressed")
+            (target / f"{name}.arrow").write_bytes(sink.getvalue().to_pybytes())
+        (target / "meta.json").write_text(json.dumps(meta))  # last: the entry is complete
+        return
+    final = Path(str(target))
+    tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, table in tables.items():
         feather.write_feather(table, tmp / f"{name}.arrow", compression="uncompressed")
     (tmp / "meta.json").write_text(json.dumps(meta))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
-def _read(directory: Path) -> tuple[Tables, Meta]:
-    tables = {p.stem: feather.read_table(p, memory_map=False) for p in directory.glob("*.arrow")}
+def _read(directory: UPath) -> tuple[Tables, Meta]:
+    tables = {
+        p.name.removesuffix(".arrow"): feather.read_table(pa.BufferReader(p.read_bytes()))
+        for p in directory.glob("*.arrow")
+    }
     return tables, json.loads((directory / "meta.json").read_text())

@@ -37,13 +37,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from upath import UPath
 
 from features.customer import HISTORY_DAYS
 from storage.changelog import Changelog
@@ -98,7 +98,7 @@ class BatchResult:
 class CustomerStateStore:
     """The per-customer state of the stream under ``directory``; see the module docstring."""
 
-    def __init__(self, directory: Path, allowed_lateness_days: int) -> None:
+    def __init__(self, directory: UPath, allowed_lateness_days: int) -> None:
         self.dir = directory
         self.lateness_us = allowed_lateness_days * US_PER_DAY
         self._changelog = Changelog(directory)

@@ -18,6 +18,7 @@ differ between the two:
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,16 @@ def write_atomically(path: Path | UPath, data: bytes) -> None:
     tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, local)
+
+
+def remove_tree(path: Path | UPath) -> None:
+    """Remove ``path`` and everything under it (nothing if absent)."""
+    if isinstance(path, UPath) and is_remote(path):
+        files = path.fs.find(path.path)  # a store has no directories, only keys
+        if files:
+            path.fs.rm(files)
+    else:
+        shutil.rmtree(Path(str(path)), ignore_errors=True)
 
 
 def arrow_fs(path: Path | UPath) -> tuple[Any, str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from upath import UPath
 
-from storage.objects import is_remote, write_atomically
+from storage.objects import is_remote, remove_tree, write_atomically
 
 POINTER = "CURRENT"
 
@@ -78,16 +78,7 @@ def cleanup(base: UPath, keep: int = 3) -> None:
     versions = sorted(p for p in base.glob("v=*") if p.is_dir())
     for old in versions[:-keep] if keep > 0 else versions:
         if old != cur:
-            _remove_tree(old)
+            remove_tree(old)
     for tmp in base.glob("_tmp-*"):
         if time.time() - tmp.stat().st_mtime > 3600:
-            _remove_tree(tmp)
-
-
-def _remove_tree(path: UPath) -> None:
-    if is_remote(path):
-        files = path.fs.find(path.path)  # an object store has no directories: its keys
-        if files:
-            path.fs.rm(files)
-    else:
-        shutil.rmtree(Path(str(path)), ignore_errors=True)
+            remove_tree(tmp)

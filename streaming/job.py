@@ -38,14 +38,12 @@ import json
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from py4j.protocol import Py4JError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
@@ -55,7 +53,7 @@ from runtime.kafka_admin import lag
 from runtime.settings import Settings
 from storage.columnar_store import EVENT_COLUMNS, BatchResult, CustomerStateStore
 from storage.lake import lake_rows, write_lake_batch
-from storage.objects import local_path
+from storage.objects import spark_path, write_parquet
 from streaming.inbox import Inbox
 from streaming.kafka_rows import KAFKA_COLUMNS, QUARANTINE_COLUMNS
 from streaming.output import Sink, publish_snapshot
@@ -104,11 +102,7 @@ def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
 
 def write_quarantine_batch(settings: Settings, rows: pa.Table, batch_id: int) -> None:
     """Write one batch's invalid records as ``quarantine/batch=<id>/part-00000.parquet``."""
-    part = settings.quarantine_dir / f"batch={batch_id}"
-    part.mkdir(parents=True, exist_ok=True)
-    tmp = part / f".part-{uuid.uuid4().hex[:8]}.tmp"
-    pq.write_table(rows, tmp)
-    tmp.rename(part / "part-00000.parquet")
+    write_parquet(rows, settings.quarantine_dir / f"batch={batch_id}" / "part-00000.parquet")
 
 
 def process_batch(
@@ -191,7 +185,7 @@ class StreamJob:
         self.on_batch = on_batch
         self.sink = sink
         self.stats = RunStats()
-        self.inbox = Inbox(local_path(settings.state_dir, "the stream's inbox") / "inbox")
+        self.inbox = Inbox(settings.state_dir / "inbox")
         self._published_at = time.monotonic()
         self._unpublished = False
         self._queue: queue.Queue[tuple[int, pa.Table, float] | None] = queue.Queue(maxsize=1)
@@ -323,7 +317,7 @@ class StreamJob:
         return (
             raw.writeStream.queryName(QUERY_NAME)
             .foreachBatch(self._receive)
-            .option("checkpointLocation", str(self.settings.checkpoint_dir / "stream"))
+            .option("checkpointLocation", spark_path(self.settings.checkpoint_dir / "stream"))
             .trigger(**_trigger(self.settings, until_idle))
             .start()
         )

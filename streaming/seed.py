@@ -15,7 +15,6 @@ from collections.abc import Callable
 from datetime import date, timedelta
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -23,7 +22,7 @@ from features.customer import HISTORY_DAYS
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from storage.columnar_store import CustomerStateStore
-from storage.objects import local_path
+from storage.objects import read_parquet_file, write_atomically
 from storage.state_rows import merge_state, store_tables
 from storage.stream_clock import day_number
 from streaming.output import Sink, publish_snapshot
@@ -33,8 +32,7 @@ SEED_BATCH = -1  # the seeded state counts as batch -1, so Spark's batch 0 folds
 
 def open_store(settings: Settings) -> CustomerStateStore:
     """The stream's keyed per-customer state (``settings.state_dir``)."""
-    state = local_path(settings.state_dir, "the stream's state store (changelogs, snapshots)")
-    return CustomerStateStore(state / "customers", settings.allowed_lateness_days)
+    return CustomerStateStore(settings.state_dir / "customers", settings.allowed_lateness_days)
 
 
 def seed_from_lake(
@@ -108,7 +106,7 @@ def correct_from_batch(
         changed = False
     else:
         folder = registry.output_path(settings, "state", version)
-        batch = tuple(pq.read_table(folder / f) for f in ("customers.parquet", "days.parquet"))
+        batch = tuple(read_parquet_file(folder / f) for f in ("customers.parquet", "days.parquet"))
         merged = merge_state(batch, store.read(), day_number(cutoff))  # type: ignore[arg-type]
         clock_us = int(pa.scalar(clock, pa.timestamp("us", tz="UTC")).value)
         last = store.last_batch if store.last_batch is not None else SEED_BATCH
@@ -118,8 +116,7 @@ def correct_from_batch(
             f"stream's, {store.customer_count():,} customers"
         )
         changed = True
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"version": version}))
+    write_atomically(marker, json.dumps({"version": version}).encode())
     return changed
 
 

@@ -163,3 +163,68 @@ def test_sigint_publishes_the_final_snapshot(kafka_settings, topic, tmp_path) ->
     assert pc.sum(features.column("n_events")).as_py() == 300  # the 10 re-sent ones once
     last = max(e["event_time"] for e in events)
     assert {t.replace(tzinfo=last.tzinfo) for t in features.column("as_of").to_pylist()} == {last}
+
+
+def test_in_the_object_store_a_sigkill_and_a_restart_on_a_fresh_machine_equal_a_local_run(
+    spark, kafka_settings, topic, tmp_path, s3_endpoint
+) -> None:  # type: ignore[no-untyped-def]
+    """The data root in S3: checkpoint, inbox, changelogs, lake and snapshots all there.
+    The stream is SIGKILLed mid-run, then restarted with another local directory (a
+    driver on a fresh machine): it resumes from the bucket alone, and its lake and live
+    features equal an uninterrupted run's on a local disk, customer by customer."""
+    import pyarrow.parquet as pq
+
+    from runtime.settings import load_settings
+    from storage import lake
+    from storage.objects import s3_filesystem
+    from streaming.job import run
+
+    base = kafka_settings.model_copy(
+        update={"topic_transactions": topic, "max_offsets_per_trigger": 40}
+    )
+    _produce(base, _events(300))
+    reference = base.model_copy(update={"data_root": tmp_path / "reference"})
+    run(spark, reference, until_idle=True, log=lambda _: None)
+
+    where = s3_endpoint.settings(f"restart-{topic}")
+    s3 = load_settings(**where, jvm_cache=base.jvm_cache)
+
+    def command(machine: str, until_idle: bool) -> tuple[list[str], dict[str, str]]:
+        cmd, env = _stream_cmd(base, until_idle)
+        env |= {f"PULSE_{k.upper()}": v for k, v in where.items()}
+        env["PULSE_LOCAL_DIR"] = str(tmp_path / machine)
+        return cmd, env
+
+    proc, commits = _running_stream(s3, command("machine-1", until_idle=False), batches=2)
+    try:
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    killed_after = len(list(commits.glob("[0-9]*")))
+    total_batches = len(list((reference.checkpoint_dir / "stream" / "commits").glob("[0-9]*")))
+    assert 0 < killed_after < total_batches  # it really was mid-run
+
+    cmd, env = command("machine-2", until_idle=True)
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+    store = s3_filesystem(s3.s3_options())
+
+    def lake_ids(s: Settings) -> list[str]:
+        ids = lake.read_parquet(s, lake.live_files(s), ["event_id"])["event_id"]
+        return sorted(ids.to_pylist())
+
+    assert lake_ids(s3) == lake_ids(reference) and len(lake_ids(s3)) == 300
+    published = snapshots.current(s3.features_dir)
+    assert published is not None
+    got = pq.ParquetDataset(str(published).removeprefix("s3://"), filesystem=store).read()
+    want = pq.read_table(str(snapshots.current(reference.features_dir)))
+    got_rows = {r["customer_id"]: r for r in got.to_pylist()}
+    want_rows = {r["customer_id"]: r for r in want.to_pylist()}
+    assert got_rows == want_rows
+    for machine in ("machine-1", "machine-2"):  # nothing of the data root on local disk
+        local = tmp_path / machine
+        assert not local.exists() or not any(
+            p.suffix in (".parquet", ".arrow", ".json") for p in local.rglob("*")
+        )
