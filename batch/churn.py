@@ -66,6 +66,7 @@ from runtime.errors import PulseError
 from scoring import btyd
 from scoring.churn import STACK_FEATURES, STACK_SQL, ChurnScorer, Trees, btyd_statement
 from storage import registry
+from storage.objects import spark_path
 
 if TYPE_CHECKING:
     from batch.context import RetrainContext
@@ -431,7 +432,9 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
             )
     with ctx.stage(f"churn: refit at {f2}, score churn and value as of {cutoff}") as st:
         served = with_btyd(fit_stack(test, kind, params), fitted[cutoff])
-        served.write().overwrite().save(str(registry.model_path(settings, "churn", ctx.version)))
+        served.write().overwrite().save(
+            spark_path(registry.model_path(settings, "churn", ctx.version))
+        )
         scorer = export(served, fitted[cutoff], ctx.version)
         registry.write_scorer(settings, "churn", ctx.version, scorer)
         now = churn_probability(served, ctx.features_at(cutoff)).select(

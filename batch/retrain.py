@@ -36,6 +36,7 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 from storage import registry
 from storage.lake import last_event_date, read_customers, read_lake
+from storage.objects import spark_path
 
 __all__ = ["RetrainOptions", "StageLog", "retrain"]
 
@@ -100,7 +101,10 @@ def retrain(
         log=log,
     )
     if "recommendations" in opts.models and spark.sparkContext.getCheckpointDir() is None:
-        spark.sparkContext.setCheckpointDir(str((settings.checkpoint_dir / "retrain").resolve()))
+        checkpoints = settings.checkpoint_dir / "retrain"  # RDD checkpoints of the ALS fits
+        spark.sparkContext.setCheckpointDir(
+            spark_path(checkpoints) if settings.on_object_store else str(checkpoints.resolve())
+        )
     out = {name: TRAINERS[name](ctx) for name in TRAINERS if name in opts.models}
     with log.stage("customer state for the speed layer") as st:
         # Every run: the stream takes it at its next batch (the lambda correction).

@@ -30,6 +30,7 @@ from batch.frames import id_sample, in_fixed_order
 from batch.publish import finish, gate, write_output
 from scoring.segments import RFM_COLUMNS, RFM_SQL, SegmentScorer
 from storage import registry
+from storage.objects import spark_path
 
 if TYPE_CHECKING:
     from batch.context import RetrainContext
@@ -169,7 +170,7 @@ def stability(ctx: RetrainContext, assigned: DataFrame) -> dict[str, Any] | None
     path = registry.output_path(ctx.settings, "segments", previous)
     if not path.is_dir():
         return None
-    before = ctx.spark.read.parquet(str(path)).select(
+    before = ctx.spark.read.parquet(spark_path(path)).select(
         "customer_id", F.col("segment_id").alias("from_id"), F.col("segment_name").alias("from")
     )
     moved = (
@@ -207,7 +208,8 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         for row in rows:
             row["segment_name"] = names[row["segment_id"]]
         st.rows = sum(int(r["customers"]) for r in rows)
-        model.write().overwrite().save(str(registry.model_path(settings, "segments", version)))
+        model_path = registry.model_path(settings, "segments", version)
+        model.write().overwrite().save(spark_path(model_path))
         names_path = registry.model_dir(settings, "segments", version) / registry.SEGMENT_NAMES_FILE
         names_path.write_text(json.dumps({str(k_): v for k_, v in names.items()}, indent=2))
         registry.write_scorer(settings, "segments", version, export(model, names, version))
