@@ -86,6 +86,22 @@ def _running_stream(
     return proc, commits
 
 
+def _kill_mid_run(
+    settings: Settings, command: tuple[list[str], dict[str, str]], reference: Settings
+) -> None:
+    """Start `pulse stream`, SIGKILL it once two batches are committed, and check that
+    it really was mid-run (fewer commits than the uninterrupted ``reference`` run's)."""
+    proc, commits = _running_stream(settings, command, batches=2)
+    try:
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    killed_after = len(list(commits.glob("[0-9]*")))
+    total_batches = len(list((reference.checkpoint_dir / "stream" / "commits").glob("[0-9]*")))
+    assert 0 < killed_after < total_batches
+
+
 def test_sigkill_and_restart_equals_uninterrupted_run(
     spark, kafka_settings, topic, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -102,15 +118,7 @@ def test_sigkill_and_restart_equals_uninterrupted_run(
 
     # The crashed run: a real process, SIGKILLed once its first batches are committed.
     crashed = base.model_copy(update={"data_root": tmp_path / "crashed"})
-    proc, commits = _running_stream(crashed, _stream_cmd(crashed, until_idle=False), batches=2)
-    try:
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(30)
-    killed_after = len(list(commits.glob("[0-9]*")))
-    total_batches = len(list((reference.checkpoint_dir / "stream" / "commits").glob("[0-9]*")))
-    assert 0 < killed_after < total_batches  # it really was mid-run
+    _kill_mid_run(crashed, _stream_cmd(crashed, until_idle=False), reference)
 
     cmd, env = _stream_cmd(crashed, until_idle=True)
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=900)
@@ -195,15 +203,7 @@ def test_in_the_object_store_a_sigkill_and_a_restart_on_a_fresh_machine_equal_a_
         env["PULSE_LOCAL_DIR"] = str(tmp_path / machine)
         return cmd, env
 
-    proc, commits = _running_stream(s3, command("machine-1", until_idle=False), batches=2)
-    try:
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(30)
-    killed_after = len(list(commits.glob("[0-9]*")))
-    total_batches = len(list((reference.checkpoint_dir / "stream" / "commits").glob("[0-9]*")))
-    assert 0 < killed_after < total_batches  # it really was mid-run
+    _kill_mid_run(s3, command("machine-1", until_idle=False), reference)
 
     cmd, env = command("machine-2", until_idle=True)
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=900)
