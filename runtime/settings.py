@@ -140,6 +140,8 @@ class Settings(BaseSettings):
             raise ValueError("not a local path or an s3://BUCKET/PREFIX URL")
         if scheme in ("s3", "s3a") and not text.split("://", 1)[1].split("/", 1)[0]:
             raise ValueError("an S3 data root names its bucket: s3://BUCKET/PREFIX")
+        if scheme == "file":
+            return UPath(text.removeprefix("file://"))  # a local path like any other
         return UPath(text.replace("s3a://", "s3://", 1)) if scheme else UPath(text)
 
     @field_validator("s3_endpoint", "local_dir", "s3_access_key_id", "s3_secret_access_key",

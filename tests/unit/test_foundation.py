@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from pulse.cli import main
+from runtime.errors import PulseError
 from runtime.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,3 +90,18 @@ def test_topics_on_unreachable_broker_fails_fast(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr  # no librdkafka connect spam, no traceback
     assert lines[0].startswith("pulse: error: Kafka at 127.0.0.1:1")
+
+
+def test_the_data_root_is_a_local_path_or_an_s3_url(tmp_path):
+    local = load_settings(data_root=f"file://{tmp_path}")
+    assert isinstance(local.data_root, Path) and str(local.data_root) == str(tmp_path)
+    assert not local.on_object_store and local.local_root == tmp_path
+    s3 = load_settings(data_root="s3a://bucket/shop", s3_endpoint="http://127.0.0.1:9000/",
+                       s3_access_key_id="k", s3_secret_access_key="very-secret")  # fmt: skip
+    assert s3.on_object_store and str(s3.lake_dir) == "s3://bucket/shop/lake/transactions"
+    assert s3.s3_endpoint == "http://127.0.0.1:9000" and s3.local_root == Path("data")
+    assert "very-secret" not in repr(s3) and "very-secret" not in str(s3.data_root)
+    wrong = (("gs://b/x", "not a local path or an s3://"), ("s3:///x", "names its bucket"))
+    for bad, says in wrong:
+        with pytest.raises(PulseError, match=says):
+            load_settings(data_root=bad)
