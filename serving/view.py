@@ -48,6 +48,7 @@ from schemas.tables import (
 from scoring.churn import ChurnScorer
 from scoring.segments import SegmentScorer
 from storage import registry, snapshots
+from storage.lake import ARROW_TYPES
 from storage.objects import arrow_fs, write_parquet
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,7 @@ SCORED = pa.schema(
         ("expected_value", pa.float64()),  # expected spend in the churn horizon
     ]
 )
-_ARROW_TYPES = {
-    "string": pa.string(),
-    "int": pa.int32(),
-    "double": pa.float64(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "array<string>": pa.list_(pa.string()),
-}
+_ARROW_TYPES = {**ARROW_TYPES, "array<string>": pa.list_(pa.string())}
 # The view's extra columns as Arrow types, from their one definition in schemas.tables.
 VIEW_EXTRA = pa.schema([(n, _ARROW_TYPES[t]) for n, t in VIEW_EXTRA_COLUMNS.items()])
 

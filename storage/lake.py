@@ -84,7 +84,8 @@ from schemas.transaction import FIELD_NAMES, FIELDS
 from storage.objects import arrow_fs, delta_location, is_remote, spark_path
 
 _KEYS = ("event_id", "event_time")
-_ARROW_TYPES = {
+#: The Arrow type of each kind of contract field (``schemas.transaction.FieldSpec.kind``).
+ARROW_TYPES = {
     "string": pa.string(),
     "timestamp": pa.timestamp("us", tz="UTC"),
     "int": pa.int32(),
@@ -94,7 +95,7 @@ _ARROW_TYPES = {
 #: Only the two columns the protocol relies on are declared non-null: ``produced_at``
 #: is null for ingested events (no producer), as in the adapters' schema.
 EVENT_ARROW_SCHEMA = pa.schema(
-    [pa.field(f.name, _ARROW_TYPES[f.kind], nullable=f.name not in _KEYS) for f in FIELDS]
+    [pa.field(f.name, ARROW_TYPES[f.kind], nullable=f.name not in _KEYS) for f in FIELDS]
 )
 #: The Delta table's schema: the contract columns + the ``event_date`` partition.
 LAKE_ARROW_SCHEMA = EVENT_ARROW_SCHEMA.append(pa.field(LAKE_PARTITION, pa.date32()))
@@ -181,11 +182,6 @@ def read_lake(
     return df.select(*FIELD_NAMES, LAKE_PARTITION)
 
 
-def _spark_uri(file: str) -> str:
-    """A live file as Spark's Hadoop file systems name it (``s3a://`` for S3)."""
-    return "s3a://" + file.split("://", 1)[1] if file.startswith("s3://") else file
-
-
 # Spark lists more than this many paths with a Spark job of one task per path (734
 # tasks for two years): 6-15 s on 2 cores, against under 1 s listed on the driver.
 _LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
@@ -204,7 +200,7 @@ def _read_files(spark: SparkSession, settings: Settings, files: list[str]) -> Da
     try:
         base = spark_path(settings.lake_dir)
         reader = spark.read.schema(lake_schema()).option("basePath", base)
-        return reader.parquet(*(_spark_uri(f) for f in files))
+        return reader.parquet(*(spark_path(f) for f in files))
     finally:
         spark.conf.set(_LISTING_THRESHOLD, str(previous))
 

@@ -17,6 +17,7 @@ differ between the two:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -38,21 +39,16 @@ def local_path(path: Path | UPath, what: str) -> Path:
     """``path`` as a local ``Path``; a PulseError naming ``what`` if it is in a store."""
     if is_remote(path):
         raise PulseError(
-            f"{what} cannot live in an object store yet (PULSE_DATA_ROOT={_root_of(path)}): "
+            f"{what} cannot live in an object store yet ({path}): "
             "use a local or mounted data root for it"
         )
     return Path(str(path))
 
 
-def _root_of(path: Path | UPath) -> str:
-    text = str(path)
-    return text.split("/", 3)[0] + "//" + text.split("/", 3)[2] if "://" in text else text
-
-
-def write_atomically(path: Path | UPath, data: bytes) -> None:
+def write_atomically(path: Path | UPath, data: bytes | memoryview) -> None:
     """Write ``data`` as ``path`` whole: a reader sees the old file or the new one."""
     if is_remote(path):
-        path.write_bytes(data)  # one PUT: S3 shows an object only once it is complete
+        path.write_bytes(bytes(data))  # one PUT: S3 shows an object only once complete
         return
     local = Path(str(path))
     local.parent.mkdir(parents=True, exist_ok=True)
@@ -80,8 +76,20 @@ def arrow_fs(path: Path | UPath) -> tuple[Any, str]:
     return s3_filesystem(getattr(path, "storage_options", {})), str(path).split("://", 1)[1]
 
 
-def s3_filesystem(options: dict[str, Any]) -> Any:
-    """pyarrow's S3 file system from fsspec-style ``options`` (Settings.s3_options)."""
+def s3_filesystem(options: dict[str, Any], **extra: Any) -> Any:
+    """pyarrow's S3 file system from fsspec-style ``options`` (Settings.s3_options);
+    ``extra``: more ``S3FileSystem`` arguments. One per set of options, reused: a
+    micro-batch's lake writes and reads would otherwise each build a client."""
+    key = json.dumps([options, extra], sort_keys=True, default=str)
+    if key not in _S3_CLIENTS:
+        _S3_CLIENTS[key] = _new_s3_filesystem(options, extra)
+    return _S3_CLIENTS[key]
+
+
+_S3_CLIENTS: dict[str, Any] = {}
+
+
+def _new_s3_filesystem(options: dict[str, Any], extra: dict[str, Any]) -> Any:
     from pyarrow import fs
 
     kwargs: dict[str, Any] = {"region": options.get("client_kwargs", {}).get("region_name")}
@@ -91,7 +99,7 @@ def s3_filesystem(options: dict[str, Any]) -> Any:
     if endpoint:
         scheme, host = endpoint.split("://", 1)
         kwargs |= {"endpoint_override": host, "scheme": scheme}
-    return fs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
+    return fs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None}, **extra)
 
 
 def delta_location(path: Path | UPath) -> tuple[str, dict[str, str] | None]:
@@ -109,11 +117,10 @@ def delta_location(path: Path | UPath) -> tuple[str, dict[str, str] | None]:
     return str(path), out
 
 
-def spark_path(path: Path | UPath) -> str:
-    """The path as Spark's Hadoop file systems name it (``s3a://`` for S3)."""
-    if not is_remote(path):
-        return str(Path(str(path)))
-    return "s3a://" + str(path).split("://", 1)[1]
+def spark_path(path: Path | UPath | str) -> str:
+    """The path (or a ``s3://`` URI) as Spark's Hadoop file systems name it (``s3a://``)."""
+    text = str(path)
+    return "s3a://" + text.split("://", 1)[1] if text.startswith("s3://") else text
 
 
 def check_reachable(settings: Settings) -> None:

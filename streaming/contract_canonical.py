@@ -32,7 +32,8 @@ from schemas.transaction import (
     FieldSpec,
     rules_for,
 )
-from streaming.kafka_rows import ARROW_TYPES, CLASSIFIED_SCHEMA, KAFKA_COLUMNS
+from storage.lake import ARROW_TYPES
+from streaming.kafka_rows import CLASSIFIED_SCHEMA, KAFKA_COLUMNS
 
 _TOKENS = {
     "string": r'"[^"\\\x00-\x1f]*"',

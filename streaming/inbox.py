@@ -37,7 +37,7 @@ class Inbox:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_file(sink, records.schema) as out:
             out.write_table(records)
-        write_atomically(self._path(batch_id), sink.getvalue().to_pybytes())
+        write_atomically(self._path(batch_id), memoryview(sink.getvalue()))
 
     def get(self, batch_id: int) -> pa.Table:
         """The records kept under ``batch_id``."""

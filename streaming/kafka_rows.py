@@ -8,17 +8,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 from schemas.transaction import FIELDS
+from storage.lake import ARROW_TYPES
 
 #: The columns of Spark's Kafka source that the stream collects and classifies.
 KAFKA_COLUMNS = ("value", "topic", "partition", "offset", "timestamp")
-
-#: The Arrow type of each kind of contract field (``schemas.transaction.FieldSpec.kind``).
-ARROW_TYPES = {
-    "string": pa.string(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "int": pa.int32(),
-    "double": pa.float64(),
-}
 #: The Arrow schema of ``streaming.contract_variant.classify_exact``'s output (what Spark's
 #: ``toArrow`` gives for it), and of ``streaming.contract_canonical.split_canonical``'s.
 CLASSIFIED_SCHEMA = pa.schema(

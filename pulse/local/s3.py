@@ -31,6 +31,7 @@ from pathlib import Path
 from pulse.chaos.lab import free_port
 from runtime.errors import PulseError
 from runtime.settings import Settings
+from storage.objects import s3_filesystem
 
 MODULE = "github.com/seaweedfs/seaweedfs"
 VERSION = "v0.0.0-20261109003541-7506e5f91cd6"  # the Go module's version of release:
@@ -98,16 +99,13 @@ class S3Endpoint:
 def create_bucket(endpoint: S3Endpoint, bucket: str) -> None:
     """Create ``bucket`` (no error if it exists), and write to it once: SeaweedFS grows
     a bucket's first volumes on its first write (about 8 s here), not on a user's."""
-    from pyarrow import fs
-
-    store = fs.S3FileSystem(
-        access_key=endpoint.access_key_id,
-        secret_key=endpoint.secret_access_key,
-        endpoint_override=endpoint.url.split("://", 1)[1],
-        scheme=endpoint.url.split("://", 1)[0],
-        region=endpoint.region,
-        allow_bucket_creation=True,
-    )
+    options = {
+        "endpoint_url": endpoint.url,
+        "key": endpoint.access_key_id,
+        "secret": endpoint.secret_access_key,
+        "client_kwargs": {"region_name": endpoint.region},
+    }
+    store = s3_filesystem(options, allow_bucket_creation=True)
     store.create_dir(bucket)
     with store.open_output_stream(f"{bucket}/.pulse-warm-up") as out:
         out.write(b"1")
