@@ -4,13 +4,18 @@ Reads the registry (``meta.json`` of each model's CURRENT version, or its latest
 version when none passed the gate) and writes ``data_root/reports/report.md``
 plus ``recommendations.png``, ``churn_roc.png``, ``churn_reliability.png``,
 ``churn_importance.png``, ``segments.png`` and ``segments_migration.png`` next to it.
-No Spark: everything needed is in the metadata.
+No Spark: everything needed is in the metadata. The data root may be in an object
+store: the registry is read and each file written through ``UPath`` (a plot is rendered
+in memory and written whole, ``storage.objects.write_atomically``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from upath import UPath
 
 from batch.summary import (
     CHURN_MODELS,
@@ -26,7 +31,19 @@ from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.tables import N_RECOMMENDATIONS
 from storage import registry
-from storage.objects import local_path
+from storage.objects import write_atomically
+
+Where = Path | UPath  # the report's folder and files: on a disk or in an object store
+
+
+def _save(fig: Any, path: Where) -> None:
+    """Render ``fig`` as a PNG in memory and write it as ``path`` whole, then close it."""
+    import matplotlib.pyplot as plt
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    write_atomically(path, png.getbuffer())
 
 
 def _meta(settings: Settings, name: str) -> dict[str, Any] | None:
@@ -39,7 +56,7 @@ def _meta(settings: Settings, name: str) -> dict[str, Any] | None:
     return registry.read_meta(settings, name, version)
 
 
-def _plot_recs(meta: dict[str, Any], path: Path) -> None:
+def _plot_recs(meta: dict[str, Any], path: Where) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -66,11 +83,10 @@ def _plot_recs(meta: dict[str, Any], path: Path) -> None:
     else:
         rev.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_roc(meta: dict[str, Any], path: Path) -> None:
+def _plot_roc(meta: dict[str, Any], path: Where) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -83,11 +99,10 @@ def _plot_roc(meta: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Churn ROC at {meta['window']['eval_cutoff']}")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_reliability(meta: dict[str, Any], path: Path) -> None:
+def _plot_reliability(meta: dict[str, Any], path: Where) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -101,11 +116,10 @@ def _plot_reliability(meta: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Churn reliability at {meta['window']['eval_cutoff']}")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_importance(meta: dict[str, Any], path: Path) -> None:
+def _plot_importance(meta: dict[str, Any], path: Where) -> None:
     import matplotlib.pyplot as plt
 
     stack = meta.get("stack")
@@ -120,11 +134,10 @@ def _plot_importance(meta: dict[str, Any], path: Path) -> None:
     ax.barh([k for k, _ in items], [v for _, v in items])
     ax.set_title(what)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_segments(meta: dict[str, Any], path: Path) -> None:
+def _plot_segments(meta: dict[str, Any], path: Where) -> None:
     import matplotlib.pyplot as plt
 
     prof = meta["profile"]
@@ -139,11 +152,10 @@ def _plot_segments(meta: dict[str, Any], path: Path) -> None:
         f"Segments (k = {meta['params']['k']}, silhouette {meta['metrics']['silhouette']:.3f})"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_migration(meta: dict[str, Any], path: Path) -> None:
+def _plot_migration(meta: dict[str, Any], path: Where) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -166,11 +178,10 @@ def _plot_migration(meta: dict[str, Any], path: Path) -> None:
     ari = meta["stability"]["adjusted_rand_index"]
     ax.set_title(f"Segment migration (ARI {'n/a' if ari is None else f'{ari:.3f}'})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _churn_section(ch: dict[str, Any], out: Path) -> list[str]:
+def _churn_section(ch: dict[str, Any], out: Where) -> list[str]:
     h = ch["params"]["horizon_days"]
     stack = ch.get("stack")
     if stack:
@@ -225,6 +236,7 @@ def _churn_section(ch: dict[str, Any], out: Path) -> list[str]:
         _plot_reliability(ch, out / "churn_reliability.png")
     if ch.get("value"):
         v = ch["value"]
+        table = PurePosixPath(str(v["output"])).parent.name  # s3://... or a local path
         bg = ch.get("btyd", {}).get(ch["window"]["cutoff_exclusive"], {})
         params = ""
         if bg:
@@ -240,7 +252,7 @@ def _churn_section(ch: dict[str, Any], out: Path) -> list[str]:
             "",
             f"Expected value = BG/NBD's expected purchase days in the next {v['horizon_days']} "
             "days x Gamma-Gamma's expected spend per purchase day; value at risk = churn "
-            f"probability x expected value (table `{Path(v['output']).parent.name}`, and "
+            f"probability x expected value (table `{table}`, and "
             "`pulse view --at-risk N`, which ranks by it)." + params,
             "",
             *value_table(ch),
@@ -249,16 +261,15 @@ def _churn_section(ch: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
-def write_report(settings: Settings) -> Path:
-    """Write report.md and its PNGs; returns the report path."""
+def write_report(settings: Settings) -> Where:
+    """Write report.md and its PNGs under ``data_root/reports``; returns the report path."""
     import matplotlib
 
     matplotlib.use("Agg")
     metas = {n: _meta(settings, n) for n in registry.MODELS}
     if not any(metas.values()):
         raise PulseError(f"no trained model in {settings.models_dir}: run `pulse retrain` first")
-    out = local_path(settings.data_root / "reports", "the report (`pulse report`)")
-    out.mkdir(parents=True, exist_ok=True)
+    out = settings.data_root / "reports"
     lines = ["# Pulse batch report", ""]
     rec = metas["recommendations"]
     if rec:
@@ -328,5 +339,5 @@ def write_report(settings: Settings) -> Path:
             ]
             _plot_migration(seg, out / "segments_migration.png")
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_atomically(path, "\n".join(lines).encode())
     return path

@@ -1,11 +1,13 @@
 """Where a replay resumes: the longest confirmed prefix of source rows, kept durably.
 
 The position is the number of source rows, counted from row 0, whose every record
-the broker has acknowledged. It is saved (temp file, fsync, ``os.replace``, fsync of
-the folder) under ``data_root/producer/<hash of the replay's identity>.json``; a
-replay with ``resume`` skips the rows it covers. Rows after it may have been
-delivered already, so a crash can duplicate events but never lose one: the stream
-deduplicates on ``event_id``.
+the broker has acknowledged. It is saved under ``data_root/producer/<hash of the
+replay's identity>.json``: on a disk by temp file, fsync, ``os.replace`` and fsync of
+the folder; in an object store (``s3://``) as one PUT, which S3 shows only whole, so a
+producer on another machine (the same source path) resumes from the bucket. A replay
+with ``resume`` skips the rows it covers. Rows after it may have been delivered
+already, so a crash can duplicate events but never lose one: the stream deduplicates
+on ``event_id``.
 """
 
 from __future__ import annotations

@@ -32,6 +32,12 @@ SPARK_MASTER = re.compile(
     r"local(?:\[(?:\d+|\*)(?:,\d+)?\])?|local-cluster\[[\d, ]+\]|yarn|(?:spark|k8s|mesos)://\S+"
 )
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's legal topic names
+#: Attempts of one object-store request by the Python clients (s3fs here, pyarrow in
+#: storage.objects) with the AWS "standard" retry mode: a random wait of up to 2^n s,
+#: capped at 20 s, between attempts, so about 3 minutes in all. A store that is down for
+#: less (SeaweedFS SIGKILLed for 60 s and restarted: 90 s) is ridden through; the
+#: default (3 attempts) gave up within seconds (docs/faults.md, case 9).
+S3_ATTEMPTS = 15
 
 
 class Settings(BaseSettings):
@@ -185,6 +191,7 @@ class Settings(BaseSettings):
         options: dict[str, Any] = {
             "use_listings_cache": False,
             "client_kwargs": {"region_name": self.s3_region},
+            "config_kwargs": {"retries": {"mode": "standard", "max_attempts": S3_ATTEMPTS}},
         }
         if self.s3_endpoint:
             options["endpoint_url"] = self.s3_endpoint
@@ -341,3 +348,26 @@ def describe_settings() -> str:
         default = field.default
         lines.append(f"  PULSE_{name.upper():<28} {field.description} (default: {default})")
     return "\n".join(lines)
+
+
+def revalidated(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with ``changes``, validated again: ``model_copy`` skips validation, so
+    a new data root given that way is not parsed, and an S3 one lacks its credentials."""
+    current = {name: getattr(settings, name) for name in Settings.model_fields}
+    return Settings(**{**current, **changes})
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the ``PULSE_*`` variables that give them back (secrets included):
+    what a child process (a `pulse` command, a server worker) is configured by."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        env[f"PULSE_{name.upper()}"] = str(value)
+    return env

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 import tempfile
 import threading
@@ -51,7 +52,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, StringConstraints
 
 from runtime.errors import PulseError
-from runtime.settings import Settings
+from runtime.settings import Settings, settings_env
 from serving import read
 from serving.health import LagReader, status
 from serving.lookups import Lookups
@@ -62,6 +63,8 @@ MAX_BATCH = 1_000  # ids per POST /customers
 MAX_AT_RISK = 1_000  # n of GET /at-risk
 ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"  # printable, 1 to 256 characters
 DASHBOARD = PathLib(__file__).parent / "dashboard"  # index.html, app.js, style.css
+
+log = logging.getLogger(__name__)
 
 
 class Ids(BaseModel):
@@ -116,7 +119,8 @@ def model_entry(settings: Settings, name: str, version: str | None) -> dict[str,
         return entry
     try:
         meta = registry.read_meta(settings, name, version)
-    except (OSError, ValueError):
+    except Exception as exc:  # a disk's OSError, bad JSON, or an object store unreachable now
+        log.warning("serving: the registry's %s %s is not readable here: %s", name, version, exc)
         return entry | {"metrics": None}
     entry |= {"metrics": meta.get("metrics"), "gate": meta.get("gate"),
               "window": meta.get("window")}  # fmt: skip
@@ -134,8 +138,9 @@ def segments_of(settings: Settings, version: str) -> dict[str, Any]:
 
     try:
         meta = registry.read_meta(settings, "segments", version)
-    except (OSError, ValueError) as exc:
-        raise PulseError(f"segments {version}: the registry is not readable here ({exc})") from exc
+    except Exception as exc:  # as in model_entry; a 503 of one line, not a 500
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PulseError(f"segments {version}: the registry is not readable here ({why})") from exc
     moves = meta.get("stability") or {}
     return {
         "version": version,
@@ -315,6 +320,9 @@ def serve(
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
         return
     _listen_with_nodelay()
+    # Each worker builds its settings from the environment (``app_from_env``): what the
+    # command line set (``--data-root s3://...``, ``--bootstrap``) is passed on there too
+    os.environ.update(settings_env(settings))
     with tempfile.TemporaryDirectory(prefix="pulse-metrics-") as shared:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
         uvicorn.run("serving.api:app_from_env", factory=True, host=host, port=port,

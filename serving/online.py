@@ -386,4 +386,15 @@ def open_store(settings: Settings, readonly: bool = False) -> OnlineStore:
     """The online store the settings name (``PULSE_ONLINE_STORE``: sqlite or redis)."""
     if settings.online_store == "redis":
         return RedisStore(settings.redis_url)
-    return SqliteStore(settings.online_store_path, readonly=readonly)
+    try:
+        return SqliteStore(settings.online_store_path, readonly=readonly)
+    except PulseError as exc:
+        if not settings.on_object_store:
+            raise
+        # The data root is shared, but a SQLite store is on the disk of the machine whose
+        # stream wrote it: say where it was looked for, and how to share one
+        raise PulseError(
+            f"{exc}: with the data root in an object store, the SQLite online store is this "
+            "machine's own (PULSE_LOCAL_DIR); run `pulse stream` here, or share one with "
+            "PULSE_ONLINE_STORE=redis"
+        ) from None

@@ -253,7 +253,11 @@ def _write_parquet(table: pa.Table, directory: UPath) -> None:
 
 
 # --- Registry access ---------------------------------------------------------------------------
-# The registry (storage/registry.py) is owned by the batch layer; serving only reads it.
+# The registry (storage/registry.py) is owned by the batch layer; serving only reads it, on
+# a disk or in an object store (``UPath``). A file that is missing or malformed is so for
+# good: the part is served as None, with a warning. A file that cannot be read *now* (an
+# object store unreachable, a disk error) raises instead, and ``ModelCache`` keeps serving
+# the version it holds and tries again at its next call.
 
 
 def _load_segments(settings: Settings, version: str) -> dict[str, Any]:
@@ -274,8 +278,9 @@ def _load_churn(settings: Settings, version: str) -> dict[str, Any]:
 
 
 def _read_scorer(settings: Settings, name: str, version: str, parse: Callable[..., Any]) -> Any:
-    """A version's scorer; None (with a warning) when it has none or it cannot be read: a
-    version trained before scorers were exported serves no scores until the next retrain."""
+    """A version's scorer; None (with a warning) when it has none or it is malformed: a
+    version trained before scorers were exported serves no scores until the next retrain.
+    An error reading it now (OSError, an object store's client error) is raised."""
     try:
         data = registry.read_scorer(settings, name, version)
         if data is None:
@@ -283,7 +288,7 @@ def _read_scorer(settings: Settings, name: str, version: str, parse: Callable[..
                         registry.SCORER_FILE)  # fmt: skip
             return None
         return parse(data)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         log.warning("serving: cannot read the %s scorer of %s: %s", name, version, exc)
         return None
 
@@ -295,11 +300,10 @@ def _load_recommendations(settings: Settings, version: str) -> dict[str, Any]:
     if table is not None:
         parts["recommendations"] = recommendation_lists(table)
     popular_file = registry.model_dir(settings, "recommendations", version) / registry.POPULAR_FILE
-    if popular_file.is_file():
-        data = _read_json(popular_file)
-        articles = data.get("articles") if isinstance(data, dict) else None
-        if isinstance(articles, list) and articles:
-            parts["popular"] = tuple(str(a) for a in articles)
+    data = _read_json(popular_file)
+    articles = data.get("articles") if isinstance(data, dict) else None
+    if isinstance(articles, list) and articles:
+        parts["popular"] = tuple(str(a) for a in articles)
     return parts
 
 
@@ -318,11 +322,15 @@ class ModelCache:
 
     Cheap to call per micro-batch: resolving CURRENT reads three small files, and a
     version already loaded is reused. ``loaded_now`` names the models whose version
-    changed in the last ``current()`` call (the stream logs and stores them).
+    changed in the last ``current()`` call (the stream logs and stores them). When the
+    registry cannot be read now (its object store unreachable for a moment), a model's
+    version already loaded goes on being served, and the next call tries again: an
+    outage never drops the scores until the next retrain.
     """
 
     def __init__(self) -> None:
-        self._loaded: dict[tuple[str, str], dict[str, Any]] = {}
+        # model name -> (its version directory, the version, its loaded parts)
+        self._held: dict[str, tuple[str, str, dict[str, Any]]] = {}
         self.loaded_now: list[str] = []
 
     def current(self, settings: Settings) -> ModelOutputs:
@@ -330,33 +338,37 @@ class ModelCache:
         parts: dict[str, Any] = {}
         self.loaded_now = []
         for name, (version_field, loader) in MODEL_LOADERS.items():
-            version = _safe_version(settings, name)
-            if version is None:
-                continue
-            key = (name, str(registry.model_dir(settings, name, version)))
-            if key not in self._loaded:
-                for old in [k for k in self._loaded if k[0] == name]:
-                    del self._loaded[old]  # keep only the newest version of each kind
-                self._loaded[key] = loader(settings, version)
-                self.loaded_now.append(name)
-            loaded = self._loaded[key]
+            held = self._held.get(name)
+            try:
+                version = registry.current_version(settings, name)
+                if version is None:
+                    continue
+                key = str(registry.model_dir(settings, name, version))
+                if held is None or held[0] != key:
+                    held = (key, version, loader(settings, version))
+                    self._held[name] = held  # only the newest version of each kind is kept
+                    self.loaded_now.append(name)
+            except Exception as exc:  # a disk error, or an object store unreachable now
+                log.warning("serving: cannot read the registry's %s now (%s): %s", name,
+                            _first_line(exc), "nothing to serve yet" if held is None
+                            else f"serving {held[1]} until it can")  # fmt: skip
+                if held is None:
+                    continue
+            _, version, loaded = held
             parts.update(loaded)
             if any(v is not None for v in loaded.values()):
                 parts[version_field] = version
         return ModelOutputs(**parts)
 
 
-def _safe_version(settings: Settings, name: str) -> str | None:
-    """CURRENT version of ``name``; None (with a warning) if the registry can't say."""
-    try:
-        return registry.current_version(settings, name)
-    except Exception as exc:  # a half-set-up registry must not stop the stream
-        log.warning("serving: cannot resolve CURRENT %s: %s", name, exc)
-        return None
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _read_table(path: UPath) -> pa.Table | None:
-    """A Parquet directory written by Spark, as Arrow (its _SUCCESS and .crc files skipped)."""
+    """A Parquet directory written by Spark, as Arrow (its _SUCCESS and .crc files skipped);
+    None (with a warning) when it is missing or malformed."""
     import pyarrow.dataset as ds
 
     fs, where = arrow_fs(path)
@@ -364,14 +376,22 @@ def _read_table(path: UPath) -> pa.Table | None:
         return ds.dataset(
             where, format="parquet", filesystem=fs, exclude_invalid_files=True
         ).to_table()
-    except (OSError, ValueError, pa.ArrowException) as exc:
+    except FileNotFoundError as exc:
+        log.warning("serving: cannot read %s: %s", path, exc)
+        return None
+    except OSError:
+        raise  # not readable now: the caller tries again
+    except (ValueError, pa.ArrowException) as exc:
         log.warning("serving: cannot read %s: %s", path, exc)
         return None
 
 
 def _read_json(path: UPath) -> Any:
+    """A JSON file; None when it is absent (an older version) or malformed (warned)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
         log.warning("serving: cannot read %s: %s", path, exc)
         return None
