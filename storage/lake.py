@@ -281,8 +281,9 @@ def _uri(settings: Settings, relative: str) -> str:
     return str(settings.lake_dir / relative)
 
 
-def read_parquet(settings: Settings, files: list[str], columns: list[str]) -> pa.Table:
-    """``columns`` of the lake's Parquet ``files`` (local paths or ``s3://`` URIs)."""
+def read_parquet(settings: Settings, files: list[str], columns: list[str] | None) -> pa.Table:
+    """``columns`` (None: all) of the lake's Parquet ``files`` (local paths or ``s3://``
+    URIs)."""
     fs, _ = arrow_fs(settings.lake_dir)  # the store's endpoint and credentials
     paths = [f.split("://", 1)[1] if "://" in f else f for f in files]
     return pq.ParquetDataset(paths, filesystem=fs).read(columns=columns)

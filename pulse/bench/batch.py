@@ -5,17 +5,22 @@ articles scaled from 1.37M and 105k at 31.8M, two years), ingest them into a fre
 data root, time a full retrain stage by stage while sampling the resident memory of
 this process and its children (the Spark JVM), render the report, then fit Spark ALS
 and the ``implicit`` library on the matrix the retrain trains ALS on (same rank,
-iterations, regularisation and confidence) and print the ratio. ``--json``: one JSON
-object with the same figures.
+iterations, regularisation and confidence) and print the ratio. With
+``--object-store``, the same ingest and retrain run once more into a data root in a
+local SeaweedFS (``pulse.local.s3``) in the same Spark session, and the ratios to the
+local run are printed. ``--json``: one JSON object with the same figures.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
 
 from batch.params import RecParams
 from runtime.settings import Settings
@@ -194,6 +199,37 @@ def stream_into_lake(settings: Settings, batches: int, per_batch: int = 200) -> 
     }
 
 
+def in_object_store(spark, s: Settings, source: str, opts: Any, local: dict[str, Any]) -> dict:  # type: ignore[no-untyped-def]
+    """Ingest ``source`` and retrain into a data root in a local SeaweedFS, as ``s`` was
+    locally; seconds, and the local run's seconds over these (``local``: its figures)."""
+    from batch.ingest import ingest_source
+    from batch.retrain import StageLog, retrain
+    from producers.adapters import open_source
+    from pulse.local.s3 import s3_server
+    from runtime.settings import revalidated
+    from runtime.spark import use_object_store
+
+    with tempfile.TemporaryDirectory(prefix="pulse-bench-s3-") as tmp:
+        with s3_server(s, Path(tmp) / "s3") as endpoint:
+            remote = revalidated(s, **endpoint.settings("bench"), local_dir=Path(tmp) / "local")
+            use_object_store(spark, remote)
+            t = time.perf_counter()
+            ingest_source(spark, remote, open_source(source), progress=False)
+            ingest_s = time.perf_counter() - t
+            log = StageLog()
+            t = time.perf_counter()
+            retrain(spark, remote, opts, log)
+            retrain_s = time.perf_counter() - t
+    before = local["ingest_s"]  # None: the local lake was reused, not timed
+    return {
+        "ingest_s": round(ingest_s, 1),
+        "retrain_s": round(retrain_s, 1),
+        "ingest_ratio": None if before is None else round(before / ingest_s, 3),
+        "retrain_ratio": round(local["retrain_s"] / retrain_s, 3),
+        "stages": log.as_dict(),
+    }
+
+
 def hm_shape(n: int) -> tuple[int, int]:
     """Customers and articles for ``n`` transactions at H&M's density over two years."""
     scale = n / HM_TRANSACTIONS
@@ -206,6 +242,7 @@ def run_bench(
     params: RecParams,
     as_json: bool = False,
     stream_batches: int = 0,
+    object_store: bool = False,
 ) -> list[dict]:
     """Generate, ingest, retrain (stage table, peak memory), report, ALS vs implicit."""
     from batch.ingest import ingest_source
@@ -250,6 +287,10 @@ def run_bench(
             read_lake(spark, s).count()
             lake |= {"read_s_before": round(lake_before_s, 1)}
             lake |= {"read_s_after_compaction": round(time.perf_counter() - t, 1)}
+        store = None
+        if object_store:
+            local = {"ingest_s": ingest_s, "retrain_s": retrain_s}
+            store = in_object_store(spark, s, f"synthetic:{gen}", opts, local)
         spark.stop()
         result = {
             "transactions": rows,
@@ -265,6 +306,8 @@ def run_bench(
         }
         if stream_batches:
             result["lake"] = lake
+        if store is not None:
+            result["object_store"] = store
         results.append(result)
         if not as_json:
             _print_result(result)
@@ -295,6 +338,14 @@ def _print_result(r: dict) -> None:
         f"{a['ratio_exact']:.2f}x",
         flush=True,
     )
+    if "object_store" in r:
+        o = r["object_store"]
+        print(
+            f"\nin a local SeaweedFS: ingest {o['ingest_s']:.1f} s (local/store "
+            f"{o['ingest_ratio']}), retrain {o['retrain_s']:.1f} s (local/store "
+            f"{o['retrain_ratio']})",
+            flush=True,
+        )
     if "lake" in r:
         lk = r["lake"]
         print(

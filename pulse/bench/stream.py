@@ -12,6 +12,13 @@
    batch holding an event has committed that customer's new state - the event's
    ``produced_at``.
 3. The state store's size on disk and the driver JVM's peak heap.
+4. The driver's cost (the ceiling of one driver, docs/streaming.md): the fold runs in
+   the driver's Python process, so its peak resident memory (VmHWM) and its CPU
+   seconds per million events of the full job are measured, with the Spark JVM's
+   beside them (in local mode the JVM is the driver and the executors).
+5. With ``--object-store``: the full job once more on the same topic into a data root
+   in a local SeaweedFS (``pulse.local.s3``), checkpoint and all, in the same Spark
+   session; the ratio of its events/s to the local run's says what the store costs.
 
 Everything is written under ``<data_root>/bench-stream``; figures are printed (a
 table, or one JSON object with ``--json``), nothing is asserted.
@@ -20,7 +27,9 @@ table, or one JSON object with ``--json``), nothing is asserted.
 from __future__ import annotations
 
 import json
+import os
 import random
+import tempfile
 import threading
 import time
 import uuid
@@ -201,6 +210,48 @@ def _latency(
     return latencies, durations
 
 
+def _proc_figures(pid: int | None) -> tuple[float, int]:
+    """(CPU seconds, user + system; peak resident bytes, VmHWM) of process ``pid``."""
+    if pid is None:
+        return 0.0, 0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/status") as f:
+        hwm = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
+    return cpu, hwm
+
+
+def _jvm_pid(spark) -> int | None:  # type: ignore[no-untyped-def]
+    """The Spark JVM's process id when this process launched it (not under spark-submit)."""
+    proc = getattr(spark.sparkContext._gateway, "proc", None)
+    return proc.pid if proc is not None else None
+
+
+def _timed_in_store(spark, full: Settings, events: int, say: Callable[[str], None]) -> float:  # type: ignore[no-untyped-def]
+    """The full job on ``full``'s topic into a data root in a local SeaweedFS; seconds."""
+    from pathlib import Path
+
+    from pulse.local.s3 import s3_server
+    from runtime.settings import revalidated
+    from runtime.spark import use_object_store
+    from streaming.job import run
+
+    with tempfile.TemporaryDirectory(prefix="pulse-bench-s3-") as tmp:
+        with s3_server(full, Path(tmp) / "s3") as endpoint:
+            remote = revalidated(
+                full, **endpoint.settings(f"bench-stream/{full.topic_transactions}"),
+                local_dir=Path(tmp) / "local",
+            )  # fmt: skip
+            use_object_store(spark, remote)
+            say(f"full job into {remote.data_root} (SeaweedFS at {endpoint.url}) ...")
+            t0 = time.perf_counter()
+            run(spark, remote, until_idle=True, log=lambda line: None)
+            seconds = time.perf_counter() - t0
+    say(f"  {events / seconds:,.0f} events/s")
+    return seconds
+
+
 def _heap_peak_bytes(spark) -> int:  # type: ignore[no-untyped-def]
     """The driver JVM's peak heap use: the sum of its heap pools' peaks."""
     jvm = spark.sparkContext._jvm
@@ -216,6 +267,7 @@ def bench_stream(
     rate: int,
     latency_seconds: int,
     as_json: bool = False,
+    object_store: bool = False,
 ) -> dict[str, Any]:
     """Measure the speed layer (see the module docstring); print and return the figures."""
     from runtime.spark import build_spark
@@ -238,10 +290,14 @@ def bench_stream(
         t_pass = _timed_passthrough(spark, passthrough)
         say(f"  {events / t_pass:,.0f} events/s")
         say("full job ...")
+        jvm = _jvm_pid(spark)
+        (py_cpu0, _), (jvm_cpu0, _) = _proc_figures(os.getpid()), _proc_figures(jvm)
         t0 = time.perf_counter()
         stats = run(spark, full, until_idle=True, log=lambda line: None)
         t_full = time.perf_counter() - t0
+        py_cpu1, jvm_cpu1 = _proc_figures(os.getpid())[0], _proc_figures(jvm)[0]
         say(f"  {events / t_full:,.0f} events/s over {stats.batches} batches")
+        t_store = _timed_in_store(spark, full, events, say) if object_store else None
         store = open_store(full)
         in_state = store.customer_count()
         t0 = time.perf_counter()
@@ -255,6 +311,7 @@ def bench_stream(
         state_bytes = store.size_bytes()
         store.close()
         heap = _heap_peak_bytes(spark)
+        py_hwm, jvm_hwm = _proc_figures(os.getpid())[1], _proc_figures(jvm)[1]  # whole run
     finally:
         spark.stop()
     figures: dict[str, Any] = {
@@ -271,7 +328,14 @@ def bench_stream(
         "heap_peak_bytes": heap,
         "snapshot_s": round(t_snapshot, 1),
         "producer_events_per_s": round(producer_rate, 1),
+        "driver_python_rss_peak_bytes": py_hwm,
+        "driver_python_cpu_s_per_m_events": round((py_cpu1 - py_cpu0) * 1e6 / events, 1),
+        "spark_jvm_rss_peak_bytes": jvm_hwm,
+        "spark_jvm_cpu_s_per_m_events": round((jvm_cpu1 - jvm_cpu0) * 1e6 / events, 1),
     }
+    if t_store is not None:
+        figures["object_store_events_per_s"] = round(events / t_store, 1)
+        figures["object_store_ratio"] = round(t_full / t_store, 3)
     if as_json:
         print(json.dumps(figures))
     else:

@@ -93,8 +93,9 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     default = RecParams()
     params = RecParams(rank=args.rank or default.rank, max_iter=args.max_iter or default.max_iter)
     run_bench(
-        settings, args.sizes, params, as_json=args.json, stream_batches=args.stream_batches or 0
-    )
+        settings, args.sizes, params, as_json=args.json,
+        stream_batches=args.stream_batches or 0, object_store=args.object_store,
+    )  # fmt: skip
     return 0
 
 
@@ -159,5 +160,10 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
         default=None,
         help="then write N micro-batches through the stream's lake writer and compact",
     )
+    p.add_argument(
+        "--object-store", action="store_true",
+        help="also ingest and retrain into a data root in a local SeaweedFS (needs `pulse "
+        "setup` with Go); print the times and their ratios to the local run",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object, not tables")
     p.set_defaults(handler=_bench)

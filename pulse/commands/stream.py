@@ -56,6 +56,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         rate=args.rate,
         latency_seconds=args.seconds,
         as_json=args.json,
+        object_store=args.object_store,
     )
     return 0
 
@@ -99,4 +100,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--json", action="store_true", help="print one JSON object of the figures")
     p.add_argument("--rate", type=positive_int, default=2_000, help="events/s for the latency run")
     p.add_argument("--seconds", type=positive_int, default=60, help="length of the latency run")
+    p.add_argument(
+        "--object-store", action="store_true",
+        help="also run the full job into a data root in a local SeaweedFS (needs `pulse setup` "
+        "with Go) and print its events/s and ratio to the local run",
+    )  # fmt: skip
     p.set_defaults(handler=_bench)

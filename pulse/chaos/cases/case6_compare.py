@@ -30,27 +30,24 @@ def _sorted_table(table: pa.Table) -> pa.Table:
 
 
 def _lake_table(settings: Settings) -> pa.Table:
-    """Every lake row, all columns, in canonical order."""
-    import pyarrow.parquet as pq
-
-    from storage.lake import live_files
+    """Every lake row, all columns, in canonical order (on a disk or in a store)."""
+    from storage.lake import live_files, read_parquet
 
     files = live_files(settings)
-    return _sorted_table(pq.ParquetDataset(files).read()) if files else pa.table({})
+    return _sorted_table(read_parquet(settings, files, None)) if files else pa.table({})
 
 
 def _retrain_outputs(settings: Settings) -> dict[str, pa.Table]:
     """The newest retrain's output tables (``outputs/<table>/<version>/``)."""
-    import pyarrow.parquet as pq
-
     from storage import registry
+    from storage.objects import read_parquet_file
 
     tables = {}
     for model, table in zip(registry.MODELS, registry.TABLES, strict=True):
         versions = registry.versions(settings, model)
         path = registry.output_path(settings, table, versions[-1]) if versions else None
         if path is not None and path.is_dir():
-            tables[table] = _sorted_table(pq.read_table(path))
+            tables[table] = _sorted_table(read_parquet_file(path))
     return tables
 
 
@@ -145,10 +142,10 @@ def compare_runs(local: Settings, cluster: Settings) -> RunComparison:
     if paths[0] is None or paths[1] is None:
         differences.append("features: a run published no snapshot")
     else:
-        import pyarrow.parquet as pq
+        from storage.objects import read_parquet_file
 
         feature_diff = compare_tables(
-            "features", *(_sorted_table(pq.read_table(p)) for p in paths if p is not None)
+            "features", *(_sorted_table(read_parquet_file(p)) for p in paths if p is not None)
         )
         if feature_diff:
             differences.append(feature_diff)
