@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from runtime.errors import PulseError
+from runtime.errors import PulseError, error_line
 from runtime.settings import describe_settings, load_settings
 
 COMMAND_MODULES = [
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_reachable(settings)
         return int(args.handler(args, settings) or 0)
     except PulseError as exc:
-        print(f"pulse: error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("pulse: interrupted", file=sys.stderr)

@@ -17,6 +17,9 @@ should be served as of the online store's stream clock:
 the lists through ``serving.read.at_risk``, and compares them field by field, joined by
 customer id. The served model versions must be the registry's CURRENT ones. The
 integration test (tests/integration/test_served_oracle.py) and ``pulse chaos`` use it.
+
+The data root may be in an object store: Spark then reads the lake, the models and
+their outputs through ``s3a`` (``reach_store`` points the session at the store).
 """
 
 from __future__ import annotations
@@ -70,6 +73,29 @@ def _close(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def reach_store(spark: Any, settings: Settings) -> None:
+    """Point ``spark``'s ``s3a`` at ``settings``' object store (nothing for a local root).
+
+    The session's options reach DataFrame reads, the context's Hadoop configuration
+    Spark ML's loads; and a cached ``s3a`` client of the bucket made for another server
+    (an earlier store with a bucket of the same name) is closed, so the next read makes
+    one for this server (Hadoop caches a file system per scheme and bucket).
+    """
+    if not settings.on_object_store:
+        return
+    from runtime.spark import s3a_options, use_object_store
+
+    use_object_store(spark, settings)
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in s3a_options(settings).items():
+        hadoop.set(key.removeprefix("spark.hadoop."), value)
+    bucket = str(settings.data_root).split("://", 1)[1].split("/", 1)[0]
+    jvm = spark.sparkContext._jvm
+    cached = jvm.org.apache.hadoop.fs.FileSystem.get(jvm.java.net.URI(f"s3a://{bucket}/"), hadoop)
+    if (cached.getConf().get("fs.s3a.endpoint") or None) != settings.s3_endpoint:
+        cached.close()  # drops it from Hadoop's cache
+
+
 def expected_rows(spark: Any, settings: Settings, clock: datetime, versions: dict[str, Any],
                   exclude_ids: Any = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Every customer's expected view row (with expected_value, value_at_risk), by id."""
@@ -80,7 +106,9 @@ def expected_rows(spark: Any, settings: Settings, clock: datetime, versions: dic
     from features.customer import compute_features
     from storage import registry
     from storage.lake import read_lake
+    from storage.objects import spark_path
 
+    reach_store(spark, settings)
     events = read_lake(spark, settings)
     if exclude_ids is not None and len(exclude_ids):
         skip = spark.createDataFrame([(i,) for i in exclude_ids.to_pylist()], "event_id string")
@@ -95,7 +123,7 @@ def expected_rows(spark: Any, settings: Settings, clock: datetime, versions: dic
                 "segments_model_version": versions.get("segments"), "recommendations": None,
                 "recs_model_version": versions.get("recommendations")}  # fmt: skip
     if churn_v is not None:
-        model = PipelineModel.load(str(registry.model_path(settings, "churn", churn_v)))
+        model = PipelineModel.load(spark_path(registry.model_path(settings, "churn", churn_v)))
         scored = model.transform(features).select(
             "customer_id", vector_to_array(F.col("probability"))[1].alias("p"), "expected_spend"
         )
@@ -112,11 +140,11 @@ def expected_rows(spark: Any, settings: Settings, clock: datetime, versions: dic
     if seg_v is not None:
         names_file = registry.model_dir(settings, "segments", seg_v) / registry.SEGMENT_NAMES_FILE
         names = {int(k): v for k, v in json.loads(names_file.read_text()).items()}
-        model = PipelineModel.load(str(registry.model_path(settings, "segments", seg_v)))
+        model = PipelineModel.load(spark_path(registry.model_path(settings, "segments", seg_v)))
         for r in model.transform(features).select("customer_id", "prediction").collect():
             sid = int(r["prediction"])
             rows[r["customer_id"]] |= {"segment_id": sid, "segment_name": names[sid]}
-        table = spark.read.parquet(str(registry.output_path(settings, "segments", seg_v)))
+        table = spark.read.parquet(spark_path(registry.output_path(settings, "segments", seg_v)))
         for r in table.select("customer_id", "segment_id", "segment_name").collect():
             if r["customer_id"] in rows:
                 rows[r["customer_id"]] |= {"segment_id": r["segment_id"],
@@ -129,7 +157,9 @@ def expected_rows(spark: Any, settings: Settings, clock: datetime, versions: dic
         popular = json.loads(popular_file.read_text())["articles"][:N_RECOMMENDATIONS]
         for row in rows.values():
             row["recommendations"] = list(popular)
-        table = spark.read.parquet(str(registry.output_path(settings, "recommendations", recs_v)))
+        table = spark.read.parquet(
+            spark_path(registry.output_path(settings, "recommendations", recs_v))
+        )
         lists = table.groupBy("customer_id").agg(
             F.sort_array(F.collect_list(F.struct("rank", "article_id"))).alias("ranked")
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyspark
 
-from runtime.errors import PulseError
+from runtime.errors import PulseError, error_line
 from runtime.settings import Settings
 
 KAFKA_VERSION = "4.3.1"
@@ -148,5 +148,5 @@ if __name__ == "__main__":  # pragma: no cover - used by scripts/setup.sh
     try:
         setup(load_settings())
     except PulseError as exc:
-        print(f"pulse: error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -27,7 +27,11 @@ from typing import Any
 from upath import UPath
 
 from runtime.errors import PulseError
-from runtime.settings import Settings
+from runtime.settings import S3_ATTEMPTS, Settings
+
+#: delta-rs (object_store) retries a request until this long after its first attempt
+#: (its default, 10 retries of 0.1 s and up, gave up within 3 s of the store going down).
+DELTA_RETRY_TIMEOUT = "180s"
 
 
 def is_remote(path: Path | UPath) -> bool:
@@ -76,23 +80,28 @@ def arrow_fs(path: Path | UPath) -> tuple[Any, str]:
     return s3_filesystem(getattr(path, "storage_options", {})), str(path).split("://", 1)[1]
 
 
-def s3_filesystem(options: dict[str, Any], **extra: Any) -> Any:
+def s3_filesystem(options: dict[str, Any], attempts: int = S3_ATTEMPTS, **extra: Any) -> Any:
     """pyarrow's S3 file system from fsspec-style ``options`` (Settings.s3_options);
-    ``extra``: more ``S3FileSystem`` arguments. One per set of options, reused: a
-    micro-batch's lake writes and reads would otherwise each build a client."""
-    key = json.dumps([options, extra], sort_keys=True, default=str)
+    ``attempts`` per request (AWS standard retries: about 3 minutes of an unreachable
+    store for the default; 3 answer within seconds); ``extra``: more ``S3FileSystem``
+    arguments. One per set of options, reused: a micro-batch's lake writes and reads
+    would otherwise each build a client."""
+    key = json.dumps([options, attempts, extra], sort_keys=True, default=str)
     if key not in _S3_CLIENTS:
-        _S3_CLIENTS[key] = _new_s3_filesystem(options, extra)
+        _S3_CLIENTS[key] = _new_s3_filesystem(options, attempts, extra)
     return _S3_CLIENTS[key]
 
 
 _S3_CLIENTS: dict[str, Any] = {}
 
 
-def _new_s3_filesystem(options: dict[str, Any], extra: dict[str, Any]) -> Any:
+def _new_s3_filesystem(options: dict[str, Any], attempts: int, extra: dict[str, Any]) -> Any:
     from pyarrow import fs
 
-    kwargs: dict[str, Any] = {"region": options.get("client_kwargs", {}).get("region_name")}
+    kwargs: dict[str, Any] = {
+        "region": options.get("client_kwargs", {}).get("region_name"),
+        "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+    }
     if "key" in options:
         kwargs |= {"access_key": options["key"], "secret_key": options["secret"]}
     endpoint = options.get("endpoint_url")
@@ -114,6 +123,7 @@ def delta_location(path: Path | UPath) -> tuple[str, dict[str, str] | None]:
     if endpoint:
         out["AWS_ENDPOINT_URL"] = endpoint
         out["AWS_ALLOW_HTTP"] = str(endpoint.startswith("http://")).lower()
+    out |= {"max_retries": "100000", "retry_timeout": DELTA_RETRY_TIMEOUT}  # the timeout decides
     return str(path), out
 
 
@@ -134,7 +144,7 @@ def check_reachable(settings: Settings) -> None:
 
     root = str(settings.data_root)
     bucket = root.split("://", 1)[1].split("/", 1)[0]
-    store = s3_filesystem(settings.s3_options())
+    store = s3_filesystem(settings.s3_options(), attempts=3)  # a wrong endpoint: say so now
     endpoint = settings.s3_endpoint or "AWS S3"
     try:
         info = store.get_file_info(bucket)

@@ -6,7 +6,8 @@ stream as a child process (``python -m pulse.cli stream``, configured only throu
 ``PULSE_*`` variables, as a user would), and the replay producer on a thread. The
 checks read what the stream wrote: the lake's Delta log and files, the quarantine's
 Parquet files and the published feature snapshot, and recompute the features with
-the batch layer's function over the lake.
+the batch layer's function over the lake. They read the data root where it is, on a
+disk or in an object store (``s3://``: through ``storage.objects`` and ``s3a``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import SecretStr
+from upath import UPath
 
 from runtime.errors import PulseError
 from runtime.settings import Settings
@@ -452,25 +453,34 @@ class LakeCheck:
         return self.rows - self.distinct
 
 
+def _lake_event_ids(settings: Settings, files: list[str]) -> pa.Array:
+    """Every row's event id in the lake's ``files`` (local paths or ``s3://`` URIs)."""
+    from storage.lake import read_parquet
+
+    return read_parquet(settings, files, ["event_id"]).column("event_id").combine_chunks()
+
+
 def check_lake(settings: Settings, expected: pa.Array) -> LakeCheck:
     """Compare the lake's event ids with ``expected`` (each must be there exactly once)."""
+    from deltalake import DeltaTable
+
     from storage.lake import live_files
+    from storage.objects import delta_location
 
     files = live_files(settings)
     if not files:
         return LakeCheck(lost=len(expected))
-    ids = pq.ParquetDataset(files).read(columns=["event_id"]).column("event_id").combine_chunks()
+    ids = _lake_event_ids(settings, files)
     distinct = pc.unique(ids)
     found = pc.sum(pc.is_in(expected, value_set=distinct)).as_py() or 0
     unexpected = pc.sum(pc.invert(pc.is_in(distinct, value_set=expected))).as_py() or 0
-    from deltalake import DeltaTable
-
+    uri, options = delta_location(settings.lake_dir)
     return LakeCheck(
         rows=len(ids),
         distinct=len(distinct),
         lost=len(expected) - found,
         unexpected=int(unexpected),
-        version=DeltaTable(str(settings.lake_dir)).version(),
+        version=DeltaTable(uri, storage_options=options).version(),
         files=frozenset(files),
     )
 
@@ -482,14 +492,14 @@ def lake_ids(settings: Settings) -> pa.Array:
     files = live_files(settings)
     if not files:
         return pa.array([], pa.string())
-    return pc.unique(
-        pq.ParquetDataset(files).read(columns=["event_id"]).column("event_id").combine_chunks()
-    )
+    return pc.unique(_lake_event_ids(settings, files))
 
 
 def quarantine(settings: Settings) -> pa.Table:
     """Every quarantined record (value, partition, offset, reason)."""
-    parts = sorted(settings.quarantine_dir.glob("batch=*/*.parquet"))
+    from storage.objects import read_parquet_file
+
+    parts = sorted(settings.quarantine_dir.glob("batch=*/*.parquet"), key=str)
     if not parts:
         return pa.table(
             {
@@ -499,16 +509,16 @@ def quarantine(settings: Settings) -> pa.Table:
                 "reason": pa.array([], pa.string()),
             }
         )
-    tables = [pq.read_table(p, columns=["value", "partition", "offset", "reason"]) for p in parts]
+    columns = ["value", "partition", "offset", "reason"]
+    tables = [read_parquet_file(p, columns=columns) for p in parts]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def snapshot_path(settings: Settings) -> Path | None:
-    """The stream's current feature snapshot (the lab's data roots are local)."""
+def snapshot_path(settings: Settings) -> UPath | None:
+    """The stream's current feature snapshot (a local path, or an ``s3://`` one)."""
     from storage import snapshots
 
-    path = snapshots.current(settings.features_dir)
-    return None if path is None else Path(str(path))
+    return snapshots.current(settings.features_dir)
 
 
 def features_equal_batch(
@@ -523,12 +533,15 @@ def features_equal_batch(
     from pyspark.testing import assertDataFrameEqual
 
     from features.customer import compute_features
+    from pulse.oracle import reach_store
     from storage.lake import read_lake
+    from storage.objects import spark_path
 
     path = snapshot_path(settings)
     if path is None:
         return False, "no feature snapshot published"
-    live = spark.read.parquet(str(path))
+    reach_store(spark, settings)
+    live = spark.read.parquet(spark_path(path))
     as_of = live.agg(F.max("as_of")).collect()[0][0]
     events = read_lake(spark, settings)
     if exclude_ids is not None and len(exclude_ids):

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -105,62 +106,141 @@ def create_bucket(endpoint: S3Endpoint, bucket: str) -> None:
         "secret": endpoint.secret_access_key,
         "client_kwargs": {"region_name": endpoint.region},
     }
-    store = s3_filesystem(options, allow_bucket_creation=True)
+    store = s3_filesystem(options, attempts=3, allow_bucket_creation=True)  # probes a start
     store.create_dir(bucket)
     with store.open_output_stream(f"{bucket}/.pulse-warm-up") as out:
         out.write(b"1")
     store.delete_file(f"{bucket}/.pulse-warm-up")
 
 
+class S3Server:
+    """SeaweedFS (master, volume, filer, S3 gateway) in ``workdir`` on ports chosen once.
+
+    ``start`` launches ``weed server`` and returns once the gateway answers and ``bucket``
+    takes a write; ``stop`` ends it (SIGTERM, then SIGKILL), ``kill`` SIGKILLs it (a
+    crash), ``pause``/``resume`` freeze and thaw it (SIGSTOP/SIGCONT: a store that hangs).
+    A stopped or killed server starts again on the same ports, data directory and
+    credentials, so its clients find the same endpoint and every object it acknowledged
+    (what it wrote before a SIGKILL is on disk: its volumes and filer store are files).
+    ``s3_server`` is the context-manager form.
+    """
+
+    def __init__(self, settings: Settings, workdir: Path, bucket: str = "pulse") -> None:
+        self.binary = weed_binary(settings)
+        if not self.binary.exists():
+            raise PulseError(f"seaweedfs not built ({self.binary}): run `pulse setup` (needs Go)")
+        self.workdir = workdir
+        self.bucket = bucket
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "data").mkdir(exist_ok=True)
+        key, secret = "pulse", secrets.token_hex(16)
+        self.config = workdir / "s3-identities.json"
+        self.config.write_text(json.dumps({"identities": [{
+            "name": "pulse",
+            "credentials": [{"accessKey": key, "secretKey": secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))  # fmt: skip
+        self.ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        self.grpc = {name: free_port() for name in self.ports}
+        self.endpoint = S3Endpoint(f"http://127.0.0.1:{self.ports['s3']}", key, secret, bucket)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log (every start appends to it)."""
+        return self.workdir / "weed.log"
+
+    def command(self) -> list[str]:
+        """The ``weed server`` command line (the same at every start)."""
+        ports, grpc = self.ports, self.grpc
+        return [
+            str(self.binary), "server", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
+            "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+            "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}",
+            f"-s3.config={self.config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-volume.max=16", "-master.volumeSizeLimitMB=256",
+            # one master, no peers: restarted on its raft state, it leads again after 1 s
+            # instead of 10 (a restart then answers writes in ~17 s instead of ~32)
+            "-master.electionTimeout=1s",
+        ]  # fmt: skip
+
+    def running(self) -> bool:
+        """True while the server process exists (a paused one included)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 120) -> S3Endpoint:
+        """Launch the server; return once the gateway answers and the bucket takes a write."""
+        if self.running():
+            return self.endpoint
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts + 1}\n".encode())
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        _wait_until_answering(self.endpoint, self.proc, self.log_path, timeout)
+        while True:  # the gateway answers before its filer has registered
+            try:
+                create_bucket(self.endpoint, self.bucket)
+                return self.endpoint
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """End the server (SIGTERM, then SIGKILL); a no-op when it is not running."""
+        if self.proc is not None:
+            self.resume()  # a stopped process does not act on SIGTERM
+            stop(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no shutdown, connections refused until a start)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: its ports stay bound, nothing answers (a hung store)."""
+        if self.running():
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self.running():
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def __enter__(self) -> S3Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @contextlib.contextmanager
 def s3_server(settings: Settings, workdir: Path, bucket: str = "pulse") -> Iterator[S3Endpoint]:
     """Start SeaweedFS (master, volume, filer, S3 gateway) in ``workdir`` on free ports;
     yields its endpoint with ``bucket`` created; stops it after."""
-    binary = weed_binary(settings)
-    if not binary.exists():
-        raise PulseError(f"seaweedfs not built ({binary}): run `pulse setup` (needs Go)")
-    workdir.mkdir(parents=True, exist_ok=True)
-    key, secret = "pulse", secrets.token_hex(16)
-    config = workdir / "s3-identities.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "pulse",
-        "credentials": [{"accessKey": key, "secretKey": secret}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))  # fmt: skip
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-    grpc = {name: free_port() for name in ports}
-    cmd = [
-        str(binary), "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
-        f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
-        "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
-        "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", f"-s3.config={config}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=16",
-        "-master.volumeSizeLimitMB=256",
-    ]  # fmt: skip
-    (workdir / "data").mkdir(exist_ok=True)
-    log = open(workdir / "weed.log", "ab")  # noqa: SIM115 - the server's whole life
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    endpoint = S3Endpoint(f"http://127.0.0.1:{ports['s3']}", key, secret, bucket)
+    server = S3Server(settings, workdir, bucket)
     try:
-        _wait_until_answering(endpoint, proc, workdir / "weed.log")
-        for attempt in range(50):  # the gateway answers before its filer has registered
-            try:
-                create_bucket(endpoint, bucket)
-                break
-            except OSError:
-                if attempt == 49:
-                    raise
-                time.sleep(0.2)
-        yield endpoint
+        yield server.start(timeout=60)
     finally:
-        stop(proc)
-        log.close()
+        server.stop()
 
 
 def stop(proc: subprocess.Popen, grace: float = 5) -> None:  # type: ignore[type-arg]
     """SIGTERM, then SIGKILL after ``grace`` seconds (``weed server`` can take 20 s to
     wind down its gRPC streams; what it has acknowledged is on disk already)."""
+    if proc.poll() is not None:
+        return
     proc.terminate()
     try:
         proc.wait(timeout=grace)

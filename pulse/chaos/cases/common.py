@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from upath import UPath
 
 from pulse.chaos import lab
 from pulse.oracle import served_equals_batch
@@ -132,28 +133,35 @@ class Context:
         return self._models
 
     def install_models(self, settings: Settings) -> Settings:
-        """Copy the campaign's models (not its speed-layer state) into ``settings``' root."""
-        import shutil
-
+        """Copy the campaign's models (not its speed-layer state) into ``settings``' root,
+        on a disk or in an object store (uploaded)."""
         from storage import registry
 
         source = self.models()
         for name in registry.MODELS:
-            shutil.copytree(Path(str(source.models_dir / name)),
-                            Path(str(settings.models_dir / name)), dirs_exist_ok=True)  # fmt: skip
+            copy_tree(Path(str(source.models_dir / name)), settings.models_dir / name)
         for table in source.outputs_dir.iterdir():
             if table.name != "state":
-                shutil.copytree(Path(str(table)), Path(str(settings.outputs_dir / table.name)),
-                                dirs_exist_ok=True)  # fmt: skip
+                copy_tree(Path(str(table)), settings.outputs_dir / table.name)
         return settings
 
-    def stream_settings(self, kafka: Settings, name: str, events: int) -> Settings:
+    def stream_settings(
+        self, kafka: Settings, name: str, events: int, store: dict[str, Any] | None = None
+    ) -> Settings:
         """Settings of one case's stream: its own data root (with the campaign's models)
-        and topic, batches of ~1/40."""
+        and topic, batches of ~1/40.
+
+        ``store``: settings that put the data root in an object store instead
+        (``S3Endpoint.settings(prefix)``); this machine's own files (the online store)
+        then go to ``<root>/<name>/local``.
+        """
+        if store is not None:  # validated again: an s3:// root is parsed, given its keys
+            fields = {f: getattr(kafka, f) for f in Settings.model_fields}
+            kafka = Settings(**fields | store | {"local_dir": self.root / name / "local"})
         return self.install_models(
             kafka.model_copy(
                 update={
-                    "data_root": self.root / name / "data",
+                    **({} if store is not None else {"data_root": self.root / name / "data"}),
                     "topic_transactions": f"chaos-{name}",
                     "max_offsets_per_trigger": max(events // 40, 500),
                     "trigger_interval": "1 second",
@@ -170,6 +178,21 @@ class Context:
         )
 
 
+def copy_tree(source: Path, target: UPath) -> None:
+    """Copy the local directory ``source`` to ``target``: a local directory (merged into
+    one that exists), or a prefix of an object store (each file one upload)."""
+    import shutil
+
+    from storage.objects import is_remote
+
+    if not is_remote(target):
+        shutil.copytree(source, Path(str(target)), dirs_exist_ok=True)
+        return
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            (target / path.relative_to(source).as_posix()).write_bytes(path.read_bytes())
+
+
 def paced_rate(events: int, seconds: float = 180.0) -> float:
     """A replay rate that spreads ``events`` over about ``seconds`` (at least 2,000/s)."""
     return max(events / seconds, 2000.0)
@@ -183,7 +206,8 @@ def fill(
     exclude: pa.Array | None = None,
     require_current: bool = True,
 ) -> lab.LakeCheck:
-    """Lake and served-answer checks shared by the cases."""
+    """Lake and served-answer checks shared by the cases (the data root on a disk or in an
+    object store)."""
     lake = lab.check_lake(settings, expected)
     result.in_lake = lake.rows
     result.accepted = len(expected) - lake.lost
