@@ -394,15 +394,17 @@ def run(
     """Run the job on the topic (or ``raw``); with ``until_idle`` stop once caught up.
 
     ``seed``: on the first start, build the state from the lake first, after checking
-    that the topic starts after the lake ends. ``sink`` gets each batch and snapshot
-    (``streaming.output.Sink``). A clean stop (the end of ``until_idle``, or SIGINT,
-    which pyspark turns into KeyboardInterrupt) processes the batches already handed
-    over, publishes a final snapshot if the state moved since the last one, and then
-    re-raises the interrupt; a failed run publishes nothing.
+    that the topic starts after the lake ends; on a restart (the state exists) nothing:
+    the lake then holds what the stream wrote, and the same command line resumes.
+    ``sink`` gets each batch and snapshot (``streaming.output.Sink``). A clean stop (the
+    end of ``until_idle``, or SIGINT, which pyspark turns into KeyboardInterrupt)
+    processes the batches already handed over, publishes a final snapshot if the state
+    moved since the last one, and then re-raises the interrupt; a failed run publishes
+    nothing.
     """
     store = open_store(settings)
     try:
-        if seed:
+        if seed and store.last_batch is None:  # a restart resumes its own state
             if raw is None:
                 check_topic_after_lake(settings)
             seeded = seed_from_lake(spark, settings, store, sink)

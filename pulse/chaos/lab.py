@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import SecretStr
 from upath import UPath
 
 from runtime.errors import PulseError
-from runtime.settings import Settings
+from runtime.settings import Settings, settings_env
 
 REPO = Path(__file__).resolve().parents[2]
 START = datetime(2020, 6, 1, tzinfo=UTC)  # first event of a generated replay
@@ -53,24 +52,6 @@ def free_port() -> int:
             port = int(s.getsockname()[1])
         if port not in (9092, 9093):
             return port
-
-
-# ------------------------------------------------------------------------- settings
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as the ``PULSE_*`` variables a user would export (secrets included)."""
-    env: dict[str, str] = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, bool):
-            value = str(value).lower()
-        env[f"PULSE_{name.upper()}"] = str(value)
-    return env
 
 
 # --------------------------------------------------------------------------- events

@@ -68,6 +68,29 @@ def test_seeding_refuses_a_topic_that_overlaps_the_lake(spark, holes_settings) -
     assert snapshots.current(holes_settings.features_dir) is None  # nothing seeded
 
 
+def test_a_seeded_stream_restarts_with_the_same_command_line(spark, holes_settings) -> None:  # type: ignore[no-untyped-def]
+    """The lake then holds the stream's own events, dated on or after the topic's
+    first day: a restart must resume its state, not refuse the overlap (a supervisor
+    restarts the command it was given)."""
+    import pyarrow as pa
+
+    from schemas.transaction import FIELD_NAMES
+    from storage.lake import write_events
+
+    lake = [_event(i, f"2020-09-0{1 + i}") for i in range(3)]  # lake ends 2020-09-03
+    columns = {n: [e[n] for e in lake] for n in FIELD_NAMES}
+    assert write_events(holes_settings, pa.table(columns), "test", 0) == 3
+    _produce(holes_settings, [_event(10, "2020-09-05"), _event(11, "2020-09-06")])
+    first = run(spark, holes_settings, until_idle=True, log=lambda _: None, seed=True)
+    _produce(holes_settings, [_event(12, "2020-09-07")])
+    again = run(spark, holes_settings, until_idle=True, log=lambda _: None, seed=True)
+
+    assert (first.counted, again.counted) == (2, 1)
+    live = spark.read.parquet(str(snapshots.current(holes_settings.features_dir)))
+    (row,) = live.where(F.col("customer_id") == "c1").collect()
+    assert row["frequency"] == 6  # three days from the lake, three streamed, each once
+
+
 def test_an_event_after_its_produced_at_is_quarantined_and_moves_no_clock(
     spark, holes_settings
 ) -> None:  # type: ignore[no-untyped-def]
