@@ -8,7 +8,7 @@ from pathlib import Path
 from pulse.commands.args import positive_int
 from runtime.settings import Settings
 
-DEFAULT_CASES = "1,5,4,2,3,7,6"
+DEFAULT_CASES = "1,5,4,2,3,7,6,8,9"
 
 
 def case_list(text: str) -> list[str]:
@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "features equal the batch recompute. Exit 1 if any event was lost or doubled. "
         "Cases: 1 stream SIGKILLs, 5 bad records, 4 replay twice, 2 broker SIGKILL, "
         "3 three-broker cluster, 7 SASL/SCRAM, 6 stream and retrain on a Spark standalone "
-        "cluster against local mode.",
+        "cluster against local mode, 8 the whole loop with the data root in an object store "
+        "on a Kafka and a Spark cluster against local mode, 9 the object store down 60 s.",
     )
     p.add_argument(
         "--cases", type=case_list, help=f"comma-separated cases to run (default {DEFAULT_CASES})"

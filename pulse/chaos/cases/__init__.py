@@ -29,6 +29,7 @@ from pulse.chaos.cases.case5_bad_records import (
 from pulse.chaos.cases.case6_compare import FLOAT_REL, ORDER_SENSITIVE, compare_tables, same_figures
 from pulse.chaos.cases.case6_spark_cluster import spark_cluster
 from pulse.chaos.cases.case7_sasl_scram import sasl_scram
+from pulse.chaos.cases.case8_object_store import object_store_loop
 from pulse.chaos.cases.case9_store_outage import store_outage
 from pulse.chaos.cases.common import WAIT_S, CaseResult, Context
 
@@ -40,6 +41,7 @@ CASES: dict[str, tuple[str, Callable[[Context], CaseResult | list[CaseResult]]]]
     "5": ("bad records at 1 % and 10 %, future and far-past dates", bad_records),
     "6": ("the stream and the retrain on a Spark standalone cluster", spark_cluster),
     "7": ("a SASL/SCRAM broker: right and wrong credentials", sasl_scram),
+    "8": ("the whole loop with the data root in an object store, on a cluster", object_store_loop),
     "9": ("the stream's object store down for a minute mid-replay", store_outage),
 }
 
@@ -62,5 +64,6 @@ __all__ = [
     "same_figures",
     "spark_cluster",
     "sasl_scram",
+    "object_store_loop",
     "store_outage",
 ]

@@ -128,14 +128,22 @@ class RunComparison:
     metrics: dict[str, dict[str, Any]]  # mode ("local", "cluster") -> model -> metrics
 
 
-def compare_runs(local: Settings, cluster: Settings) -> RunComparison:
+def compare_runs(
+    local: Settings, cluster: Settings, lake_run_columns: tuple[str, ...] = ()
+) -> RunComparison:
     """The lake, the feature snapshot, every retrain output table and each model's
-    metrics of the run in ``cluster``'s data root against those of ``local``'s."""
+    metrics of the run in ``cluster``'s data root against those of ``local``'s.
+
+    ``lake_run_columns``: lake columns that name a run, not an event, left out (the
+    producer's ``produced_at`` when each run replayed the source itself).
+    """
     from storage import registry
 
     runs = {"local": local, "cluster": cluster}
     differences = []
-    lake_diff = compare_tables("lake", _lake_table(local), _lake_table(cluster))
+    lakes = [_lake_table(s) for s in (local, cluster)]
+    lakes = [t.drop_columns([c for c in lake_run_columns if c in t.column_names]) for t in lakes]
+    lake_diff = compare_tables("lake", *lakes)
     if lake_diff:
         differences.append(lake_diff)
     paths = [lab.snapshot_path(s) for s in (local, cluster)]
