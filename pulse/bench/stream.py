@@ -13,8 +13,9 @@
    ``produced_at``.
 3. The state store's size on disk and the driver JVM's peak heap.
 4. The driver's cost (the ceiling of one driver, docs/streaming.md): the fold runs in
-   the driver's Python process, so its peak resident memory (VmHWM) and its CPU
-   seconds per million events of the full job are measured, with the Spark JVM's
+   the driver's Python process, so its peak resident memory (VmHWM; the load is
+   produced by a child process, so this is the stream's) and its CPU seconds per
+   million events of the full job are measured, with the Spark JVM's
    beside them (in local mode the JVM is the driver and the executors).
 5. With ``--object-store``: the full job once more on the same topic into a data root
    in a local SeaweedFS (``pulse.local.s3``), checkpoint and all, in the same Spark
@@ -102,6 +103,21 @@ def produce_load(
     if producer.flush(300) != 0:
         raise PulseError("bench: the producer could not deliver every event")
     return events / (time.perf_counter() - t0)
+
+
+def _silent(_: str) -> None:
+    """``say`` of a ``--json`` run (stdout holds the one JSON object)."""
+
+
+def produce_in_child(settings: Settings, events: int, customers: int, quiet: bool) -> float:
+    """``produce_load`` in a child process; its events/s. The driver's own peak RSS then
+    measures the stream alone, not the generator and librdkafka's send queue (up to
+    1 GB by default)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        say = _silent if quiet else print
+        return float(pool.apply(produce_load, (settings, events, customers, say)))
 
 
 def _fresh(settings: Settings, tag: str) -> Settings:
@@ -283,7 +299,7 @@ def bench_stream(
     try:
         full = _fresh(settings, "load")
         say(f"producing {events:,} events, {customers:,} customers: {full.topic_transactions}")
-        producer_rate = produce_load(full, events, customers, say)
+        producer_rate = produce_in_child(full, events, customers, quiet=as_json)
         say(f"  producer: {producer_rate:,.0f} events/s")
         passthrough = full.model_copy(update={"data_root": full.data_root / "passthrough"})
         say("pass-through ...")
