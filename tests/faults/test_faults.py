@@ -30,12 +30,6 @@ def _context(settings, spark, root: Path) -> cases.Context:  # type: ignore[no-u
     return context
 
 
-@pytest.fixture(scope="module")
-def campaign_models(jvm_settings, spark, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """The campaign's served models, trained once for the module (as `pulse chaos` does)."""
-    return _context(jvm_settings, spark, tmp_path_factory.mktemp("campaign")).models()
-
-
 @pytest.fixture
 def ctx(jvm_settings, spark, campaign_models, tmp_path: Path) -> cases.Context:  # type: ignore[no-untyped-def]
     context = _context(jvm_settings, spark, tmp_path)

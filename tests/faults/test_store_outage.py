@@ -40,9 +40,10 @@ def weed(base_settings: Settings) -> None:
 
 
 def test_the_stream_rides_through_a_minute_without_its_object_store(
-    weed: None, jvm_settings: Settings, spark, tmp_path: Path
+    weed: None, jvm_settings: Settings, spark, campaign_models, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     ctx = _context(jvm_settings, spark, tmp_path)
+    ctx._models = campaign_models  # trained once for the fault tests (conftest.py)
     n = ctx.small
     result = store_outage(ctx)
     assert result.error is None, result.error

@@ -1,0 +1,19 @@
+"""The fault tests' shared fixture: the campaign's served models, trained once."""
+
+from __future__ import annotations
+
+import pytest
+
+from pulse.chaos import cases
+
+
+@pytest.fixture(scope="session")
+def campaign_models(jvm_settings, spark, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The campaign's served models, trained once for the session (as `pulse chaos` does
+    for a campaign) on 300 generated events; every fault test's stream serves them."""
+    context = cases.Context(
+        base=jvm_settings, root=tmp_path_factory.mktemp("campaign"), events=3000, seed=7,
+        log=lambda _: None,
+    )  # fmt: skip
+    context._spark = spark
+    return context.models()
