@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from pulse.chaos import cases
+from fault_helpers import fault_context
 
 
 @pytest.fixture(scope="session")
 def campaign_models(jvm_settings, spark, tmp_path_factory):  # type: ignore[no-untyped-def]
     """The campaign's served models, trained once for the session (as `pulse chaos` does
     for a campaign) on 300 generated events; every fault test's stream serves them."""
-    context = cases.Context(
-        base=jvm_settings, root=tmp_path_factory.mktemp("campaign"), events=3000, seed=7,
-        log=lambda _: None,
-    )  # fmt: skip
-    context._spark = spark
-    return context.models()
+    root = tmp_path_factory.mktemp("campaign")
+    return fault_context(jvm_settings, spark, root, events=3000, seed=7).models()

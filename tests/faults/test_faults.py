@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fault_helpers import fault_context
 
 from producers.bad_records import BAD_KINDS, DATED_KINDS, bad_kind_for_row, bad_record
 from pulse.chaos import cases, lab
@@ -21,18 +22,9 @@ from schemas.transaction import AHEAD_OF_PRODUCER, parse_timestamp, validate
 EVENTS = 3000
 
 
-def _context(settings, spark, root: Path) -> cases.Context:  # type: ignore[no-untyped-def]
-    context = cases.Context(
-        base=settings, root=root, events=EVENTS, seed=7, log=lambda _: None, kills=1,
-        lateness_days=60,  # sparse data: see Context.lateness_days
-    )  # fmt: skip
-    context._spark = spark  # the session's Spark for the recompute
-    return context
-
-
 @pytest.fixture
 def ctx(jvm_settings, spark, campaign_models, tmp_path: Path) -> cases.Context:  # type: ignore[no-untyped-def]
-    context = _context(jvm_settings, spark, tmp_path)
+    context = fault_context(jvm_settings, spark, tmp_path, EVENTS, seed=7)
     context._models = campaign_models
     return context
 

@@ -12,21 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fault_helpers import fault_context
 
-from pulse.chaos import cases
 from pulse.chaos.cases.case9_store_outage import OUTAGE_S, store_outage
 from runtime.settings import Settings
 
 EVENTS = 20_000  # the case replays EVENTS // 10: 2,000 events
-
-
-def _context(settings, spark, root: Path) -> cases.Context:  # type: ignore[no-untyped-def]
-    context = cases.Context(
-        base=settings, root=root, events=EVENTS, seed=11, log=lambda _: None, kills=1,
-        lateness_days=60,  # sparse data: see Context.lateness_days
-    )  # fmt: skip
-    context._spark = spark  # the session's Spark for the recompute
-    return context
 
 
 @pytest.fixture
@@ -42,7 +33,7 @@ def weed(base_settings: Settings) -> None:
 def test_the_stream_rides_through_a_minute_without_its_object_store(
     weed: None, jvm_settings: Settings, spark, campaign_models, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    ctx = _context(jvm_settings, spark, tmp_path)
+    ctx = fault_context(jvm_settings, spark, tmp_path, EVENTS, seed=11)
     ctx._models = campaign_models  # trained once for the fault tests (conftest.py)
     n = ctx.small
     result = store_outage(ctx)
