@@ -26,6 +26,8 @@ COMMAND_MODULES = [
     "pulse.commands.batch",  # ingest, retrain, report, bench batch
     "pulse.commands.serve",  # view, demo
     "pulse.commands.chaos",  # chaos (the fault campaign)
+    "pulse.commands.sql",  # sql (named tables over the lake and the outputs)
+    "pulse.commands.backtest",  # backtest (walk-forward evaluation of the models)
 ]
 
 # CLI flags that override a setting (flag -> settings field).

@@ -553,6 +553,23 @@ def customers_dir(settings: Settings) -> UPath:
     return settings.data_root / "lake" / "customers"
 
 
+#: The article dimension written by ingest (``batch.ingest``), one row per article_id:
+#: its name, its category path (outermost first, joined with " > "), brand and list price,
+#: each null where the source does not say.
+ARTICLE_COLUMNS = {
+    "article_id": "string",
+    "name": "string",
+    "category": "string",
+    "brand": "string",
+    "price": "double",
+}
+
+
+def articles_dir(settings: Settings) -> UPath:
+    """The article dimension table (``ARTICLE_COLUMNS``, Parquet) written by ingest."""
+    return settings.data_root / "lake" / "articles"
+
+
 def read_customers(spark: SparkSession, settings: Settings) -> DataFrame | None:
     """Customer attributes, one row per customer_id, or None when none were ingested."""
     path = customers_dir(settings)
