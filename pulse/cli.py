@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 # The commands whose stores all work in an object store (docs/storage.md); the others
 # stop with one line when PULSE_DATA_ROOT is s3://.
 ON_OBJECT_STORE = {"setup", "broker", "topics", "data", "compact", "ingest", "stream", "retrain",
-                   "produce", "view", "serve", "report"}  # fmt: skip
+                   "produce", "view", "serve", "report", "sql"}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
