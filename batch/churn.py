@@ -40,6 +40,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
+from functools import reduce
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -396,6 +397,29 @@ def value_check(scored: DataFrame) -> dict[str, float]:
     }
 
 
+def stack_rows(
+    ctx: RetrainContext, newest: date, fitted: dict[date, Btyd], horizon: int
+) -> tuple[DataFrame, list[date]]:
+    """The stack's training rows: the customers as of ``newest`` and of the
+    ``train_cutoffs - 1`` cutoffs before it, ``horizon`` days apart, each scored by BG/NBD
+    fitted at its own cutoff (``fitted``, filled in as needed) and labelled by the
+    ``horizon`` days after it. A cutoff within ``horizon`` days of the first event is
+    left out (no history to learn from). Returns the rows, cached, and the cutoffs used."""
+    params = ctx.opts.churn
+    frames, used = [], []
+    for i in range(max(params.train_cutoffs, 1)):
+        cut = newest - timedelta(days=i * horizon)
+        if i and cut - timedelta(days=horizon) <= ctx.first_day:
+            break
+        if cut not in fitted:
+            fitted[cut] = fit_btyd(ctx.features_at(cut), horizon, params)
+        frames.append(
+            fitted[cut].stage().transform(labels(ctx.features_at(cut), ctx.events, cut, horizon))
+        )
+        used.append(cut)
+    return reduce(DataFrame.unionByName, frames).cache(), used
+
+
 def retrain(ctx: RetrainContext) -> dict[str, Any]:
     """Train at C - 2H, evaluate at C - H against BG/NBD, recency and the free GBT; refit at
     C - H, score (churn and value) every customer as of C."""
@@ -409,7 +433,7 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         fitted = {c: fit_btyd(ctx.features_at(c), h, params) for c in (f1, f2, cutoff)}
         st.rows = sum(b.bgnbd.customers for b in fitted.values())
     with ctx.stage(f"churn: stack trained at {f1}, evaluated at {f2} (H = {h} days)") as st:
-        train = fitted[f1].stage().transform(labels(ctx.features_at(f1), events, f1, h)).cache()
+        train, train_cuts = stack_rows(ctx, f1, fitted, h)
         test = fitted[f2].stage().transform(labels(ctx.features_at(f2), events, f2, h)).cache()
         n_train, n_test = train.count(), test.count()
         st.rows = n_train + n_test
@@ -448,7 +472,9 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
                 file=sys.stderr,
             )
     with ctx.stage(f"churn: refit at {f2}, score churn and value as of {cutoff}") as st:
-        served = with_btyd(fit_stack(test, kind, params), fitted[cutoff])
+        refit, refit_cuts = stack_rows(ctx, f2, fitted, h)
+        served = with_btyd(fit_stack(refit, kind, params), fitted[cutoff])
+        refit.unpersist()
         served.write().overwrite().save(
             spark_path(registry.model_path(settings, "churn", ctx.version))
         )
@@ -478,7 +504,13 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         "model": "churn",
         "version": ctx.version,
         "params": asdict(params) | {"horizon_days": h, "stack": kind},
-        "window": ctx.window | {"train_cutoff": str(f1), "eval_cutoff": str(f2)},
+        "window": ctx.window
+        | {
+            "train_cutoff": str(f1),
+            "eval_cutoff": str(f2),
+            "train_cutoffs": [str(c) for c in train_cuts],
+            "refit_cutoffs": [str(c) for c in refit_cuts],
+        },
         "rows": {
             "train": int(n_train),
             "eval": int(n_test),
@@ -493,7 +525,7 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
             "features": STACK_FEATURES,
             "weights": weights,
         },
-        "btyd": {str(c): b.as_dict() for c, b in fitted.items()},
+        "btyd": {str(c): b.as_dict() for c, b in sorted(fitted.items())},
         "value": {
             "horizon_days": h,
             "customers": scored_now,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING, Any
@@ -79,9 +79,30 @@ def _ranker_rows(
     return rows, n
 
 
-def retrain(ctx: RetrainContext) -> dict[str, Any]:
-    """Evaluate every strategy on the hold-out, serve the best one refit on all data."""
-    p, opts, settings, events, cutoff = ctx.opts.rec, ctx.opts, ctx.settings, ctx.events, ctx.cutoff
+@dataclass
+class Selection:
+    """What the hold-out decided: every strategy's metrics there, the best one, and the
+    ranker's candidate rows (at its training cutoffs, train_end and the run's cutoff) that
+    the refit reuses."""
+
+    metrics: dict[str, dict[str, float]]
+    best: str
+    train_end: date
+    left_out: dict[str, str]
+    rows: DataFrame | None = None
+    cuts: list[date] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Unpersist the ranker's rows."""
+        if self.rows is not None:
+            self.rows.unpersist()
+
+
+def select(ctx: RetrainContext, everyone: DataFrame) -> Selection:
+    """Evaluate every strategy on the hold-out ``[cutoff - holdout_days, cutoff)``, each fit
+    on what came before it, and choose the best by MAP@K. ``everyone``: the customers the
+    lists will be served to (the ranker's rows at the cutoff are built for them)."""
+    p, opts, events, cutoff = ctx.opts.rec, ctx.opts, ctx.events, ctx.cutoff
     train_end = cutoff - timedelta(days=opts.holdout_days)
     train = events.where(F.col("event_time") < F.lit(cutoff_ts(train_end)))
     holdout = events.where(F.col("event_time") >= F.lit(cutoff_ts(train_end))).where(
@@ -102,20 +123,20 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
     with ctx.stage("recommendations: hold-out candidates (ALS fit on the training window)"):
         sources = candidate_sources(train, train_end, p, hold_customers, only_customers=True)
         sources["als"].count()
-    left_out: dict[str, str] = {}
-    everyone = _everyone(ctx)
-    rows = None  # the ranker's candidates at its training cutoffs, train_end and the cutoff
+    selection = Selection(metrics={}, best="", train_end=train_end, left_out={})
     if p.ranker is not None:
         n, horizon = p.ranker.train_cutoffs, opts.holdout_days
-        cuts = ranking.training_cutoffs(train_end, horizon, n) + [train_end]
+        selection.cuts = ranking.training_cutoffs(train_end, horizon, n) + [train_end]
         with ctx.stage(f"recommendations: ranker candidates at {n + 2} cutoffs") as st:
-            rows, st.rows = _ranker_rows(ctx, cuts, hold_customers, everyone)
+            selection.rows, st.rows = _ranker_rows(ctx, selection.cuts, hold_customers, everyone)
         with ctx.stage(f"recommendations: ranker trained on {n} windows before {train_end}"):
+            rows = selection.rows
             try:
                 model = ranking.fit(rows.where(F.col("cutoff") < F.lit(train_end)), p.ranker)
             except PulseError as exc:  # too little history: the other strategies still run
-                left_out["ranker"] = f"{exc} ({n} windows of {horizon} days before {train_end})"
-                print(f"  ranker left out: {left_out['ranker']}", file=sys.stderr)
+                reason = f"{exc} ({n} windows of {horizon} days before {train_end})"
+                selection.left_out["ranker"] = reason
+                print(f"  ranker left out: {reason}", file=sys.stderr)
             else:
                 held = rows.where(F.col("cutoff") == F.lit(train_end))
                 sources["ranker"] = ranking.ranked(model, held).cache()
@@ -133,20 +154,41 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
                 print(f"  {name:<11} {MAP_AT_K} {m[MAP_AT_K]:.4f}", file=sys.stderr)
         actual.unpersist()
         hold_customers.unpersist()
-    best = max(metrics, key=lambda n: metrics[n][MAP_AT_K])
+    selection.metrics = metrics
+    selection.best = max(metrics, key=lambda n: metrics[n][MAP_AT_K])
+    return selection
+
+
+def refit(ctx: RetrainContext, selection: Selection, everyone: DataFrame) -> dict[str, DataFrame]:
+    """The chosen strategy's candidate sources fit on all the run's data, for ``everyone``:
+    ``assemble(everyone, sources, STRATEGIES[selection.best])`` is the served lists. The
+    popularity and repurchase sources are always among them (the baselines)."""
+    p, cutoff = ctx.opts.rec, ctx.cutoff
+    order = STRATEGIES[selection.best]
+    full = candidate_sources(ctx.events, cutoff, p, everyone, als_scope(order))
+    rows, cuts = selection.rows, selection.cuts
+    if "ranker" in order and p.ranker is not None and rows is not None:
+        # refit on the newest windows: the hold-out's labels included, the oldest dropped
+        newest = rows.where(F.col("cutoff").between(cuts[1], selection.train_end))
+        model = ranking.fit(ranking.sample(newest, p.ranker.train_customers), p.ranker)
+        full["ranker"] = ranking.ranked(model, rows.where(F.col("cutoff") == F.lit(cutoff)))
+    return full
+
+
+def retrain(ctx: RetrainContext) -> dict[str, Any]:
+    """Evaluate every strategy on the hold-out, serve the best one refit on all data."""
+    p, opts, settings, cutoff = ctx.opts.rec, ctx.opts, ctx.settings, ctx.cutoff
+    everyone = _everyone(ctx)
+    selection = select(ctx, everyone)
+    metrics, best, train_end = selection.metrics, selection.best, selection.train_end
     with ctx.stage(f"recommendations: refit '{best}', top {N_RECOMMENDATIONS} for everyone") as st:
-        order = STRATEGIES[best]
-        full = candidate_sources(events, cutoff, p, everyone, als_scope(order))
-        if "ranker" in order and p.ranker is not None and rows is not None:
-            # refit on the newest windows: the hold-out's labels included, the oldest dropped
-            newest = rows.where(F.col("cutoff").between(cuts[1], train_end))
-            model = ranking.fit(ranking.sample(newest, p.ranker.train_customers), p.ranker)
-            full["ranker"] = ranking.ranked(model, rows.where(F.col("cutoff") == F.lit(cutoff)))
-        write_output(assemble(everyone, full, order), settings, "recommendations", ctx.version)
+        full = refit(ctx, selection, everyone)
+        write_output(
+            assemble(everyone, full, STRATEGIES[best]), settings, "recommendations", ctx.version
+        )
         st.rows = everyone.count()
         everyone.unpersist()
-        if rows is not None:
-            rows.unpersist()
+        selection.release()
         # Serving gives this list to customers first seen after this run (not in the table).
         popular_ids = [r.article_id for r in full["popularity"].orderBy("pos").collect()]
         version_dir = registry.model_dir(settings, "recommendations", ctx.version)
@@ -166,7 +208,7 @@ def retrain(ctx: RetrainContext) -> dict[str, Any]:
         "window": ctx.window
         | {"train_end": str(train_end), "holdout": [str(train_end), str(cutoff)]},
         "metrics": metrics,
-        "left_out": left_out,
+        "left_out": selection.left_out,
         "served": best,
         "output": str(registry.output_path(settings, "recommendations", ctx.version)),
         "popular": str(popular_path),

@@ -38,7 +38,7 @@ from storage import registry
 from storage.lake import last_event_date, read_customers, read_lake
 from storage.objects import spark_path
 
-__all__ = ["RetrainOptions", "StageLog", "retrain"]
+__all__ = ["RetrainOptions", "StageLog", "open_context", "retrain"]
 
 USED_COLUMNS = (
     "customer_id",
@@ -56,19 +56,22 @@ TRAINERS = {
 }
 
 
-def retrain(
-    spark: SparkSession, settings: Settings, opts: RetrainOptions, log: StageLog | None = None
-) -> dict[str, dict]:
-    """One retrain run: returns {model name: meta} for the models trained.
+def ensure_checkpoint_dir(spark: SparkSession, settings: Settings) -> None:
+    """ALS needs a Spark checkpoint directory: ``settings.checkpoint_dir/retrain`` unless
+    the session has one (a directory the caller set is kept)."""
+    if spark.sparkContext.getCheckpointDir() is None:
+        checkpoints = settings.checkpoint_dir / "retrain"  # RDD checkpoints of the ALS fits
+        spark.sparkContext.setCheckpointDir(
+            spark_path(checkpoints) if settings.on_object_store else str(checkpoints.resolve())
+        )
 
-    ``log`` collects the stage table (a fresh one when not given); `pulse retrain`
-    prints it. The one session setting it makes: ALS needs a Spark checkpoint
-    directory, so when recommendations are trained on a session that has none, it gets
-    ``settings.checkpoint_dir/retrain``; a directory the caller set is kept.
-    """
-    log = log if log is not None else StageLog()
-    log.progress = opts.progress
-    start = time.perf_counter()
+
+def open_context(
+    spark: SparkSession, settings: Settings, opts: RetrainOptions, log: StageLog
+) -> RetrainContext:
+    """Read the lake before the cutoff (``opts.as_of``, else the day after the last event)
+    and build the customer-day table: what every model of a run shares. ``pulse backtest``
+    opens one per cutoff."""
     with log.stage("read the lake") as st:
         cutoff = opts.as_of or last_event_date(settings) + timedelta(days=1)
         # Only the columns the models read are cached: not the ids, the source or
@@ -83,7 +86,7 @@ def retrain(
     with log.stage("customer-day table") as st:
         daily = daily_activity(events).cache()
         st.rows = daily.count()
-    ctx = RetrainContext(
+    return RetrainContext(
         spark=spark,
         settings=settings,
         opts=opts,
@@ -100,15 +103,28 @@ def retrain(
         },
         log=log,
     )
-    if "recommendations" in opts.models and spark.sparkContext.getCheckpointDir() is None:
-        checkpoints = settings.checkpoint_dir / "retrain"  # RDD checkpoints of the ALS fits
-        spark.sparkContext.setCheckpointDir(
-            spark_path(checkpoints) if settings.on_object_store else str(checkpoints.resolve())
-        )
+
+
+def retrain(
+    spark: SparkSession, settings: Settings, opts: RetrainOptions, log: StageLog | None = None
+) -> dict[str, dict]:
+    """One retrain run: returns {model name: meta} for the models trained.
+
+    ``log`` collects the stage table (a fresh one when not given); `pulse retrain`
+    prints it. The one session setting it makes: ALS needs a Spark checkpoint
+    directory, so when recommendations are trained on a session that has none, it gets
+    ``settings.checkpoint_dir/retrain``; a directory the caller set is kept.
+    """
+    log = log if log is not None else StageLog()
+    log.progress = opts.progress
+    start = time.perf_counter()
+    ctx = open_context(spark, settings, opts, log)
+    if "recommendations" in opts.models:
+        ensure_checkpoint_dir(spark, settings)
     out = {name: TRAINERS[name](ctx) for name in TRAINERS if name in opts.models}
     with log.stage("customer state for the speed layer") as st:
         # Every run: the stream takes it at its next batch (the lambda correction).
-        st.rows = write_state(settings, events, cutoff, ctx.version, daily)["customers"]
+        st.rows = write_state(settings, ctx.events, ctx.cutoff, ctx.version, ctx.daily)["customers"]
     ctx.release()
     if opts.progress:
         seconds = time.perf_counter() - start
