@@ -17,7 +17,8 @@ demo: setup ## set up and run the end-to-end demo on generated data
 	$(BIN)/pulse demo
 
 test: setup ## set up and run the whole test suite (starts its own Kafka broker)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/python tests/no_jvm.py $(BIN)/pytest tests/unit $(PYTEST_ARGS)  # the unit tier, with no JVM on the PATH
+	$(BIN)/pytest --ignore=tests/unit $(PYTEST_ARGS)
 
 lint: setup ## ruff on everything, mypy on the packages (pyproject.toml lists them)
 	$(BIN)/ruff check .
