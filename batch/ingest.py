@@ -9,11 +9,13 @@ or a file overlapping what the stream already wrote, therefore adds each event o
 The adapters yield in event-time order, so a chunk covers a few consecutive days;
 the days two chunks share are compacted at the end (``storage.lake.compact``).
 Customer attributes (Kaggle ``customers.csv``) go to ``lake/customers`` when the
-source has them.
+source has them, and the source's articles (``Source.articles()``: H&M's articles.csv,
+Amazon's metadata, Online Retail's stock codes) to ``lake/articles``.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,7 +28,14 @@ from pyspark.sql import SparkSession
 from runtime.settings import Settings
 from schemas.tables import CUSTOMER_COLUMNS as KAGGLE_CUSTOMERS
 from schemas.transaction import FIELD_NAMES
-from storage.lake import EVENT_ARROW_SCHEMA, compact, customers_dir, write_events
+from storage.lake import (
+    ARTICLE_COLUMNS,
+    EVENT_ARROW_SCHEMA,
+    articles_dir,
+    compact,
+    customers_dir,
+    write_events,
+)
 from storage.objects import read_parquet_file, write_parquet
 
 # The Kaggle customer columns the models use; postal_code is left out (high-cardinality
@@ -38,11 +47,13 @@ CHUNK_ROWS = 1_000_000
 
 @dataclass
 class IngestResult:
-    """What one ingest did: rows read, new rows appended, customers written."""
+    """What one ingest did: rows read, new rows appended, customers and articles written
+    (the rows each dimension holds after the merge; 0 when the source has none)."""
 
     staged: int
     appended: int
     customers: int
+    articles: int = 0
 
 
 def chunks(batches: Iterable[pa.Table], rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
@@ -124,6 +135,35 @@ def ingest_customers(settings: Settings, csv_path: Path) -> int:
     return merged.num_rows
 
 
+def ingest_articles(settings: Settings, articles: pa.Table) -> int:
+    """Merge a source's article rows into ``lake/articles``; returns the row count.
+
+    ``articles`` has ``storage.lake.ARTICLE_COLUMNS`` (``Source.articles()`` gives them).
+    As for customers: merged with the rows already there, one row per article_id (a row
+    of ``articles`` wins, then the newer file's), written as one new Parquet file, after
+    which the older files are removed. A reader in between may see an article twice,
+    once per file.
+    """
+    types = {"string": pa.string(), "double": pa.float64()}
+    schema = pa.schema([(c, types[t]) for c, t in ARTICLE_COLUMNS.items()])
+    new = pa.table([articles.column(c).cast(schema.field(c).type) for c in ARTICLE_COLUMNS],
+                   schema=schema)  # fmt: skip
+    new = new.filter(pc.is_valid(new.column("article_id")))
+    target = articles_dir(settings)
+    old_files = sorted(target.glob("*.parquet"), reverse=True) if target.is_dir() else []
+    if old_files:  # newest first: names start with a time, so a later file wins a tie
+        old = [read_parquet_file(f).select(list(ARTICLE_COLUMNS)).cast(schema) for f in old_files]
+        new = pa.concat_tables([new, *old])
+    ids = new.column("article_id").combine_chunks()
+    first = pc.equal(pc.index_in(ids, value_set=ids), pa.array(range(len(ids)), pa.int32()))
+    merged = new.filter(first).sort_by("article_id")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    write_parquet(merged, target / f"articles-{stamp}-{uuid.uuid4().hex[:8]}.parquet")
+    for f in old_files:
+        f.unlink()
+    return merged.num_rows
+
+
 def _lenient_cast(values: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
     """``values`` (text) as ``to``; a text that is not a ``to`` becomes null."""
     if to == pa.string():
@@ -136,10 +176,14 @@ def _lenient_cast(values: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
 def ingest_source(
     spark: SparkSession, settings: Settings, source: object, progress: bool = True
 ) -> IngestResult:
-    """Backfill the lake from an adapter ``Source`` (``iter_batches``, ``customers_path``)."""
+    """Backfill the lake from an adapter ``Source`` (``iter_batches``, ``customers_path``,
+    ``articles()``; a source without the last two has no dimension rows)."""
     staged, appended = append_new(settings, source.iter_batches(), progress=progress)  # type: ignore[attr-defined]
-    customers = 0
+    customers = articles = 0
     customers_path = getattr(source, "customers_path", None)
     if customers_path is not None:
         customers = ingest_customers(settings, Path(customers_path))
-    return IngestResult(staged=staged, appended=appended, customers=customers)
+    article_rows = getattr(source, "articles", lambda: None)()
+    if article_rows is not None:
+        articles = ingest_articles(settings, article_rows)
+    return IngestResult(staged=staged, appended=appended, customers=customers, articles=articles)

@@ -26,16 +26,20 @@ Supported sources (``spec``):
   UK time without zone and is taken as UTC. Cancellations (``C`` invoices, negative
   quantity) are kept as returns, and a price of 0 is a valid event (the contract asks
   ``unit_price >= 0``); a missing customer id or a negative price is rejected.
+- ``amazon:DIR`` or ``amazon:FILE`` — Amazon product reviews (the 2014, 2018 or 2023
+  release: a reviews file and its ``meta_*`` file, JSON lines, gzipped or not); one
+  review is one event, priced from the metadata (``producers.amazon``).
 - a bare path: a folder is H&M (or synthetic when the marker is present), a file is
   Online Retail.
+
+What every source shares (the contract's Arrow schema, the counts, the ids, the
+reasons, the ``EventSource`` interface) is in ``producers.source_base``. A source's
+``articles()`` gives its article dimension rows (``ARTICLES_SCHEMA``) for ``pulse ingest``.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -44,28 +48,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from producers.amazon import open_amazon
+from producers.source_base import (
+    ARROW_SCHEMA,
+    ARTICLES_SCHEMA,
+    EventSource,
+    SourceStats,
+    category_path,
+    first_rows,
+)
+from producers.source_base import event_ids as _event_ids
+from producers.source_base import row_reasons as _reasons
 from runtime.errors import PulseError
-from schemas.transaction import FIELD_NAMES, FIELDS, NULL, rules_for
 
 GENERATED_MARKER = "_pulse_generated.json"
-SEP = "\x1f"  # joins the parts of an event id, as schemas.transaction.make_event_id does
-KINDS = ("hm", "online_retail", "synthetic")
-
-#: The contract columns as Arrow types: what ``Source.iter_batches`` yields.
-ARROW_SCHEMA = pa.schema(
-    [
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("customer_id", pa.string(), nullable=False),
-        pa.field("article_id", pa.string(), nullable=False),
-        pa.field("quantity", pa.int32(), nullable=False),
-        pa.field("unit_price", pa.float64(), nullable=False),
-        pa.field("sales_channel_id", pa.int32(), nullable=True),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("produced_at", pa.timestamp("us", tz="UTC"), nullable=True),
-    ]
-)
-assert tuple(ARROW_SCHEMA.names) == FIELD_NAMES
+KINDS = ("hm", "online_retail", "synthetic", "amazon")
 
 HM_COLUMNS = ("t_dat", "customer_id", "article_id", "price", "sales_channel_id")
 # Online Retail I and II name the same columns differently; map both to one set.
@@ -79,70 +76,18 @@ RETAIL_COLUMNS = {
 }
 
 
-@dataclass
-class SourceStats:
-    """Counts filled in as a source is iterated.
-
-    ``rows_read`` counts rows inside the date window; rows outside it are
-    ``skipped`` (not read as events). ``rejected`` maps a reason to a count.
-    """
-
-    rows_read: int = 0
-    accepted: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    skipped: int = 0
-
-    @property
-    def n_rejected(self) -> int:
-        """Total rejected rows, all reasons."""
-        return sum(self.rejected.values())
-
-    def summary(self) -> str:
-        """One printable line: read = accepted + rejected, with reasons."""
-        reasons = ", ".join(f"{r}: {n:,}" for r, n in self.rejected.most_common())
-        text = (
-            f"rows read {self.rows_read:,} = accepted {self.accepted:,}"
-            f" + rejected {self.n_rejected:,}"
-        )
-        if reasons:
-            text += f" ({reasons})"
-        if self.skipped:
-            text += f"; {self.skipped:,} outside the date window skipped"
-        return text
-
-
 # A normaliser turns one raw chunk (all strings) into contract columns + a
 # ``reason`` column (None when valid) + ``key`` (the raw row content for the id).
 Normaliser = Callable[[pd.DataFrame], pd.DataFrame]
 
 
-class Source:
-    """A dataset readable as contract events in event-time order.
+class Source(EventSource):
+    """A CSV or Parquet dataset (H&M, synthetic, Online Retail) as contract events.
 
+    The file must be in event-time order (it is read in chunks, never whole).
     ``start``/``end`` (inclusive UTC dates) limit the events to a date window.
     Iterating twice reads the file twice and restarts ``stats``.
     """
-
-    def __init__(
-        self,
-        name: str,
-        path: Path,
-        *,
-        start: date | None = None,
-        end: date | None = None,
-        customers_path: Path | None = None,
-        articles_path: Path | None = None,
-    ) -> None:
-        self.name = name
-        self.path = path
-        self.start = start
-        self.end = end
-        self.customers_path = customers_path
-        self.articles_path = articles_path
-        self.stats = SourceStats()
-
-    def __repr__(self) -> str:
-        return f"Source({self.name!r}, {str(self.path)!r})"
 
     # -- reading -----------------------------------------------------------------
 
@@ -264,10 +209,15 @@ class Source:
         if len(good):
             yield _to_arrow(good, self.name)
 
-    def events(self, batch_rows: int = 100_000) -> Iterator[dict[str, Any]]:
-        """Typed contract events (timestamps as UTC datetimes), in event-time order."""
-        for table in self.iter_batches(batch_rows):
-            yield from table.to_pylist()
+    def articles(self) -> pa.Table | None:
+        """The article rows (``ARTICLES_SCHEMA``): H&M's ``articles.csv`` when there is one
+        (name = prod_name, category = index group > product group > product type, no brand
+        or list price); for Online Retail, each StockCode with its latest description."""
+        if self.name == "online_retail":
+            return _retail_articles(self.path)
+        if self.articles_path is None:
+            return None
+        return _hm_articles(self.articles_path)
 
 
 def _parquet_as_text(batch: pa.RecordBatch) -> pd.DataFrame:
@@ -311,19 +261,6 @@ def _check_sorted(chunk: pd.DataFrame, last: pd.Timestamp | None, path: Path) ->
     raise PulseError(f"{path} is not sorted by event time at row {row:,}; sort it first")
 
 
-def _event_ids(source: str, keys: np.ndarray, occurrence: np.ndarray) -> list[str]:
-    """``make_event_id(source, key, n)`` per row, inlined: it is the adapters' hot loop.
-
-    A unit test proves both give the same ids (``"\\x1f".join`` of the same parts).
-    """
-    blake2b = hashlib.blake2b
-    prefix = f"{source}\x1f"
-    return [
-        f"{source}-{blake2b(f'{prefix}{key}{SEP}{n}'.encode(), digest_size=12).hexdigest()}"
-        for key, n in zip(keys.tolist(), occurrence.tolist(), strict=True)
-    ]
-
-
 def _to_arrow(good: pd.DataFrame, source: str) -> pa.Table:
     n = len(good)
     return pa.table(
@@ -342,39 +279,6 @@ def _to_arrow(good: pd.DataFrame, source: str) -> pa.Table:
         },
         schema=ARROW_SCHEMA,
     )
-
-
-# Per contract field, the adapter's checks of the source text that field comes from:
-# (reason, failed mask) pairs, the reason naming the source column.
-SourceChecks = dict[str, list[tuple[str, pd.Series]]]
-
-
-def _first_reason(checks: list[tuple[str, pd.Series]], index: pd.Index) -> pd.Series:
-    """Per row, the first failing check's reason (None when all pass)."""
-    reason = pd.Series(pd.NA, index=index, dtype="string[pyarrow]")
-    for text, failed in reversed(checks):  # earlier checks overwrite later ones
-        reason = reason.mask(failed.to_numpy(dtype=bool, na_value=False), text)
-    return reason
-
-
-def _reasons(out: pd.DataFrame, source_checks: SourceChecks) -> pd.Series:
-    """Per row, why it is rejected (None when it is a valid event).
-
-    Per contract field in contract order: the adapter's source checks for that field,
-    then the contract's own checks, derived from ``schemas.transaction``: a null in a
-    non-nullable field, then the field's ``RULES``, with the reasons ``validate`` gives.
-    Fields the adapters fill themselves (event_id, source, produced_at) are not in ``out``.
-    """
-    checks: list[tuple[str, pd.Series]] = []
-    for spec in FIELDS:
-        if spec.name not in out.columns:
-            continue
-        value = out[spec.name]
-        checks += source_checks.get(spec.name, [])
-        if not spec.nullable:
-            checks.append((f"{spec.name}: {NULL}", value.isna()))
-        checks += [(rule.message, rule.broken_series(value)) for rule in rules_for(spec.name)]
-    return _first_reason(checks, out.index)
 
 
 def _normalise_hm(raw: pd.DataFrame) -> pd.DataFrame:
@@ -457,6 +361,105 @@ def _normalise_retail(raw: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
     return out
 
 
+# -- articles ---------------------------------------------------------------------
+
+HM_ARTICLE_COLUMNS = (
+    "article_id",
+    "prod_name",
+    "index_group_name",
+    "product_group_name",
+    "product_type_name",
+)
+
+
+def _hm_articles(path: Path) -> pa.Table:
+    """H&M ``articles.csv[.gz]`` (or ``.parquet``) as ``ARTICLES_SCHEMA`` rows."""
+    import pyarrow.compute as pc
+
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            present = set(pq.read_schema(path).names)
+            read = pq.read_table(path, columns=[c for c in HM_ARTICLE_COLUMNS if c in present])
+            raw = pa.table({
+                c: read.column(c).cast(pa.string()) if c in present else pa.nulls(len(read))
+                for c in HM_ARTICLE_COLUMNS
+            })  # fmt: skip
+            if pa.types.is_integer(read.schema.field("article_id").type):
+                raw = raw.set_column(0, "article_id", pc.utf8_lpad(raw["article_id"], 10, "0"))
+        else:
+            from pyarrow import csv
+
+            raw = csv.read_csv(
+                path,
+                convert_options=csv.ConvertOptions(
+                    column_types=dict.fromkeys(HM_ARTICLE_COLUMNS, pa.string()),
+                    include_columns=list(HM_ARTICLE_COLUMNS),
+                    include_missing_columns=True,
+                    strings_can_be_null=True,
+                ),
+            )
+    except (pa.ArrowInvalid, KeyError, OSError) as exc:
+        raise PulseError(f"{path}: cannot read articles ({exc})") from None
+    ids = pc.utf8_trim_whitespace(raw.column("article_id").cast(pa.string()))
+    if raw.num_rows and ids.null_count == raw.num_rows:
+        raise PulseError(f"{path}: not an articles file (no article_id column)")
+    table = pa.table(
+        {
+            "article_id": ids,
+            "name": raw.column("prod_name"),
+            "category": category_path(
+                [raw.column(c) for c in HM_ARTICLE_COLUMNS[2:]]  # outermost first
+            ),
+            "brand": pa.nulls(raw.num_rows, pa.string()),
+            "price": pa.nulls(raw.num_rows, pa.float64()),
+        }
+    )
+    return first_rows(table.filter(pc.invert(pc.equal(pc.fill_null(ids, ""), ""))))
+
+
+def _retail_articles(path: Path) -> pa.Table | None:
+    """Online Retail's StockCodes as ``ARTICLES_SCHEMA`` rows: name = the latest non-empty
+    Description by InvoiceDate (an unparseable date counts as the oldest); no category,
+    brand or list price. None when the file has no StockCode column."""
+    try:
+        header = list(pd.read_csv(path, nrows=0).columns)
+        if "StockCode" not in header:
+            return None
+        wanted = ["StockCode", "Description", "InvoiceDate"]
+        frame = pd.read_csv(
+            path,
+            usecols=[c for c in wanted if c in header],
+            dtype="string[pyarrow]",
+            keep_default_na=False,
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
+        raise PulseError(f"{path}: cannot read as CSV ({exc})") from None
+    code = frame["StockCode"].str.strip()
+    blank = pd.Series("", index=frame.index, dtype="string[pyarrow]")
+    name = frame["Description"].str.strip() if "Description" in frame else blank
+    when = _parse_invoice_date(
+        frame["InvoiceDate"].str.strip() if "InvoiceDate" in frame else blank
+    )
+    rows = pd.DataFrame({"article_id": code, "name": name, "when": when})[code != ""]
+    named = rows[rows["name"] != ""].sort_values("when", kind="stable", na_position="first")
+    latest = named.groupby("article_id", sort=False)["name"].last()
+    ids = pd.Series(sorted(rows["article_id"].unique()), dtype=object)
+    names = ids.map(latest)
+    n = len(ids)
+    return pa.table(
+        {
+            "article_id": pa.array(ids.to_numpy(), pa.string()),
+            "name": pa.array(names.to_numpy(), pa.string(), from_pandas=True),
+            "category": pa.nulls(n, pa.string()),
+            "brand": pa.nulls(n, pa.string()),
+            "price": pa.nulls(n, pa.float64()),
+        },
+        schema=ARTICLES_SCHEMA,
+    )
+
+
 # -- opening a source -------------------------------------------------------------
 
 
@@ -473,8 +476,9 @@ def _articles_near(folder: Path) -> Path | None:
     return _find(folder, "articles") or _find(folder.parent / "hm_articles", "articles")
 
 
-def open_source(spec: str, *, start: date | None = None, end: date | None = None) -> Source:
-    """Open ``spec`` (``hm:``/``online_retail:``/``synthetic:`` + path, or a bare path).
+def open_source(spec: str, *, start: date | None = None, end: date | None = None) -> EventSource:
+    """Open ``spec`` (``hm:``/``online_retail:``/``synthetic:``/``amazon:`` + path, or a
+    bare path).
 
     Raises PulseError for a missing path, an unknown kind or a folder without
     transactions. Column checks happen when iteration starts (reading the header).
@@ -486,6 +490,8 @@ def open_source(spec: str, *, start: date | None = None, end: date | None = None
         kind, path = "", Path(spec).expanduser()
     if not path.exists():
         raise PulseError(f"source not found: {path}")
+    if kind == "amazon":
+        return open_amazon(path, start=start, end=end)
     if not kind:
         if path.is_dir():
             kind = "synthetic" if (path / GENERATED_MARKER).is_file() else "hm"

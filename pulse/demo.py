@@ -2,7 +2,8 @@
 
 Every step is the `pulse` command a user would type, run as a child process:
 broker start, topics create, data generate, ingest (backfill of all but the last
-``replay_days``), a first retrain, then the stream in the background (its state
+``replay_days``: a copy of the source cut at the split, H&M or Amazon layout), a first
+retrain, then the stream in the background (its state
 seeded from the backfilled lake), a paced replay of the last ``replay_days`` into
 Kafka, periodic churn retrains while the stream runs, a live line per tick showing one
 customer's churn probability moving, and finally the report. Everything is
@@ -104,8 +105,11 @@ class Children:
             self.stop(name, grace=10.0)
 
 
-def _date_range(source_dir: Path) -> tuple[date, date]:
-    """First and last ``t_dat`` of an H&M-layout folder (DuckDB scan, no Spark)."""
+def _date_range(source_dir: Path, kind: str = "hm") -> tuple[date, date]:
+    """First and last ``t_dat`` of an H&M-layout folder (DuckDB scan, no Spark); for
+    ``kind`` amazon, the first and last accepted review's date (read by the adapter)."""
+    if kind == "amazon":
+        return _amazon_date_range(source_dir)
     import duckdb
 
     for name in (
@@ -126,13 +130,31 @@ def _date_range(source_dir: Path) -> tuple[date, date]:
     raise PulseError(f"{source_dir}: no transactions_train.csv[.gz] or .parquet")
 
 
-def write_backfill(source_dir: Path, out_dir: Path, before: date) -> Path:
+def _amazon_date_range(path: Path) -> tuple[date, date]:
+    from producers.adapters import open_source
+
+    first = last = None
+    for batch in open_source(f"amazon:{path}").iter_batches():
+        first = first or batch.column("event_time")[0].as_py()
+        last = batch.column("event_time")[-1].as_py()
+    if first is None or last is None:
+        raise PulseError(f"{path} holds no valid reviews")
+    return first.date(), last.date()
+
+
+def write_backfill(source_dir: Path, out_dir: Path, before: date, kind: str = "hm") -> Path:
     """Copy an H&M-layout folder keeping only transactions with ``t_dat < before``.
 
     Rows keep their text and order exactly, so the adapters give them the same event ids
     as when the full folder is replayed. Dimension files and the generator marker are
-    linked as they are.
+    linked as they are. ``kind`` amazon: an Amazon folder or reviews file, copied as an
+    ``amazon:`` folder of the reviews dated before ``before``, lines verbatim
+    (``producers.amazon.write_reviews_before``).
     """
+    if kind == "amazon":
+        from producers.amazon import write_reviews_before
+
+        return write_reviews_before(source_dir, out_dir, before)
     import duckdb
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,8 +292,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     data_root = local_path(settings.data_root, "`pulse demo`").resolve()
     settings = settings.model_copy(update={"data_root": data_root})
     cli = _cli_of(settings)
-    if options.source:
-        _date_range(_source(options.source)[1])  # bad input fails before anything starts
+    if options.source:  # bad input fails before anything starts
+        kind, source_dir = _source(options.source)
+        first, last = _date_range(source_dir, kind)
     children = Children(data_root / "demo-logs", prefix_len=len(cli))
     began = time.monotonic()
     # A SIGTERM to the demo must run the same cleanup as Ctrl-C.
@@ -283,10 +306,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         broker_started = True
         children.run("topics", [*cli, "topics", "create"])
 
-        if options.source:
-            kind, source_dir = _source(options.source)
-            first, last = _date_range(source_dir)
-        else:
+        if not options.source:
             kind, source_dir = "synthetic", data_root / "generated"
             if not (source_dir / "_pulse_generated.json").exists():
                 children.run("generate", [
@@ -299,7 +319,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         split = last - timedelta(days=options.replay_days - 1)
         print(f"\n== data {first}..{last}: backfill before {split}, stream {split}..{last}")
 
-        backfill = write_backfill(source_dir, data_root / "backfill", before=split)
+        backfill = write_backfill(source_dir, data_root / "backfill", before=split, kind=kind)
         children.run("ingest", [*cli, "ingest", f"{kind}:{backfill}"])
         children.run("retrain", [*cli, "retrain"])
 
@@ -311,7 +331,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         os.environ.setdefault("PULSE_SNAPSHOT_INTERVAL_SECONDS", "30")
         children.start("stream", [*cli, "stream", "--seed-from-lake"])
         print(f"\n== stream started, seeded from the lake (logs in {children.log_dir})")
-        _wait_seeded(settings, children, _date_range(backfill)[1])
+        _wait_seeded(settings, children, _date_range(backfill, kind)[1])
         port = _serving_port(settings.api_port)
         children.start("serve", [*cli, "serve", "--port", str(port)])
         print(f"== dashboard: http://127.0.0.1:{port}/ (open it now: the view moves with the "
@@ -364,14 +384,22 @@ def _wait_seeded(settings: Settings, children: Children, last: date) -> None:
 
 
 def _source(spec: str) -> tuple[str, Path]:
-    """``hm:PATH`` (or ``synthetic:PATH``) -> (kind, folder); PulseError otherwise."""
+    """``hm:PATH`` (or ``synthetic:PATH``) -> (kind, folder); ``amazon:PATH`` -> (kind, its
+    folder or reviews file); PulseError otherwise."""
     kind, _, path = spec.partition(":")
-    if kind not in ("hm", "synthetic") or not path:
-        raise PulseError(f"--source must be hm:PATH (an H&M folder), got {spec!r}")
-    folder = Path(path).resolve()
-    if not folder.is_dir():
-        raise PulseError(f"--source {spec}: {folder} is not a folder")
-    return kind, folder
+    if kind not in ("hm", "synthetic", "amazon") or not path:
+        raise PulseError(
+            f"--source must be hm:PATH (an H&M folder) or amazon:PATH (Amazon reviews), "
+            f"got {spec!r}"
+        )
+    where = Path(path).resolve()
+    if kind == "amazon":
+        if not where.exists():
+            raise PulseError(f"--source {spec}: {where} not found")
+        return kind, where
+    if not where.is_dir():
+        raise PulseError(f"--source {spec}: {where} is not a folder")
+    return kind, where
 
 
 def _check_stream(children: Children) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 from schemas.rules import BLANK_CHARS, Rule
 
 SCHEMA_VERSION = 1
-SOURCES = ("hm", "online_retail", "synthetic")
+SOURCES = ("hm", "online_retail", "synthetic", "amazon")
 MAX_STRING_LEN = 256  # oversized values are rejected, not truncated
 INT32 = (-(2**31), 2**31 - 1)
 
@@ -72,9 +72,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("customer_id", "string", doc="non-empty"),
     FieldSpec("article_id", "string", doc="string (H&M ids keep a leading 0)"),
     FieldSpec("quantity", "int", doc="1 for H&M; negative = return"),
-    FieldSpec("unit_price", "double", doc=">= 0"),
+    FieldSpec("unit_price", "double", doc=">= 0 (Amazon: the metadata's list price)"),
     FieldSpec("sales_channel_id", "int", nullable=True, doc="H&M 1 or 2"),
-    FieldSpec("source", "string", doc="hm | online_retail | synthetic"),
+    FieldSpec("source", "string", doc="hm | online_retail | synthetic | amazon"),
     FieldSpec("produced_at", "timestamp", doc="set by the producer; end-to-end latency"),
 )
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)

@@ -221,6 +221,17 @@ UNIT_CASES = [
     ),
     Case("ingest-folder-without-transactions", ["ingest", "hm:empty"], "empty: no transactions"),
     Case("ingest-empty-csv", ["ingest", "online_retail:blank.csv"], "blank.csv: the file is empty"),
+    Case("ingest-amazon-no-reviews", ["ingest", "amazon:empty"], "empty: no Amazon reviews file"),
+    Case(
+        "ingest-amazon-not-gzip",
+        ["ingest", "amazon:broken.json.gz"],
+        "broken.json.gz: cannot read (Not a gzipped file",
+    ),
+    Case(
+        "produce-amazon-wrong-file",
+        ["produce", "amazon:wrong.jsonl"],
+        "wrong.jsonl: not an Amazon reviews file, its first record has keys a",
+    ),
     Case("produce-empty-csv", ["produce", "hm:blank.csv"], "blank.csv: the file is empty"),
     Case("demo-negative-speedup", ["demo", "--speedup", "-5"], "not a number above zero: '-5'"),
     Case(
@@ -251,6 +262,13 @@ UNIT_CASES = [
     ),
     Case("view-no-customer-given", ["view"], "give a CUSTOMER_ID or --at-risk N"),
     Case("demo-missing-source", ["demo", "--source", "hm:nowhere"], "nowhere is not a folder"),
+    Case("demo-missing-amazon", ["demo", "--source", "amazon:nowhere"], "nowhere not found"),
+    Case(
+        "generate-amazon-articles-file",
+        ["data", "generate", "--layout", "amazon", "--customers", "5", "--articles", "blank.csv"]
+        + ["--out", "gen"],
+        "--layout amazon: --articles takes a number of products",
+    ),
     Case("bench-zero-events", ["bench", "stream", "--events", "0"], "not a whole number >= 1"),
     Case("bench-view-store", ["bench", "view", "--store", "mongo"], "invalid choice: 'mongo'"),
     Case("view-at-risk-word", ["view", "--at-risk", "lots"], "not a whole number >= 1: 'lots'"),
@@ -269,6 +287,16 @@ UNIT_CASES = [
     ),
     Case("bench-zero-size", ["bench", "batch", "--sizes", "0"], "--sizes: not a whole number"),
     Case("bench-producer-no-events", ["bench", "producer", "--events", "-5"], "'-5'"),
+    # sql: read-only queries over the catalog
+    Case("sql-unknown-table", ["sql", "SELECT * FROM nowhere"], "unknown table 'nowhere'"),
+    Case("sql-syntax", ["sql", "SELEC 1"], 'SQL syntax error: syntax error at or near "SELEC"'),
+    Case("sql-drop", ["sql", "DROP TABLE transactions"], "DROP is not allowed"),
+    Case("sql-absent-table", ["sql", "SELECT * FROM churn_scores"], "`pulse retrain` creates it"),
+    # backtest: the schedule is checked before a Spark session starts
+    Case("backtest-empty-lake", ["backtest"], "is empty: run `pulse ingest SOURCE`"),
+    Case("backtest-zero-step", ["backtest", "--every", "0d"], "not a step (month, or days"),
+    Case("backtest-bad-date", ["backtest", "--from", "2011-13-01"], "'2011-13-01'"),
+    Case("backtest-unknown-model", ["backtest", "--models", "segments"], "invalid choice"),
     # chaos (the fault campaign): refused before any broker or stream starts
     Case("chaos-unknown-case", ["chaos", "--cases", "1,12"], "unknown case '12'"),
     Case("chaos-cases-not-numbers", ["chaos", "--cases", "kill"], "case numbers: 'kill'"),
@@ -293,6 +321,8 @@ def write_inputs(cwd: Path) -> None:
     """The files the cases name, relative to the working directory."""
     (cwd / "wrong_columns.csv").write_text("a,b\n1,2\n")
     (cwd / "blank.csv").write_text("")
+    (cwd / "wrong.jsonl").write_text('{"a": 1}\n')
+    (cwd / "broken.json.gz").write_bytes(b"not gzip\n")
     (cwd / "empty").mkdir()
     (cwd / "jvm-empty").mkdir()
     shop = cwd / "shop"

@@ -23,20 +23,27 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from batch.ingest import ingest_source
     from runtime.spark import build_spark
 
-    early = SimpleNamespace(iter_batches=lambda: batches, customers_path=source.customers_path)
+    early = SimpleNamespace(
+        iter_batches=lambda: batches,
+        customers_path=source.customers_path,
+        articles=source.articles,
+    )
     spark = build_spark(settings, "pulse-ingest", with_kafka=False)
     start = time.perf_counter()
     result = ingest_source(spark, settings, early)
-    stats = getattr(source, "stats", None)
-    rejected = sum(stats.rejected.values()) if stats is not None else 0
+    stats = source.stats
     print(
         f"ingested {source.name}: {result.staged:,} valid events staged, {result.appended:,} new "
-        f"in the lake ({result.staged - result.appended:,} already there), {rejected:,} rows "
-        f"rejected, {result.customers:,} customers; {time.perf_counter() - start:.1f}s"
+        f"in the lake ({result.staged - result.appended:,} already there), {stats.n_rejected:,} "
+        f"rows rejected, {result.customers:,} customers, {result.articles:,} articles; "
+        f"{time.perf_counter() - start:.1f}s"
     )
-    if stats is not None and stats.rejected:
-        for reason, n in stats.rejected.most_common(5):
-            print(f"  rejected {n:,}: {reason}")
+    print(
+        f"  rows read {stats.rows_read:,} = accepted {stats.accepted:,}"
+        f" + rejected {stats.n_rejected:,}"
+    )
+    for reason, n in stats.rejected.most_common():
+        print(f"  rejected {n:,}: {reason}")
     return 0
 
 
@@ -104,7 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from storage.registry import MODELS
 
     p = sub.add_parser("ingest", help="backfill the lake from files (no Kafka), deduplicated")
-    p.add_argument("source", help="hm:DIR | online_retail:FILE | synthetic:DIR | a bare path")
+    p.add_argument(
+        "source", help="hm:DIR | online_retail:FILE | synthetic:DIR | amazon:DIR | a bare path"
+    )
     p.set_defaults(handler=_ingest)
 
     p = sub.add_parser("retrain", help="train, evaluate and register the three batch models")

@@ -1,4 +1,5 @@
-"""`pulse data generate|profile|inspect`, `pulse compact`: synthetic data, calibration, the lake."""
+"""`pulse data generate|profile|inspect`, `pulse compact`: synthetic data (H&M or Amazon
+layout), calibration, the lake."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise PulseError(f"--out {out}: a file is there; give a folder (it is created)")
+    if args.layout == "amazon":
+        return _generate_amazon(args, out, count, articles_csv)
+    if args.release is not None:
+        raise PulseError("--release is for --layout amazon")
     result = generate(
         out,
         customers=args.customers,
@@ -42,6 +47,31 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {result.out_dir}: {result.transactions:,} transactions, "
         f"{result.customers:,} customers, {result.articles:,} articles "
         f"in {result.seconds:,.1f} s ({rate:,.0f} rows/s)"
+    )
+    return 0
+
+
+def _generate_amazon(
+    args: argparse.Namespace, out: Path, count: int | None, articles_csv: str | None
+) -> int:
+    from producers.amazon_generator import write_amazon_layout
+
+    if articles_csv is not None or count is None:
+        raise PulseError("--layout amazon: --articles takes a number of products, not a file")
+    result = write_amazon_layout(
+        out,
+        customers=args.customers,
+        articles=count,
+        start=args.start,
+        days=args.days,
+        seed=args.seed,
+        layout=args.release or "2018",
+    )
+    print(
+        f"wrote {result.out_dir}: {result.reviews:,} reviews ({result.reviews_path.name}), "
+        f"{result.customers:,} customers, {result.articles:,} products "
+        f"({result.metadata_path.name}) in {result.seconds:,.1f} s; "
+        f"read it as amazon:{result.out_dir}"
     )
     return 0
 
@@ -144,7 +174,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = data_sub.add_parser(
         "generate",
-        help="write a synthetic H&M Kaggle layout (transactions_train/customers/articles.csv)",
+        help="write a synthetic H&M Kaggle layout (transactions_train/customers/articles.csv), "
+        "or Amazon reviews with --layout amazon",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("hm", "amazon"),
+        default="hm",
+        help="hm: H&M Kaggle files (default); amazon: a reviews file and its meta_ file, "
+        "gzipped JSON lines (producers/amazon_generator.py), read as amazon:OUT",
+    )
+    p.add_argument(
+        "--release",
+        choices=("2018", "2023"),
+        default=None,
+        help="with --layout amazon: the release whose fields are written (default 2018)",
     )
     p.add_argument("--customers", type=int, required=True, help="number of customers")
     p.add_argument(
@@ -181,7 +225,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = data_sub.add_parser(
         "inspect", help="read a source through its adapter: rows read = accepted + rejected"
     )
-    p.add_argument("source", help="hm:DIR, online_retail:FILE, synthetic:DIR or a bare path")
+    p.add_argument(
+        "source", help="hm:DIR, online_retail:FILE, synthetic:DIR, amazon:DIR or a bare path"
+    )
     p.add_argument("--start", type=iso_date, default=None, help="first event date (inclusive)")
     p.add_argument("--end", type=iso_date, default=None, help="last event date (inclusive)")
     p.set_defaults(handler=_inspect)

@@ -13,8 +13,10 @@ from runtime.settings import Settings
 
 def _source_identity(spec: str, name: str, start: date | None, end: date | None) -> dict:
     """What makes two replays "the same" for --resume: the resolved source and the window."""
+    from producers.adapters import KINDS
+
     prefix, _, rest = spec.partition(":")
-    path = rest if prefix in ("hm", "online_retail", "synthetic") else spec
+    path = rest if prefix in KINDS else spec
     return {
         "source": name,
         "path": str(Path(path).resolve()),
@@ -62,11 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "produce",
         help="replay a dataset into Kafka in event-time order (paced, resumable)",
-        description="Replay SOURCE (hm:PATH, online_retail:PATH, synthetic:PATH or a path) "
+        description="Replay SOURCE (hm:PATH, online_retail:PATH, synthetic:PATH, amazon:PATH "
+        "or a path) "
         "into the transactions topic, key = customer_id, idempotent, acks=all. "
         "Exit status is non-zero if any record was not delivered.",
     )
-    p.add_argument("source", metavar="SOURCE", help="hm:PATH | online_retail:PATH | synthetic:PATH")
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="hm:PATH | online_retail:PATH | synthetic:PATH | amazon:PATH",
+    )
     pace = p.add_mutually_exclusive_group()
     pace.add_argument(
         "--speedup", type=float, help="simulated seconds per wall second (86400: a day per second)"

@@ -207,8 +207,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )  # fmt: skip
     p.set_defaults(handler=_serve)
 
-    p = sub.add_parser("demo", help="the whole loop end to end on generated (or H&M) data")
-    p.add_argument("--source", help="run on a real H&M folder instead (hm:PATH)")
+    p = sub.add_parser(
+        "demo", help="the whole loop end to end on generated (or H&M, or Amazon) data"
+    )
+    p.add_argument(
+        "--source",
+        help="run on a real H&M folder instead (hm:PATH), or Amazon reviews (amazon:PATH: "
+        "a folder or reviews file, e.g. from `pulse data generate --layout amazon`)",
+    )
     p.add_argument(
         "--customers", type=positive_int, default=50_000, help="generated customers (~1.2M rows)"
     )

@@ -120,7 +120,7 @@ def test_wrong_types(changes: dict[str, Any], reason: str) -> None:
         ({"quantity": 0}, "quantity: is zero"),
         ({"quantity": 2**31}, "quantity: out of int range"),
         ({"sales_channel_id": 3}, "sales_channel_id: is not 1 or 2"),
-        ({"source": "amazon"}, "source: is not one of hm, online_retail, synthetic"),
+        ({"source": "ebay"}, "source: is not one of hm, online_retail, synthetic, amazon"),
         ({"event_time": "yesterday"}, "event_time: unparseable timestamp 'yesterday'"),
         ({"event_time": "2020-13-01T00:00:00Z"}, "event_time: unparseable timestamp"),
         ({"produced_at": "2020-09-22 25:00"}, "produced_at: unparseable timestamp"),
