@@ -234,6 +234,12 @@ def recommendations_at(
     }
 
 
+def _money(value: float) -> str:
+    """Revenue for the table: whole units, or 3 significant digits below 1,000 (H&M's
+    prices are scaled to about 0.03)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -411,7 +417,7 @@ def tables(result: dict[str, Any]) -> list[str]:
         for r in rec["per_cutoff"]:
             s = r["strategies"]
             cells = [
-                f"{s[n][MAP_AT_K]:.4f} ({s[n][REVENUE_AT_K]:,.0f})"
+                f"{s[n][MAP_AT_K]:.4f} ({_money(s[n][REVENUE_AT_K])})"
                 for n in ("served", "popularity", "repurchase")
             ]
             lo, hi = r["ratio_interval"]
