@@ -113,6 +113,9 @@ def create_bucket(endpoint: S3Endpoint, bucket: str) -> None:
     store.delete_file(f"{bucket}/.pulse-warm-up")
 
 
+BIND_ATTEMPTS = 3  # first starts on fresh ports when one was taken before the bind
+
+
 class S3Server:
     """SeaweedFS (master, volume, filer, S3 gateway) in ``workdir`` on ports chosen once.
 
@@ -140,11 +143,17 @@ class S3Server:
             "credentials": [{"accessKey": key, "secretKey": secret}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))  # fmt: skip
-        self.ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-        self.grpc = {name: free_port() for name in self.ports}
-        self.endpoint = S3Endpoint(f"http://127.0.0.1:{self.ports['s3']}", key, secret, bucket)
+        self.key, self.secret = key, secret
+        self._choose_ports()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+
+    def _choose_ports(self) -> None:
+        self.ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        self.grpc = {name: free_port() for name in self.ports}
+        self.endpoint = S3Endpoint(
+            f"http://127.0.0.1:{self.ports['s3']}", self.key, self.secret, self.bucket
+        )
 
     @property
     def log_path(self) -> Path:
@@ -175,7 +184,29 @@ class S3Server:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 120) -> S3Endpoint:
-        """Launch the server; return once the gateway answers and the bucket takes a write."""
+        """Launch the server; return once the gateway answers and the bucket takes a write.
+
+        A free port can be taken between its choice and the server's bind (by any
+        outgoing connection: both come from the ephemeral range). On the first start,
+        before anyone knows the ports, a bind failure chooses new ones and starts again,
+        up to ``BIND_ATTEMPTS`` times; a restart keeps its ports (its clients know them)."""
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                return self._start(timeout)
+            except PulseError:
+                taken = self.starts == 1 and "address already in use" in self._last_log()
+                if not taken or attempt == BIND_ATTEMPTS:
+                    raise
+                self.starts = 0
+                self._choose_ports()
+        raise AssertionError("unreachable")
+
+    def _last_log(self) -> str:
+        """What the server logged since its last start."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text.rsplit("--- start ", 1)[-1]
+
+    def _start(self, timeout: float) -> S3Endpoint:
         if self.running():
             return self.endpoint
         with open(self.log_path, "ab") as log:

@@ -187,3 +187,28 @@ def test_a_command_not_ready_for_an_object_store_says_so_in_one_line(
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert f"`pulse {command}` does not run on an object-store data root yet" in lines[0]
+
+
+def test_a_port_taken_before_the_first_start_is_chosen_again(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """Between choosing a free port and binding it, another process may take it (a CI run
+    lost every object-store test so). The first start then moves to new ports."""
+    import socket
+
+    from pulse.local.s3 import S3Server, weed_binary
+
+    if not weed_binary(base_settings).exists():
+        pytest.skip(f"SeaweedFS not built at {weed_binary(base_settings)} (`make setup`)")
+    server = S3Server(base_settings, tmp_path / "s3")
+    taken = server.grpc["filer"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        try:
+            endpoint = server.start(timeout=60)
+            assert server.grpc["filer"] != taken
+            assert "address already in use" in server.log_path.read_text()
+            check_reachable(load_settings(**endpoint.settings("probe")))
+        finally:
+            server.stop()
