@@ -402,6 +402,11 @@ def backtest(spark: SparkSession, settings: Settings, opts: BacktestOptions) -> 
     return out
 
 
+def _binary(m: dict[str, float]) -> str:
+    """A churn model's cell: AUC / PR-AUC / Brier."""
+    return f"{m['auc_roc']:.4f} / {m['pr_auc']:.4f} / {m['brier']:.4f}"
+
+
 def tables(result: dict[str, Any]) -> list[str]:
     """Markdown tables, one per model: each cutoff's figures, then the summary rows."""
     lines: list[str] = []
@@ -446,11 +451,7 @@ def tables(result: dict[str, Any]) -> list[str]:
             "|---|---|---|---|---|---|---|",
         ]
         for r in ch["per_cutoff"]:
-            cells = [
-                f"{r['models'][n]['auc_roc']:.4f} / {r['models'][n]['pr_auc']:.4f} / "
-                f"{r['models'][n]['brier']:.4f}"
-                for n in ("served", "bgnbd", "recency")
-            ]
+            cells = [_binary(r["models"][n]) for n in ("served", "bgnbd", "recency")]
             lo, hi = r["auc_gain_interval"]
             lines.append(
                 f"| {r['cutoff']} | {r['customers']:,} | {r['churn_rate']:.3f} | {cells[0]} | "
@@ -458,10 +459,7 @@ def tables(result: dict[str, Any]) -> list[str]:
             )
         sm = ch["summary"]
         mean = sm["mean"]
-        cells = [
-            f"{mean[n]['auc_roc']:.4f} / {mean[n]['pr_auc']:.4f} / {mean[n]['brier']:.4f}"
-            for n in ("served", "bgnbd", "recency")
-        ]
+        cells = [_binary(mean[n]) for n in ("served", "bgnbd", "recency")]
         lo, hi = sm["mean_auc_gain_interval"]
         lines.append(
             f"| mean | | | {cells[0]} | {cells[1]} | {cells[2]} | "
