@@ -186,11 +186,14 @@ def _churn_section(ch: dict[str, Any], out: Where) -> list[str]:
     stack = ch.get("stack")
     if stack:
         kind = "logistic regression" if stack["kind"] == "logistic" else "depth-2 GBT"
+        spend = "recent spend"
+        if "log_spend_per_purchase_day" in stack.get("features", []):
+            spend += " and spend per purchase day"
         model = (
             f"The served model is a {kind} stacked on BG/NBD: its inputs are BG/NBD's own "
             f"probability of no purchase in the {h} days and its expected purchase days in them, "
             "the customer's rhythm (recency divided by their mean gap between purchase days), "
-            "recency, frequency and recent spend. BG/NBD is refitted at each cutoff on the "
+            f"recency, frequency and {spend}. BG/NBD is refitted at each cutoff on the "
             "history before it. The stack is trained at the training cutoff and scored at the "
             "evaluation cutoff, which it never saw; logistic or GBT was chosen on a fifth of the "
             "training customers"

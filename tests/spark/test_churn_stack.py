@@ -46,6 +46,7 @@ def rhythmic_customers(n: int, seed: int) -> pd.DataFrame:
                 "recency_days": int(cutoff - 1 - last),
                 "tenure_days": int(cutoff - 1 - first),
                 "monetary": 10.0 * freq,
+                "spend_per_purchase_day": 10.0,
                 "mean_days_between": (last - first) / (freq - 1) if freq > 1 else None,
                 "spend_30d": 10.0 * float(np.sum(past >= cutoff - 30)),
                 "spend_90d": 10.0 * float(np.sum(past >= cutoff - 90)),
@@ -57,7 +58,8 @@ def rhythmic_customers(n: int, seed: int) -> pd.DataFrame:
 
 SCHEMA = (
     "customer_id string, frequency long, recency_days int, tenure_days int, monetary double, "
-    "mean_days_between double, spend_30d double, spend_90d double, label double"
+    "spend_per_purchase_day double, mean_days_between double, spend_30d double, "
+    "spend_90d double, label double"
 )
 
 
