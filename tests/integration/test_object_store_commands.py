@@ -184,7 +184,7 @@ def write_registry(s: Settings, held: list[str], articles: list[str]) -> None:
     scorer = ChurnScorer(
         churn, 30, BGNBD(r=0.484, alpha=35.87, a=0.189, b=3.317, loglik=-4.8, customers=237),
         GammaGamma(p=1.924, q=9.673, gamma=0.459, customers=99), "logistic",
-        coefficients=[0.128, -1.765, 0.302, -0.970, -0.482, -0.516, 0.612, -2.216],
+        coefficients=[0.128, -1.765, 0.302, -0.970, -0.482, -0.516, 0.612, -2.216, 0.0],
         intercept=2.06,
     )  # fmt: skip
     registry.write_scorer(s, "churn", churn, scorer.as_dict())
