@@ -30,6 +30,7 @@ from batch.summary import (
 from runtime.errors import PulseError
 from runtime.settings import Settings
 from schemas.tables import N_RECOMMENDATIONS
+from scoring.churn import STACK_FEATURES, stack_in_words
 from storage import registry
 from storage.objects import write_atomically
 
@@ -186,17 +187,12 @@ def _churn_section(ch: dict[str, Any], out: Where) -> list[str]:
     stack = ch.get("stack")
     if stack:
         kind = "logistic regression" if stack["kind"] == "logistic" else "depth-2 GBT"
-        spend = "recent spend"
-        if "log_spend_per_purchase_day" in stack.get("features", []):
-            spend += " and spend per purchase day"
+        inputs = stack_in_words(stack.get("features") or STACK_FEATURES, h)
         model = (
-            f"The served model is a {kind} stacked on BG/NBD: its inputs are BG/NBD's own "
-            f"probability of no purchase in the {h} days and its expected purchase days in them, "
-            "the customer's rhythm (recency divided by their mean gap between purchase days), "
-            f"recency, frequency and {spend}. BG/NBD is refitted at each cutoff on the "
-            "history before it. The stack is trained at the training cutoff and scored at the "
-            "evaluation cutoff, which it never saw; logistic or GBT was chosen on a fifth of the "
-            "training customers"
+            f"The served model is a {kind} stacked on BG/NBD: its inputs are {inputs}. "
+            "BG/NBD is refitted at each cutoff on the history before it. The stack is trained at "
+            "the training cutoff and scored at the evaluation cutoff, which it never saw; "
+            "logistic or GBT was chosen on a fifth of the training customers"
         )
         sel = stack.get("selection_auc") or {}
         model += " (AUC " + ", ".join(f"{k} {v:.4f}" for k, v in sel.items()) + ")." if sel else "."

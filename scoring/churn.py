@@ -56,6 +56,28 @@ STACK_SQL = {
 }
 STACK_FEATURES = list(STACK_SQL)
 
+# Each input in words, for the report ({h}: the horizon in days); inputs sharing words
+# are named once.
+STACK_WORDS = {
+    "bg_logit_p_no_purchase": "BG/NBD's own probability of no purchase in the {h} days",
+    "bg_log_expected_purchases": "its expected purchase days in them",
+    "log_recency": "recency",
+    "log_recency_per_gap": (
+        "the customer's rhythm (recency divided by their mean gap between purchase days)"
+    ),
+    "one_purchase_day": "frequency",
+    "log_frequency": "frequency",
+    "log_spend_30d": "recent spend",
+    "log_spend_90d": "recent spend",
+    "log_spend_per_purchase_day": "spend per purchase day",
+}
+
+
+def stack_in_words(names: list[str], horizon: int) -> str:
+    """``names`` (a version's inputs) as one phrase: "a, b and c"."""
+    words = list(dict.fromkeys(STACK_WORDS[n].format(h=horizon) for n in names))
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
+
 # What the scorer reads of the live features.
 INPUT_COLUMNS = (
     "recency_days", "tenure_days", "frequency", "monetary", "mean_days_between",
