@@ -8,7 +8,9 @@ window (``event_time < cutoff``); recency weights are ages in days relative to
 Candidates (each filled up to K from popularity, so cold-start customers get a list):
 
 - ``popularity``: the most bought articles in the last ``popular_days`` days;
-- ``repurchase``: the customer's own articles, most recency-weighted first;
+- ``repurchase``: the customer's own articles, most recency-weighted first; articles bought
+  on the same days tie, and go to the one most bought by everyone in the ``TIE_DAYS``
+  before ``cutoff`` (then the smaller id);
 - ``als``: implicit-feedback ALS (``batch.als``; confidence = recency-decayed purchase counts);
 - ``blend``: repurchase first, then ALS, then popularity;
 - ``ranker``: a GBT over repurchase, popularity and co-purchase candidates, trained on
@@ -25,6 +27,14 @@ from pyspark.sql import functions as F
 from batch.als import als_candidates, als_interactions, fit_als, interactions
 from batch.params import RecParams
 from schemas.tables import N_RECOMMENDATIONS
+
+# Repurchase ties are common: a wholesaler who orders the same 30 articles twice has 30
+# equal weights. They go to the article everyone bought most in these days before the
+# cutoff. By article id, the repurchase baseline scored 0.1557 MAP@12 on Online Retail's
+# six backtest cutoffs (2011-06..11); by purchases in 30 days 0.1718 (7: 0.1686, 90:
+# 0.1705, all time: 0.1691). The baseline is what a retailer does today, so it gets the
+# strongest of these, and every customer the ranker does not score gets it too.
+TIE_DAYS = 30
 
 STRATEGIES = {
     "popularity": ("popularity",),
@@ -60,14 +70,37 @@ def popular(events: DataFrame, cutoff: date, days: int, k: int = N_RECOMMENDATIO
     return events.sparkSession.createDataFrame(rows, schema)
 
 
-def repurchase_candidates(inter: DataFrame, k: int = N_RECOMMENDATIONS) -> DataFrame:
-    """Each customer's own articles ranked by recency-weighted count: customer_id, article_id,
-    score, pos."""
-    w = Window.partitionBy("customer_id").orderBy(F.desc("weight"), "article_id")
+def repurchase_candidates(
+    inter: DataFrame, recent: DataFrame | None = None, k: int = N_RECOMMENDATIONS
+) -> DataFrame:
+    """Each customer's own articles ranked by recency-weighted count, ties by ``recent``'s
+    purchases (article_id, n: ``recent_purchases``; none: by id only), then by article id:
+    customer_id, article_id, score, pos.
+
+    The weights are compared rounded to 9 decimals: a float sum's last bits depend on the
+    order its terms arrive in, and two articles bought on the same days must tie.
+    """
+    if recent is None:
+        recent = inter.sparkSession.createDataFrame([], "article_id string, n long")
+    ranked = inter.join(F.broadcast(recent.select("article_id", F.col("n").alias("_recent"))),
+                        "article_id", "left")  # fmt: skip
+    w = Window.partitionBy("customer_id").orderBy(
+        F.desc(F.round("weight", 9)), F.desc_nulls_last("_recent"), "article_id"
+    )
     return (
-        inter.withColumn("pos", F.row_number().over(w))
+        ranked.withColumn("pos", F.row_number().over(w))
         .where(F.col("pos") <= k)
         .select("customer_id", "article_id", F.col("weight").alias("score"), "pos")
+    )
+
+
+def recent_purchases(events: DataFrame, cutoff: date, days: int = TIE_DAYS) -> DataFrame:
+    """Purchases per article in the ``days`` days before ``cutoff``: article_id, n."""
+    since = F.date_sub(F.lit(cutoff), days)
+    return (
+        events.where((F.col("quantity") > 0) & (F.to_date("event_time") >= since))
+        .groupBy("article_id")
+        .agg(F.count(F.lit(1)).alias("n"))
     )
 
 
@@ -136,7 +169,7 @@ def candidate_sources(
     sources = {
         "popularity": popular(events, cutoff, params.popular_days),
         "repurchase": repurchase_candidates(
-            interactions(own, cutoff, params.half_life_days)
+            interactions(own, cutoff, params.half_life_days), recent_purchases(events, cutoff)
         ).cache(),
     }
     if als_for is not None:

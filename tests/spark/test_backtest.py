@@ -51,11 +51,14 @@ def _popular(rows: list[tuple[int, str, str]], cutoff: int, days: int = 7) -> li
 
 
 def _repurchase(rows: list[tuple[int, str, str]], cutoff: int, customer: str) -> list[str]:
+    """The customer's articles by recency-weighted count; ties (bought on the same days) go
+    to the article everyone bought most in the 30 days before the cutoff, then the id."""
     weight: dict[str, float] = defaultdict(float)
     for d, c, a in rows:
         if c == customer and d < cutoff:
             weight[a] += math.exp(-math.log(2) * (cutoff - d) / 30.0)
-    return [a for a, _ in sorted(weight.items(), key=lambda x: (-x[1], x[0]))][:K]
+    recent = Counter(a for d, _, a in rows if cutoff - 30 <= d < cutoff)
+    return sorted(weight, key=lambda a: (-round(weight[a], 9), -recent[a], a))[:K]
 
 
 def _fill(first: list[str], popular: list[str]) -> list[str]:
