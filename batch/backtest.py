@@ -307,23 +307,35 @@ def _with_p_recency(recency: Any, df: DataFrame) -> DataFrame:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def backtest(spark: SparkSession, settings: Settings, opts: BacktestOptions) -> dict[str, Any]:
-    """Every cutoff of ``opts.cutoffs``, every model of ``opts.models``: the figures per
-    cutoff and their summary (see the module docstring). Raises PulseError when a window
-    runs past the lake's last event."""
+def _span(settings: Settings, opts: BacktestOptions) -> int:
+    """The days each cutoff needs after it: the window, or churn's horizon if longer."""
+    return max(opts.window_days, settings.churn_horizon_days if "churn" in opts.models else 0)
+
+
+def check_schedule(settings: Settings, opts: BacktestOptions) -> list[date]:
+    """``opts.cutoffs`` sorted, or PulseError: none, an unknown model, or a window that runs
+    past the lake's last event. Reads the lake's log only, so `pulse backtest` checks it
+    before a Spark session starts."""
     if not opts.cutoffs:
         raise PulseError("no cutoffs to backtest")
     unknown = sorted(set(opts.models) - set(MODELS))
     if unknown:
         raise PulseError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODELS)}")
-    cutoffs = sorted(set(opts.cutoffs))
-    span = max(opts.window_days, settings.churn_horizon_days if "churn" in opts.models else 0)
+    cutoffs, span = sorted(set(opts.cutoffs)), _span(settings, opts)
     last = last_event_date(settings)
     if cutoffs[-1] + timedelta(days=span) > last + timedelta(days=1):
         raise PulseError(
             f"the window after {cutoffs[-1]} ({span} days) runs past the lake's last event "
             f"({last}): end the schedule by {last + timedelta(days=1 - span)}"
         )
+    return cutoffs
+
+
+def backtest(spark: SparkSession, settings: Settings, opts: BacktestOptions) -> dict[str, Any]:
+    """Every cutoff of ``opts.cutoffs``, every model of ``opts.models``: the figures per
+    cutoff and their summary (see the module docstring). Raises PulseError as
+    ``check_schedule`` does."""
+    cutoffs, span = check_schedule(settings, opts), _span(settings, opts)
     if "recommendations" in opts.models:
         ensure_checkpoint_dir(spark, settings)
     rng = np.random.default_rng(opts.seed)

@@ -297,6 +297,12 @@ UNIT_CASES = [
     Case("backtest-zero-step", ["backtest", "--every", "0d"], "not a step (month, or days"),
     Case("backtest-bad-date", ["backtest", "--from", "2011-13-01"], "'2011-13-01'"),
     Case("backtest-unknown-model", ["backtest", "--models", "segments"], "invalid choice"),
+    Case(
+        "backtest-window-past-the-lake",
+        ["backtest", "--from", "2020-01-06", "--to", "2020-01-06", "--every", "7d"],
+        "the window after 2020-01-06 (30 days) runs past the lake's last event (2020-01-05)",
+        prepare=lake_from_2020_01_05,
+    ),
     # chaos (the fault campaign): refused before any broker or stream starts
     Case("chaos-unknown-case", ["chaos", "--cases", "1,12"], "unknown case '12'"),
     Case("chaos-cases-not-numbers", ["chaos", "--cases", "kill"], "case numbers: 'kill'"),

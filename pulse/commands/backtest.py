@@ -56,7 +56,7 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
     span = max(args.window_days, settings.churn_horizon_days if "churn" in args.models else 0)
     cutoffs = schedule(args, last_event_date(settings), span)
     check_lake(settings, cutoffs[0])
-    from batch.backtest import BacktestOptions, backtest, tables
+    from batch.backtest import BacktestOptions, backtest, check_schedule, tables
     from batch.params import ChurnParams, RankerParams, RecParams
     from batch.retrain import RetrainOptions
     from runtime.spark import build_spark
@@ -76,6 +76,7 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
         retrain=retrain,
         progress=not args.json,
     )
+    check_schedule(settings, opts)  # a window past the lake: one line, before Spark starts
     print(
         f"backtest at {len(cutoffs)} cutoffs ({cutoffs[0]} .. {cutoffs[-1]}), "
         f"{args.window_days}-day windows",
