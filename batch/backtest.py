@@ -26,6 +26,7 @@ Nothing is written to the registry: a backtest never changes what is served.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from functools import reduce
@@ -307,9 +308,9 @@ def _with_p_recency(recency: Any, df: DataFrame) -> DataFrame:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def _span(settings: Settings, opts: BacktestOptions) -> int:
+def span_days(settings: Settings, window_days: int, models: Iterable[str]) -> int:
     """The days each cutoff needs after it: the window, or churn's horizon if longer."""
-    return max(opts.window_days, settings.churn_horizon_days if "churn" in opts.models else 0)
+    return max(window_days, settings.churn_horizon_days if "churn" in models else 0)
 
 
 def check_schedule(settings: Settings, opts: BacktestOptions) -> list[date]:
@@ -321,7 +322,8 @@ def check_schedule(settings: Settings, opts: BacktestOptions) -> list[date]:
     unknown = sorted(set(opts.models) - set(MODELS))
     if unknown:
         raise PulseError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODELS)}")
-    cutoffs, span = sorted(set(opts.cutoffs)), _span(settings, opts)
+    cutoffs = sorted(set(opts.cutoffs))
+    span = span_days(settings, opts.window_days, opts.models)
     last = last_event_date(settings)
     if cutoffs[-1] + timedelta(days=span) > last + timedelta(days=1):
         raise PulseError(
@@ -335,7 +337,8 @@ def backtest(spark: SparkSession, settings: Settings, opts: BacktestOptions) -> 
     """Every cutoff of ``opts.cutoffs``, every model of ``opts.models``: the figures per
     cutoff and their summary (see the module docstring). Raises PulseError as
     ``check_schedule`` does."""
-    cutoffs, span = check_schedule(settings, opts), _span(settings, opts)
+    cutoffs = check_schedule(settings, opts)
+    span = span_days(settings, opts.window_days, opts.models)
     if "recommendations" in opts.models:
         ensure_checkpoint_dir(spark, settings)
     rng = np.random.default_rng(opts.seed)

@@ -48,40 +48,40 @@ STRATEGIES = {
 }
 
 
+def purchases_per_article(events: DataFrame, cutoff: date, days: int | None) -> DataFrame:
+    """Purchases per article in the ``days`` days before ``cutoff`` (None: all of
+    ``events``): article_id, n."""
+    bought = events.where(F.col("quantity") > 0)
+    if days is not None:
+        bought = bought.where(F.to_date("event_time") >= F.date_sub(F.lit(cutoff), days))
+    return bought.groupBy("article_id").agg(F.count(F.lit(1)).alias("n"))
+
+
 def popular(events: DataFrame, cutoff: date, days: int, k: int = N_RECOMMENDATIONS) -> DataFrame:
     """The top ``k`` articles by purchases in the ``days`` days before ``cutoff``.
 
     Falls back to all-time counts when that window is empty. Columns: article_id, score, pos.
     """
-    bought = events.where(F.col("quantity") > 0)
-    recent = bought.where(F.to_date("event_time") >= F.date_sub(F.lit(cutoff), days))
-    for frame in (recent, bought):
-        top = (
-            frame.groupBy("article_id")
-            .agg(F.count(F.lit(1)).cast("double").alias("score"))
-            .orderBy(F.desc("score"), "article_id")
-            .limit(k)
-            .collect()
-        )
+    for window in (days, None):
+        counts = purchases_per_article(events, cutoff, window)
+        top = counts.orderBy(F.desc("n"), "article_id").limit(k).collect()
         if top:
             break
-    rows = [(r["article_id"], float(r["score"]), i) for i, r in enumerate(top, 1)]
+    rows = [(r["article_id"], float(r["n"]), i) for i, r in enumerate(top, 1)]
     schema = "article_id string, score double, pos int"
     return events.sparkSession.createDataFrame(rows, schema)
 
 
 def repurchase_candidates(
-    inter: DataFrame, recent: DataFrame | None = None, k: int = N_RECOMMENDATIONS
+    inter: DataFrame, recent: DataFrame, k: int = N_RECOMMENDATIONS
 ) -> DataFrame:
     """Each customer's own articles ranked by recency-weighted count, ties by ``recent``'s
-    purchases (article_id, n: ``recent_purchases``; none: by id only), then by article id:
+    purchases (``purchases_per_article`` over ``TIE_DAYS``), then by article id:
     customer_id, article_id, score, pos.
 
     The weights are compared rounded to 9 decimals: a float sum's last bits depend on the
     order its terms arrive in, and two articles bought on the same days must tie.
     """
-    if recent is None:
-        recent = inter.sparkSession.createDataFrame([], "article_id string, n long")
     ranked = inter.join(F.broadcast(recent.select("article_id", F.col("n").alias("_recent"))),
                         "article_id", "left")  # fmt: skip
     w = Window.partitionBy("customer_id").orderBy(
@@ -91,16 +91,6 @@ def repurchase_candidates(
         ranked.withColumn("pos", F.row_number().over(w))
         .where(F.col("pos") <= k)
         .select("customer_id", "article_id", F.col("weight").alias("score"), "pos")
-    )
-
-
-def recent_purchases(events: DataFrame, cutoff: date, days: int = TIE_DAYS) -> DataFrame:
-    """Purchases per article in the ``days`` days before ``cutoff``: article_id, n."""
-    since = F.date_sub(F.lit(cutoff), days)
-    return (
-        events.where((F.col("quantity") > 0) & (F.to_date("event_time") >= since))
-        .groupBy("article_id")
-        .agg(F.count(F.lit(1)).alias("n"))
     )
 
 
@@ -169,7 +159,8 @@ def candidate_sources(
     sources = {
         "popularity": popular(events, cutoff, params.popular_days),
         "repurchase": repurchase_candidates(
-            interactions(own, cutoff, params.half_life_days), recent_purchases(events, cutoff)
+            interactions(own, cutoff, params.half_life_days),
+            purchases_per_article(events, cutoff, TIE_DAYS),
         ).cache(),
     }
     if als_for is not None:

@@ -53,7 +53,9 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
     from storage.lake import last_event_date
 
     check_lake(settings, None)
-    span = max(args.window_days, settings.churn_horizon_days if "churn" in args.models else 0)
+    from batch.backtest import span_days
+
+    span = span_days(settings, args.window_days, args.models)
     cutoffs = schedule(args, last_event_date(settings), span)
     check_lake(settings, cutoffs[0])
     from batch.backtest import BacktestOptions, backtest, check_schedule, tables
