@@ -270,25 +270,13 @@ def _copurchase(
     counted = made.groupBy("seed", "article_id").agg(
         *(F.count(F.when(w, True)).alias(f"_n{i}") for i, w in enumerate(in_window.values()))
     )
-    per_cutoff = F.explode(
-        F.array(*(
-            F.struct(F.lit(c).alias("cutoff"), F.col(f"_n{i}").alias("n"))
-            for i, c in enumerate(in_window)
-        ))
-    )  # fmt: skip
-    together = (
-        counted.select("seed", "article_id", per_cutoff.alias("_c"))
-        .select("_c.cutoff", "seed", "article_id", "_c.n")
-        .where(F.col("n") > 0)
-        .join(wanted, ["cutoff", "seed"], "left_semi")
-    )
-    top = Window.partitionBy("cutoff", "seed").orderBy(F.desc("n"), "article_id")
-    neighbours = together.withColumn("_r", F.row_number().over(top)).where(
-        F.col("_r") <= params.neighbours
-    )
+    neighbours = counted.groupBy("seed").applyInArrow(
+        _top_neighbours(list(in_window), params.neighbours),
+        "cutoff date, seed int, article_id int, n long",
+    ).join(wanted, ["cutoff", "seed"], "left_semi")
     key = ["cutoff", CID, "article_id"]
     scored = (
-        seeds.join(neighbours.drop("_r"), ["cutoff", "seed"])
+        seeds.join(neighbours, ["cutoff", "seed"])
         .groupBy(*key)
         .agg(F.sum("n").cast("double").alias("co_score"))
         .join(pairs.select(*key), key, "left_anti")
@@ -299,6 +287,37 @@ def _copurchase(
         .where(F.col("_r") <= params.copurchase_k)
         .drop("_r")
     )
+
+
+def _top_neighbours(cutoffs: list[date], k: int):  # type: ignore[no-untyped-def]  # noqa: ANN202
+    """The function ``_copurchase`` applies to each seed's pair counts (one Arrow table:
+    seed, article_id, ``_n0``.. one count per cutoff): at each cutoff, the ``k`` articles
+    most often bought with the seed there (count > 0), ties to the smaller article number.
+
+    Per seed in NumPy rather than a window over (cutoff, seed): the window sorted every
+    pair once per cutoff it falls in (81M rows for 27M pairs at H&M scale, 17 s more)."""
+    import numpy as np
+    import pyarrow as pa
+
+    def top(table: pa.Table) -> pa.Table:
+        seed = table.column("seed")[0].as_py()
+        article = table.column("article_id").to_numpy()
+        parts = []
+        for i, cutoff in enumerate(cutoffs):
+            n = table.column(f"_n{i}").to_numpy()
+            some = np.flatnonzero(n > 0)
+            best = some[np.lexsort((article[some], -n[some]))][:k]
+            parts.append(
+                pa.table({
+                    "cutoff": pa.array([cutoff] * len(best), pa.date32()),
+                    "seed": pa.array(np.full(len(best), seed, np.int32)),
+                    "article_id": pa.array(article[best].astype(np.int32)),
+                    "n": pa.array(n[best].astype(np.int64)),
+                })
+            )  # fmt: skip
+        return pa.concat_tables(parts)
+
+    return top
 
 
 def training_cutoffs(cutoff: date, horizon: int, n: int) -> list[date]:
@@ -356,28 +375,37 @@ def sample(rows: DataFrame, limit: int) -> DataFrame:
     return rows.join(keep.drop("_r"), ["cutoff", "customer_id"], "left_semi")
 
 
-def most_recent(daily: DataFrame, cutoff: date, limit: int) -> DataFrame | None:
-    """The customers (customer_id) the ranker scores at ``cutoff`` when more than ``limit``
-    bought before it: those whose last purchase is on or after the earliest day that
-    keeps them within ``limit`` (whole days, so no tie is broken by id). ``daily``: the
-    customer-day table (``features.customer.daily_activity``). None: no limit needed."""
+def most_recent(daily: DataFrame, cutoffs: list[date], limit: int) -> list[DataFrame | None]:
+    """For each of ``cutoffs``, the customers (customer_id) the ranker scores there when more
+    than ``limit`` bought before it: those whose last purchase is on or after the earliest
+    day that keeps them within ``limit`` (whole days, so no tie is broken by id). None: no
+    limit needed. ``daily``: the customer-day table (``features.customer.daily_activity``);
+    one pass over it for every cutoff."""
     last = (
-        daily.where((F.col("n_purchases") > 0) & (F.col("day") < F.lit(cutoff)))
+        daily.where((F.col("n_purchases") > 0) & (F.col("day") < F.lit(max(cutoffs))))
         .groupBy("customer_id")
-        .agg(F.max("day").alias("last"))
+        .agg(*(
+            F.max(F.when(F.col("day") < F.lit(c), F.col("day"))).alias(f"_last{i}")
+            for i, c in enumerate(cutoffs)
+        ))  # fmt: skip
         .localCheckpoint()
     )
-    days = last.groupBy("last").count().orderBy(F.desc("last")).collect()
+    return [_within_limit(last, f"_last{i}", limit) for i in range(len(cutoffs))]
+
+
+def _within_limit(last: DataFrame, col: str, limit: int) -> DataFrame | None:
+    """``most_recent`` at one cutoff, whose last purchase days are ``last``'s ``col``."""
+    days = last.where(F.col(col).isNotNull()).groupBy(col).count().orderBy(F.desc(col)).collect()
     if sum(row["count"] for row in days) <= limit:
         return None
     since, total = None, 0
     for row in days:
         if total + row["count"] > limit:
             break
-        since, total = row["last"], total + row["count"]
+        since, total = row[col], total + row["count"]
     if since is None:  # one day alone is over the limit: nobody, rather than a biased cut
         return last.select("customer_id").limit(0)
-    return last.where(F.col("last") >= F.lit(since)).select("customer_id")
+    return last.where(F.col(col) >= F.lit(since)).select("customer_id")
 
 
 def fit(rows: DataFrame, params: RankerParams) -> PipelineModel:

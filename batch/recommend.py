@@ -65,10 +65,9 @@ def _ranker_rows(
     truth = ranking.bought_after(ctx.events, cuts, horizon).cache()
     buyers = truth.select("cutoff", "customer_id").distinct()
     scope = ranking.sample(buyers.where(F.col("cutoff") < F.lit(train_end)), params.train_customers)
-    scored = ranking.most_recent(ctx.daily, train_end, params.score_customers)
+    scored, served = ranking.most_recent(ctx.daily, [train_end, ctx.cutoff], params.score_customers)
     if scored is not None:
         held = held.join(scored, "customer_id", "left_semi")
-    served = ranking.most_recent(ctx.daily, ctx.cutoff, params.score_customers)
     scope = scope.unionByName(ranking.at(held, train_end)).unionByName(
         ranking.at(everyone if served is None else served, ctx.cutoff)
     )

@@ -211,6 +211,69 @@ def test_copurchase_counts_each_cutoffs_own_window(spark) -> None:  # type: igno
         assert got == want, days
 
 
+def _copurchase_by_hand(rows, cutoff, who, params):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    """The co-purchase rule of ``ranker.candidates`` written out in Python, for customer
+    ``who`` at ``cutoff`` (a day number): {article: co_score}."""
+    before = [(c, a, d) for c, a, d in rows if d < cutoff]
+    last: dict[str, int] = {}
+    weight: dict[str, float] = {}
+    for c, a, d in before:
+        if c == who:
+            last[a] = max(last.get(a, d), d)
+            weight[a] = weight.get(a, 0.0) + 2 ** (-(cutoff - d) / params.half_life_days)
+    mine = sorted(last, key=lambda a: (-last[a], -round(weight[a], 9), a))
+    seeds = mine[: params.seed_articles]
+    baskets: dict[tuple[str, int], set[str]] = {}
+    for c, a, d in before:
+        if cutoff - d <= params.copurchase_days:
+            baskets.setdefault((c, d), set()).add(a)
+    n: dict[tuple[str, str], int] = {}
+    for basket in baskets.values():
+        if 2 <= len(basket) <= params.max_basket:
+            for s in basket:
+                for a in basket - {s}:
+                    n[(s, a)] = n.get((s, a), 0) + 1
+    score: dict[str, int] = {}
+    for s in seeds:
+        near = sorted((a for t, a in n if t == s), key=lambda a: (-n[(s, a)], a))
+        for a in near[: params.neighbours]:
+            score[a] = score.get(a, 0) + n[(s, a)]
+    kept = sorted((a for a in score if a not in last), key=lambda a: (-score[a], a))
+    return {a: float(score[a]) for a in kept[: params.copurchase_k]}
+
+
+def test_copurchase_candidates_match_the_rule_by_hand(spark) -> None:  # type: ignore[no-untyped-def]
+    """Random baskets of 12 articles among 40 customers over 60 days, small limits so that
+    every rule binds (2 seeds, 3 neighbours, 4 candidates, 20-day window, baskets of at
+    most 4): each scoped customer's co-purchase candidates and scores at two cutoffs are
+    those of the rule written out in Python, ties included."""
+    rng = random.Random(7)
+    rows = sorted({
+        (f"c{c:02d}", f"a{rng.randrange(12):02d}", day)
+        for c in range(40) for day in rng.sample(range(60), 6) for _ in range(rng.randint(1, 5))
+    })  # fmt: skip
+    params = RankerParams(seed_articles=2, neighbours=3, copurchase_k=4, copurchase_days=20,
+                          max_basket=4)  # fmt: skip
+    cutoffs = (45, 58)
+    who = spark.createDataFrame([(f"c{c:02d}",) for c in range(0, 40, 3)], "customer_id string")
+    scope = ranker.at(who, START + timedelta(days=cutoffs[0])).unionByName(
+        ranker.at(who, START + timedelta(days=cutoffs[1]))
+    )
+    got: dict[tuple[int, str], dict[str, float]] = {}
+    for r in ranker.candidates(_events(spark, rows), scope, params).collect():
+        day = (r["cutoff"] - START).days
+        got.setdefault((day, r["customer_id"]), {})
+        if r["from_copurchase"] == 1.0:
+            got[(day, r["customer_id"])][r["article_id"]] = r["co_score"]
+    want = {
+        (cut, f"c{c:02d}"): _copurchase_by_hand(rows, cut, f"c{c:02d}", params)
+        for cut in cutoffs for c in range(0, 40, 3)
+    }  # fmt: skip
+    assert got == want
+    assert sum(len(v) for v in want.values()) > 40  # the rule proposes, and limits bind
+    assert any(len(v) == params.copurchase_k for v in want.values())
+
+
 def test_sample_keeps_whole_customers_up_to_the_limit_per_cutoff(spark) -> None:  # type: ignore[no-untyped-def]
     """Five customers at one cutoff, two at another, limit 3: three and two customers, with
     all their rows, the same ones however the rows are partitioned."""
@@ -240,13 +303,17 @@ def test_most_recent_cuts_at_whole_days(spark) -> None:  # type: ignore[no-untyp
     returned = events.where(F.col("customer_id") == "a").withColumn("customer_id", F.lit("f"))
     daily = daily_activity(events.unionByName(returned.withColumn("quantity", F.lit(-1))))
     day10 = START + timedelta(days=10)
-    assert ranker.most_recent(daily, day10, 4) is None
+    assert ranker.most_recent(daily, [day10], 4) == [None]
     got = {}
     for limit in (3, 2, 1):
-        scored = ranker.most_recent(daily, day10, limit)
+        (scored,) = ranker.most_recent(daily, [day10], limit)
         assert scored is not None
         got[limit] = {r["customer_id"] for r in scored.collect()}
     assert got == {3: {"a", "b", "c"}, 2: {"a", "b"}, 1: set()}
+    # two cutoffs in one pass: before day 9 only c (day 8) and d (day 5) had bought
+    at9, at10 = ranker.most_recent(daily, [START + timedelta(days=9), day10], 1)
+    assert at9 is not None and at10 is not None
+    assert {r["customer_id"] for r in at9.collect()} == {"c"} and at10.count() == 0
 
 
 def test_fit_is_the_same_from_any_partitioning(spark) -> None:  # type: ignore[no-untyped-def]
