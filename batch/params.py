@@ -36,8 +36,9 @@ class ChurnParams:
     train_cutoffs: int = 1
     # the free GBT baseline trains on at most this many customers (by id hash): it is a
     # comparator, evaluated on every test customer; this bounds the cost of its rounds
-    # on one partition (see retrain) at H&M's 1.3M training customers
-    gbt_max_customers: int = 200_000
+    # on one partition (see retrain) at H&M's 1.3M training customers. At H&M scale 50k
+    # gave AUC 0.8590 against 200k's 0.8600, and the churn stage 22 s less
+    gbt_max_customers: int = 50_000
     penalizer: float = btyd.DEFAULT_PENALIZER
 
 
