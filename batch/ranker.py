@@ -104,8 +104,12 @@ def at(customers: DataFrame, cutoff: date) -> DataFrame:
     return customers.select(F.lit(cutoff).alias("cutoff"), "customer_id")
 
 
-def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> DataFrame:
-    """Candidates with their features for each (cutoff, customer_id) of ``scope``.
+def candidates(
+    events: DataFrame, scope: DataFrame, params: RankerParams, truth: DataFrame | None = None
+) -> DataFrame:
+    """Candidates with their features for each (cutoff, customer_id) of ``scope``; with
+    ``truth`` (``bought_after``), labelled: ``label`` 1.0 where it has the row's cutoff,
+    customer and article, else 0.0 (also at a cutoff it does not cover).
 
     Every cutoff of ``scope`` is built in the same Spark jobs (a cutoff is a column, not
     a loop): one pass for all the training windows. Each row sees only the purchases
@@ -201,6 +205,14 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
         .groupBy(*key)
         .agg(*(F.max(c).alias(c) for c in ("from_repurchase", "from_popular", "co_score")))
     )  # fmt: skip
+    labels = []
+    if truth is not None:
+        # joined here, on the numbers and while the rows are narrow: after the features,
+        # on the ids, it shuffled every wide row again (7.2M at H&M scale)
+        hits = truth.join(F.broadcast(ids), "customer_id").join(F.broadcast(articles), "article_id")
+        hits = hits.select("cutoff", CID, F.col(AID).alias("article_id"), F.lit(1.0).alias("label"))
+        proposed = proposed.join(hits, key, "left").fillna(0.0, ["label"])
+        labels = ["label"]
     out = (
         proposed.join(pairs, key, "left")
         .join(cust, ["cutoff", CID], "left")
@@ -223,7 +235,7 @@ def candidates(events: DataFrame, scope: DataFrame, params: RankerParams) -> Dat
     ]
     out = out.withColumnRenamed("article_id", AID)
     out = out.join(F.broadcast(ids), CID).join(F.broadcast(articles), AID)
-    return out.select("cutoff", "customer_id", "article_id", *cols)
+    return out.select("cutoff", "customer_id", "article_id", *cols, *labels)
 
 
 def _copurchase(
@@ -355,15 +367,7 @@ def labelled(
     buyers = truth.select("cutoff", "customer_id").distinct()
     if scope is not None:
         buyers = buyers.join(scope, ["cutoff", "customer_id"], "left_semi")
-    return with_labels(candidates(events, buyers.localCheckpoint(), params), truth)
-
-
-def with_labels(cands: DataFrame, truth: DataFrame) -> DataFrame:
-    """``cands`` + ``label``: 1.0 where ``truth`` (``bought_after``) has the row's cutoff,
-    customer and article, else 0.0 (also at a cutoff ``truth`` does not cover)."""
-    key = ["cutoff", "customer_id", "article_id"]
-    hits = truth.select(*key).withColumn("label", F.lit(1.0))
-    return cands.join(hits, key, "left").fillna(0.0, ["label"])
+    return candidates(events, buyers.localCheckpoint(), params, truth)
 
 
 def sample(rows: DataFrame, limit: int) -> DataFrame:

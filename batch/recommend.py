@@ -71,8 +71,7 @@ def _ranker_rows(
     scope = scope.unionByName(ranking.at(held, train_end)).unionByName(
         ranking.at(everyone if served is None else served, ctx.cutoff)
     )
-    cands = ranking.candidates(ctx.events, scope.localCheckpoint(), params)
-    rows = ranking.with_labels(cands, truth).cache()
+    rows = ranking.candidates(ctx.events, scope.localCheckpoint(), params, truth).cache()
     n = rows.count()
     truth.unpersist()
     return rows, n

@@ -246,7 +246,8 @@ def test_copurchase_candidates_match_the_rule_by_hand(spark) -> None:  # type: i
     """Random baskets of 12 articles among 40 customers over 60 days, small limits so that
     every rule binds (2 seeds, 3 neighbours, 4 candidates, 20-day window, baskets of at
     most 4): each scoped customer's co-purchase candidates and scores at two cutoffs are
-    those of the rule written out in Python, ties included."""
+    those of the rule written out in Python, ties included; and every candidate is
+    labelled by whether its customer bought it in the 10 days from the cutoff."""
     rng = random.Random(7)
     rows = sorted({
         (f"c{c:02d}", f"a{rng.randrange(12):02d}", day)
@@ -259,12 +260,24 @@ def test_copurchase_candidates_match_the_rule_by_hand(spark) -> None:  # type: i
     scope = ranker.at(who, START + timedelta(days=cutoffs[0])).unionByName(
         ranker.at(who, START + timedelta(days=cutoffs[1]))
     )
+    events = _events(spark, rows)
+    truth = ranker.bought_after(events, [START + timedelta(days=c) for c in cutoffs], 10)
     got: dict[tuple[int, str], dict[str, float]] = {}
-    for r in ranker.candidates(_events(spark, rows), scope, params).collect():
+    every, labels = set(), set()
+    for r in ranker.candidates(events, scope, params, truth).collect():
         day = (r["cutoff"] - START).days
         got.setdefault((day, r["customer_id"]), {})
+        every.add((day, r["customer_id"], r["article_id"]))
         if r["from_copurchase"] == 1.0:
             got[(day, r["customer_id"])][r["article_id"]] = r["co_score"]
+        if r["label"] == 1.0:
+            labels.add((day, r["customer_id"], r["article_id"]))
+        else:
+            assert r["label"] == 0.0
+    # labelled: the candidates (of every source) the customer bought in the 10 days from
+    # the cutoff
+    bought = {(d, c, a) for c, a, day in rows for d in cutoffs if d <= day < d + 10}
+    assert labels == bought & every and len(labels) > 10
     want = {
         (cut, f"c{c:02d}"): _copurchase_by_hand(rows, cut, f"c{c:02d}", params)
         for cut in cutoffs for c in range(0, 40, 3)
