@@ -156,6 +156,10 @@ def candidate_sources(
     scoring them (every customer against every article) is wasted.
     """
     own = events.join(customers, "customer_id", "left_semi") if only_customers else events
+    # Partitioned by customer before the (customer, article) sums, which that satisfies,
+    # so the per-customer ranking needs no second shuffle: for everyone at H&M scale
+    # (32M purchases, 28.6M pairs: the sums barely aggregate) 56-66 s against 76-79 s.
+    own = own.repartition("customer_id")
     sources = {
         "popularity": popular(events, cutoff, params.popular_days),
         "repurchase": repurchase_candidates(
