@@ -53,12 +53,11 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
     from storage.lake import last_event_date
 
     check_lake(settings, None)
-    from batch.backtest import span_days
+    from batch.backtest import BacktestOptions, backtest, check_schedule, span_days, tables
 
     span = span_days(settings, args.window_days, args.models)
     cutoffs = schedule(args, last_event_date(settings), span)
     check_lake(settings, cutoffs[0])
-    from batch.backtest import BacktestOptions, backtest, check_schedule, tables
     from batch.params import ChurnParams, RankerParams, RecParams
     from batch.retrain import RetrainOptions
     from runtime.spark import build_spark
